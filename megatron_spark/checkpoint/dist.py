@@ -1,0 +1,95 @@
+"""Megatron distributed checkpoints of the model, loadable at any TP/PP.
+
+Layout of a checkpoint directory ``CKPT``::
+
+    CKPT/megatron_spark.json   what the network is (HF config), dtype, padded vocab, format version
+    CKPT/model/                megatron-core dist checkpoint (torch_dist), resharded on load
+    CKPT/hf/                   config.json, generation_config.json, tokenizer files (if any)
+
+The dist checkpoint is written from a model's ``sharded_state_dict()``, so megatron owns the
+global-shape metadata and ``dist_checkpointing.load`` reshards to whatever TP/PP loads it. The
+vocabulary padding does not depend on TP (see ``VOCAB_PAD_MULTIPLE``), so shapes always agree.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from megatron_spark.errors import UserError
+from megatron_spark.model.config import ModelArch, arch_from_hf_config
+
+META_NAME = "megatron_spark.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """Contents of ``megatron_spark.json``."""
+
+    hf_config: dict[str, Any]
+    """The network's Hugging Face config."""
+    params_dtype: str
+    """dtype the parameters were saved in."""
+    padded_vocab_size: int
+    """Rows of the embedding/output layer in the dist checkpoint."""
+
+    def arch(self, source: str) -> ModelArch:
+        arch = arch_from_hf_config(self.hf_config, source=source)
+        if arch.padded_vocab_size != self.padded_vocab_size:
+            raise UserError(
+                f"{source}: padded_vocab_size {self.padded_vocab_size} != {arch.padded_vocab_size}"
+            )
+        return arch
+
+
+def is_megatron_checkpoint(path: str | Path) -> bool:
+    return (Path(path) / META_NAME).is_file()
+
+
+def write_meta(ckpt_dir: Path, meta: CheckpointMeta) -> None:
+    doc = {"format_version": FORMAT_VERSION, **meta.__dict__}
+    (ckpt_dir / META_NAME).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+def read_meta(ckpt_dir: str | Path) -> CheckpointMeta:
+    path = Path(ckpt_dir) / META_NAME
+    if not path.is_file():
+        raise UserError(f"{ckpt_dir}: not a megatron_spark checkpoint (no {META_NAME})")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        version = doc.pop("format_version")
+        meta = CheckpointMeta(**doc)
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: unreadable checkpoint metadata ({e})") from None
+    if version != FORMAT_VERSION:
+        raise UserError(f"{path}: format_version {version} unsupported (expected {FORMAT_VERSION})")
+    if not (Path(ckpt_dir) / "model").is_dir():
+        raise UserError(f"{ckpt_dir}: missing model/ (incomplete checkpoint)")
+    return meta
+
+
+def save_model(model, model_dir: Path) -> None:
+    """Write ``model``'s sharded state (all ranks call this collectively)."""
+    from megatron.core import dist_checkpointing
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    # Synchronous save: the async path forks a multiprocessing manager per call.
+    dist_checkpointing.save(model.sharded_state_dict(), str(model_dir))
+
+
+def load_model(model, model_dir: Path) -> None:
+    """Fill ``model`` (any TP/PP) from a dist checkpoint written at any TP/PP."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.core import CheckpointingException
+
+    try:
+        state = dist_checkpointing.load(model.sharded_state_dict(), str(model_dir))
+    except CheckpointingException as e:
+        raise UserError(f"{model_dir}: cannot load dist checkpoint ({e})") from None
+    with torch.no_grad():
+        model.load_state_dict(state, strict=True)

@@ -1,0 +1,103 @@
+"""Core attention that runs anywhere torch does, plugged into megatron through its ModuleSpec.
+
+megatron-core's local ``DotProductAttention`` allocates on CUDA and refuses packed sequences, so
+on the CPU (and on GPUs without Transformer Engine) we supply this module instead. It receives the
+already-projected, already-rotated heads from megatron's ``SelfAttention`` and returns the context
+in the layout megatron expects:
+
+* unpacked (sbhd): query ``[s, b, np, hn]``, key/value ``[s, b, ng, hn]`` -> ``[s, b, np*hn]``
+* packed (thd, ``packed_seq_params.qkv_format == "thd"``): query ``[t, np, hn]``, key/value
+  ``[t, ng, hn]`` -> ``[t, np*hn]``; attention is causal *within* each sequence delimited by
+  ``cu_seqlens_q`` and never crosses a sequence boundary.
+
+Grouped-query attention is handled by ``scaled_dot_product_attention(enable_gqa=True)``; the math
+runs in float32 for half-precision inputs when ``attention_softmax_in_fp32`` is set.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+
+class SDPACoreAttention(MegatronModule):
+    """Causal self-attention by ``torch.nn.functional.scaled_dot_product_attention``."""
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        layer_number: int,
+        attn_mask_type: AttnMaskType,
+        attention_type: str,
+        attention_dropout: float | None = None,
+        softmax_scale: float | None = None,
+        cp_comm_type: str | None = None,
+        pg_collection=None,
+        **_unused,
+    ):
+        super().__init__(config=config)
+        if config.context_parallel_size != 1:
+            raise ValueError("SDPACoreAttention does not support context parallelism")
+        if attn_mask_type not in (AttnMaskType.causal, AttnMaskType.padding_causal):
+            raise ValueError(f"SDPACoreAttention supports causal masks only, got {attn_mask_type}")
+        head_dim = config.kv_channels
+        self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
+        self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
+        self.upcast = config.attention_softmax_in_fp32
+
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # q [b, np, s, hn], k/v [b, ng, s, hn] -> [b, np, s, hn]
+        dtype = q.dtype
+        if self.upcast and dtype in (torch.float16, torch.bfloat16):
+            q, k, v = q.float(), k.float(), v.float()
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            is_causal=True,
+            scale=self.softmax_scale,
+            dropout_p=self.dropout_p if self.training else 0.0,
+            enable_gqa=q.shape[1] != k.shape[1],
+        )
+        return out.to(dtype)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        attn_mask_type: AttnMaskType | None = None,
+        attention_bias: torch.Tensor | None = None,
+        packed_seq_params=None,
+    ) -> torch.Tensor:
+        if attention_bias is not None:
+            raise ValueError("SDPACoreAttention does not support an attention bias")
+        if packed_seq_params is not None and packed_seq_params.qkv_format == "thd":
+            return self._forward_thd(query, key, value, packed_seq_params.cu_seqlens_q)
+        # sbhd: [s, b, n, hn] -> [b, n, s, hn]; the causal mask is implied (attention_mask unused).
+        s, b, n, hn = query.shape
+        out = self._sdpa(*(t.permute(1, 2, 0, 3) for t in (query, key, value)))
+        return out.permute(2, 0, 1, 3).reshape(s, b, n * hn)
+
+    def _forward_thd(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor
+    ) -> torch.Tensor:
+        # One SDPA call per sequence: memory stays O(max_seqlen^2), never O(total_tokens^2).
+        t, n, hn = query.shape
+        out = query.new_empty(t, n, hn)
+        bounds = cu_seqlens.tolist()
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            if end <= start:
+                continue
+            q, k, v = (x[start:end].transpose(0, 1).unsqueeze(0) for x in (query, key, value))
+            out[start:end] = self._sdpa(q, k, v)[0].transpose(0, 1)
+        # Tokens past cu_seqlens[-1] (padding to a fixed pack length) attend to nothing.
+        if bounds[-1] < t:
+            out[bounds[-1] :] = 0
+        return out.reshape(t, n * hn)

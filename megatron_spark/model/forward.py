@@ -1,0 +1,147 @@
+"""Packed (THD) forward passes through megatron's pipeline schedule, returning token log-probs.
+
+Sequences are concatenated without padding into one row per micro-batch and delimited by
+``cu_seqlens``; attention and RoPE restart at every boundary. Every pipeline stage receives the
+same :class:`PackedBatch` (middle stages need ``cu_seqlens`` for attention); the last stage turns
+its vocab-parallel logits into log-probs of the next token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from megatron_spark import platform
+
+
+@dataclass
+class PackedBatch:
+    """Sequences packed into one row: ``tokens`` is ``[T]``, ``cu_seqlens`` is ``[n + 1]``."""
+
+    tokens: torch.Tensor
+    cu_seqlens: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tokens.numel())
+
+    @property
+    def seq_lengths(self) -> list[int]:
+        return (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).tolist()
+
+    def position_ids(self) -> torch.Tensor:
+        """``[T]``: 0..len-1 within every sequence."""
+        starts = torch.repeat_interleave(self.cu_seqlens[:-1], torch.tensor(self.seq_lengths))
+        return torch.arange(self.num_tokens) - starts
+
+    def next_token_targets(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``targets[t] = tokens[t + 1]`` inside a sequence; ``valid[t]`` is False at each last token."""
+        targets = torch.roll(self.tokens, -1)
+        valid = torch.ones(self.num_tokens, dtype=torch.bool)
+        valid[self.cu_seqlens[1:] - 1] = False
+        return torch.where(valid, targets, torch.zeros_like(targets)), valid
+
+    def packed_seq_params(self):
+        from megatron.core.packed_seq_params import PackedSeqParams
+
+        cu = self.cu_seqlens.to(platform.device(), torch.int32)
+        longest = max(self.seq_lengths)
+        return PackedSeqParams(
+            qkv_format="thd",
+            cu_seqlens_q=cu,
+            cu_seqlens_kv=cu,
+            max_seqlen_q=longest,
+            max_seqlen_kv=longest,
+        )
+
+
+def pack(sequences: Sequence[Sequence[int]]) -> PackedBatch:
+    """Pack token-id sequences (each non-empty) into one :class:`PackedBatch`."""
+    if not sequences or any(len(s) == 0 for s in sequences):
+        raise ValueError("pack() needs at least one sequence and no empty sequences")
+    lengths = torch.tensor([len(s) for s in sequences])
+    cu = torch.zeros(len(sequences) + 1, dtype=torch.int64)
+    cu[1:] = torch.cumsum(lengths, 0)
+    tokens = torch.tensor([t for s in sequences for t in s], dtype=torch.int64)
+    return PackedBatch(tokens=tokens, cu_seqlens=cu)
+
+
+def vocab_parallel_logprobs(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """log p(target) from TP-sharded logits ``[..., V_padded / tp]`` without gathering them.
+
+    Padded vocabulary rows (ids >= ``vocab_size``) are masked out so the result equals a softmax
+    over the real vocabulary. Uses megatron's ``vocab_parallel_cross_entropy`` (one all-reduce of
+    max, one of the target logit, one of the sum-exp over the TP group).
+    """
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    local = logits.shape[-1]
+    start = parallel_state.get_tensor_model_parallel_rank() * local
+    ids = torch.arange(start, start + local, device=logits.device)
+    logits = logits.float()
+    if start + local > vocab_size:
+        logits = logits.masked_fill(ids >= vocab_size, float("-inf"))
+    return -vocab_parallel_cross_entropy(logits, targets)
+
+
+LossFn = Callable[[torch.Tensor, PackedBatch], torch.Tensor]
+
+
+def run_packed(
+    model,
+    vocab_size: int,
+    batches: Sequence[PackedBatch],
+    loss_fn: LossFn | None = None,
+    forward_only: bool = True,
+) -> list[torch.Tensor]:
+    """Run micro-batches through megatron's schedule (any PP); returns per-micro-batch log-probs.
+
+    ``logprobs[t]`` is log p(tokens[t+1] | tokens[..t]) within the sequence, 0 at every last
+    token. ``loss_fn(logprobs, batch)`` gives the scalar to back-propagate (already normalised:
+    the schedule does not average over micro-batches). Log-probs come back on the last pipeline
+    stage only; other stages get an empty list.
+    """
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    dev = platform.device()
+
+    def forward_step(data_iterator, model_chunk):
+        batch: PackedBatch = next(data_iterator)
+        targets, valid = batch.next_token_targets()
+        output = model_chunk(
+            input_ids=batch.tokens.view(1, -1).to(dev),
+            position_ids=batch.position_ids().view(1, -1).to(dev),
+            attention_mask=None,
+            packed_seq_params=batch.packed_seq_params(),
+        )
+
+        def loss_func(logits: torch.Tensor):
+            # logits [1, T, V_padded/tp] (vocab-parallel)
+            logprobs = vocab_parallel_logprobs(logits[0], targets.to(dev), vocab_size)
+            logprobs = logprobs * valid.to(dev)
+            loss = loss_fn(logprobs, batch) if loss_fn is not None else logprobs.sum() * 0.0
+            num_tokens = valid.sum().to(dev)
+            return loss, num_tokens, {"logprobs": logprobs.detach()}
+
+        return output, loss_func
+
+    longest = max(b.num_tokens for b in batches)
+    out = get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=iter(batches),
+        model=[model],
+        num_microbatches=len(batches),
+        seq_length=longest,
+        micro_batch_size=1,
+        forward_only=forward_only,
+    )
+    return [d["logprobs"] for d in out]
+
+
+def split_logprobs(logprobs: torch.Tensor, batch: PackedBatch) -> list[list[float]]:
+    """Per-sequence lists of ``len - 1`` log-probs (the first token has none)."""
+    cu = batch.cu_seqlens.tolist()
+    return [logprobs[s : e - 1].tolist() for s, e in zip(cu[:-1], cu[1:])]

@@ -1,0 +1,167 @@
+"""Every difference between CPU and GPU lives here.
+
+On CUDA the backend is NCCL and nothing is patched. On the CPU the backend is gloo and three small
+compatibility patches let megatron-core run unchanged (measured with megatron-core 0.16.1):
+
+1. ``torch.cuda.current_device()`` answers ``"cpu"``: megatron passes it as ``device=`` when it
+   allocates buffers (RNG tracker, softmax offsets, parallel-state helpers).
+2. a TorchFunctionMode rewrites ``device="cuda"`` (and ``.cuda()`` / ``.to("cuda")``) to the CPU,
+   for tensors that megatron creates with a hard-coded CUDA device.
+3. ``torch.cuda.synchronize()`` becomes a no-op.
+
+Call :func:`setup` once per process, before any megatron model is built. Code elsewhere asks this
+module for the device (:func:`device`) and never tests ``torch.cuda.is_available()`` itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.overrides import TorchFunctionMode
+
+_STATE: dict[str, object] = {"patched": False, "mode": None}
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """How the model is split across processes."""
+
+    tensor_parallel_size: int = 1
+    """Tensor-parallel ranks (splits attention heads, MLP width and the vocabulary)."""
+    pipeline_parallel_size: int = 1
+    """Pipeline stages (splits the layers)."""
+
+
+def use_cuda() -> bool:
+    """True when this process trains on a CUDA device (the only place that decides)."""
+    return torch.cuda.is_available() and os.environ.get("MEGATRON_SPARK_FORCE_CPU", "0") != "1"
+
+
+def device() -> torch.device:
+    """The device this process computes on."""
+    if use_cuda():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def backend() -> str:
+    """torch.distributed backend for this device."""
+    return "nccl" if use_cuda() else "gloo"
+
+
+def _is_cuda_device(value: object) -> bool:
+    if isinstance(value, torch.device):
+        return value.type == "cuda"
+    if isinstance(value, str):
+        return value.startswith("cuda")
+    return False
+
+
+class _CudaToCpuMode(TorchFunctionMode):
+    """Rewrites CUDA placement requests to the CPU for every torch function call."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if _is_cuda_device(kwargs.get("device")) or isinstance(kwargs.get("device"), int):
+            kwargs["device"] = "cpu"
+        name = getattr(func, "__name__", "")
+        if name == "cuda":  # Tensor.cuda()
+            return args[0]
+        if name == "to":
+            args = tuple("cpu" if _is_cuda_device(a) else a for a in args)
+        if name in ("pin_memory",):
+            return args[0]
+        return func(*args, **kwargs)
+
+
+def _apply_cpu_patches() -> None:
+    if _STATE["patched"]:
+        return
+    torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment]
+    torch.cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]
+    mode = _CudaToCpuMode()
+    mode.__enter__()  # stays active for the life of the process
+    _STATE["mode"] = mode
+    _STATE["patched"] = True
+
+
+def quiet_megatron_import_warnings() -> None:
+    """Silence megatron-core's import-time notices about missing apex / Transformer Engine.
+
+    They are expected on the CPU and would otherwise bury our one-line user errors on stderr.
+    """
+    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
+    warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\..*")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"megatron\..*")
+
+
+def init_distributed() -> tuple[int, int]:
+    """Initialise torch.distributed from torchrun's env (or as a 1-process group). Returns (rank, world)."""
+    if not use_cuda():
+        _apply_cpu_patches()
+    if not dist.is_initialized():
+        rank = int(os.environ.get("RANK", "0"))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if "MASTER_ADDR" not in os.environ:
+            # A plain single process: a private rendezvous on loopback.
+            os.environ["MASTER_ADDR"] = "127.0.0.1"
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        if use_cuda():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(
+            backend=backend(), rank=rank, world_size=world, timeout=datetime.timedelta(minutes=10)
+        )
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _free_port() -> int:
+    import socket
+
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def setup(parallel: ParallelConfig, seed: int = 1234) -> None:
+    """Initialise the process group and megatron's parallel groups for ``parallel``."""
+    quiet_megatron_import_warnings()
+    _, world = init_distributed()
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+    model_parallel = parallel.tensor_parallel_size * parallel.pipeline_parallel_size
+    if world % model_parallel != 0:
+        raise ValueError(
+            f"world size {world} is not a multiple of tensor_parallel_size x "
+            f"pipeline_parallel_size = {model_parallel}"
+        )
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=parallel.tensor_parallel_size,
+        pipeline_model_parallel_size=parallel.pipeline_parallel_size,
+        create_gloo_process_groups=False,
+    )
+    torch.manual_seed(seed)
+    if use_cuda():
+        # Megatron's RNG tracker keeps per-TP-rank CUDA generators (dropout, TP init). On the CPU
+        # weights are initialised on the CPU master copy and dropout is off, so the global CPU
+        # generator is all that is used.
+        model_parallel_cuda_manual_seed(seed)
+
+
+def teardown() -> None:
+    """Destroy megatron's groups and the process group (safe to call twice)."""
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,33 @@
+"""megatron_spark: SPARK RL post-training on megatron-core.
+
+CPU install (development, CI, the tiny demo): pin torch first, then ``pip install -e ".[test]"``.
+GPU install: NGC PyTorch container (ships torch, apex, Transformer Engine), then
+``pip install -e ".[gpu]"``. apex is never installed from the package registry: the package of
+that name there is an unrelated project.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron_spark",
+    version="0.1.0",
+    description="SPARK: one model as policy, judge and self-corrector, trained with RLVR on megatron-core",
+    python_requires=">=3.10",
+    packages=find_packages(include=["megatron_spark", "megatron_spark.*"]),
+    install_requires=[
+        "torch>=2.6",
+        # 0.16.x is the newest for Python 3.11; 0.17+ need Python 3.12 (NGC containers have it).
+        "megatron-core>=0.16,<0.20",
+        "transformers>=4.51",
+        "safetensors>=0.4",
+        "sentencepiece>=0.2",
+        "numpy>=1.26",
+        "pyyaml>=6",
+        "rich>=13",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "ruff>=0.6"],
+        "gpu": ["transformer-engine[pytorch]>=2.4", "vllm>=0.10", "nvidia-modelopt>=0.33"],
+    },
+    entry_points={"console_scripts": ["megatron-spark=megatron_spark.cli:main"]},
+)
