@@ -98,6 +98,8 @@ def quiet_megatron_import_warnings() -> None:
     """
     warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
     warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
+    # megatron's torch_dist format still goes through torch's ShardedTensor.
+    warnings.filterwarnings("ignore", message=".*Please use DTensor instead.*")
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\..*")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"megatron\..*")
 
@@ -159,9 +161,12 @@ def setup(parallel: ParallelConfig, seed: int = 1234) -> None:
 
 def teardown() -> None:
     """Destroy megatron's groups and the process group (safe to call twice)."""
-    from megatron.core import parallel_state
+    import sys
 
-    if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
+    if "megatron.core.parallel_state" in sys.modules:
+        from megatron.core import parallel_state
+
+        if parallel_state.model_parallel_is_initialized():
+            parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()

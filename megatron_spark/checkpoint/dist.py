@@ -77,9 +77,10 @@ def save_model(model, model_dir: Path) -> None:
     """Write ``model``'s sharded state (all ranks call this collectively)."""
     from megatron.core import dist_checkpointing
 
+    from megatron_spark.mcore_compat import sync_save_strategy
+
     model_dir.mkdir(parents=True, exist_ok=True)
-    # Synchronous save: the async path forks a multiprocessing manager per call.
-    dist_checkpointing.save(model.sharded_state_dict(), str(model_dir))
+    dist_checkpointing.save(model.sharded_state_dict(), str(model_dir), sharded_strategy=sync_save_strategy())
 
 
 def load_model(model, model_dir: Path) -> None:

@@ -51,7 +51,7 @@ class HFCheckpointReader:
         self._handles: dict[Path, object] = {}
         for path in self._files():
             handle = self._open(path)
-            for name in handle.keys():
+            for name in handle.keys():  # noqa: SIM118 (safe_open handles are not iterable)
                 self._location[name] = path
         self.dtype = self._validate(arch)
 

@@ -1,0 +1,114 @@
+"""``megatron-spark`` command line: parse, build, run, tear down."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from megatron_spark.errors import UserError
+
+
+def _parallel(args):
+    from megatron_spark.platform import ParallelConfig
+
+    return ParallelConfig(tensor_parallel_size=args.tp, pipeline_parallel_size=args.pp)
+
+
+def cmd_convert(args) -> int:
+    from megatron_spark.checkpoint.convert import hf_to_megatron, megatron_to_hf
+
+    if args.direction == "hf-to-megatron":
+        out = hf_to_megatron(args.hf, args.out, overwrite=args.overwrite)
+    else:
+        out = megatron_to_hf(
+            args.ckpt, args.out, overwrite=args.overwrite, max_shard_size=args.max_shard_size
+        )
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_logprobs(args) -> int:
+    from megatron_spark.score import score_file
+
+    if args.max_tokens_per_batch < 1:
+        raise UserError("--max-tokens-per-batch must be >= 1")
+    out = score_file(
+        args.model,
+        args.input,
+        args.out,
+        _parallel(args),
+        params_dtype=args.dtype,
+        max_tokens_per_batch=args.max_tokens_per_batch,
+        overwrite=args.overwrite,
+    )
+    if out is not None:
+        print(f"wrote {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from megatron_spark.demo import run_demo
+
+    return run_demo(args.run_dir, args.preset, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="megatron-spark", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    conv = sub.add_parser("convert", help="convert checkpoints between Hugging Face and Megatron")
+    csub = conv.add_subparsers(dest="direction", required=True)
+    h2m = csub.add_parser("hf-to-megatron", help="HF directory -> megatron dist checkpoint")
+    h2m.add_argument("--hf", required=True, help="Hugging Face model directory (config.json + safetensors)")
+    h2m.add_argument("--out", required=True, help="checkpoint directory to create")
+    h2m.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    m2h = csub.add_parser("megatron-to-hf", help="megatron dist checkpoint -> HF directory")
+    m2h.add_argument("--ckpt", required=True, help="megatron_spark checkpoint directory")
+    m2h.add_argument("--out", required=True, help="Hugging Face directory to create")
+    m2h.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    m2h.add_argument("--max-shard-size", default="2GB", help="split model.safetensors above this size")
+    for c in (h2m, m2h):
+        c.set_defaults(func=cmd_convert)
+
+    lp = sub.add_parser("logprobs", help="per-token log-probs of token sequences (jsonl)")
+    lp.add_argument("--model", required=True, help="HF directory or megatron_spark checkpoint")
+    lp.add_argument("--input", required=True, help='jsonl with {"tokens": [...]} per line')
+    lp.add_argument("--out", required=True, help="jsonl to write (input rows + logprobs)")
+    lp.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
+    lp.add_argument("--pp", type=int, default=1, help="pipeline-parallel size")
+    lp.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="compute dtype (default: the checkpoint's)",
+    )
+    lp.add_argument("--max-tokens-per-batch", type=int, default=4096, help="packed micro-batch budget")
+    lp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    lp.set_defaults(func=cmd_logprobs)
+
+    demo = sub.add_parser("demo", help="tiny end-to-end demo on the CPU")
+    demo.add_argument("--run-dir", default="runs/demo", help="where the demo writes everything")
+    demo.add_argument("--preset", default="tiny-llama", help="model preset")
+    demo.add_argument("--seed", type=int, default=0, help="random seed")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        # One line, from one rank: every rank validates the same input.
+        if os.environ.get("RANK", "0") == "0":
+            print(f"megatron-spark: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        from megatron_spark import platform
+
+        platform.teardown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

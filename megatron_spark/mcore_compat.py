@@ -1,0 +1,41 @@
+"""Differences between megatron-core versions, and the workarounds we apply to it, in one place.
+
+Supported: megatron-core 0.16.x (Python 3.11, our CPU machines) through 0.19.x (Python 3.12, NGC).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def sync_save_strategy():
+    """A dist-checkpoint save strategy that writes the ``torch_dist`` format in this process.
+
+    megatron's default strategy writes through forked worker processes fed by a spawned
+    multiprocessing Manager, after preloading a second host copy of every tensor. On the CPU that
+    doubles peak memory, needs a ``__main__`` guard in every entry point, and hung in our runs
+    (megatron-core 0.16.1). The files written here are the same format, with megatron's own save
+    planner, so megatron's default load strategy reads them at any TP/PP.
+    """
+    import torch.distributed.checkpoint as dcp
+    from megatron.core.dist_checkpointing.strategies.torch import (
+        MCoreSavePlanner,
+        TorchDistSaveShardedStrategy,
+        _replace_state_dict_keys_with_sharded_keys,
+        mcore_to_pyt_state_dict,
+    )
+
+    class InProcessTorchDistSave(TorchDistSaveShardedStrategy):
+        def save(self, sharded_state_dict, checkpoint_dir: Path) -> None:
+            sd, _, _ = _replace_state_dict_keys_with_sharded_keys(
+                sharded_state_dict, self.keep_only_main_replica
+            )
+            dcp.save(
+                mcore_to_pyt_state_dict(sd, False),
+                storage_writer=dcp.FileSystemWriter(str(checkpoint_dir), thread_count=1),
+                planner=MCoreSavePlanner(
+                    dedup_replicated_tensors=not self.keep_only_main_replica, flatten_state_dict=False
+                ),
+            )
+
+    return InProcessTorchDistSave("torch_dist", 1)
