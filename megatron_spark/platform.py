@@ -111,14 +111,17 @@ def init_distributed() -> tuple[int, int]:
     if not dist.is_initialized():
         rank = int(os.environ.get("RANK", "0"))
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        if "MASTER_ADDR" not in os.environ:
-            # A plain single process: a private rendezvous on loopback.
-            os.environ["MASTER_ADDR"] = "127.0.0.1"
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        # torchrun sets MASTER_ADDR/PORT; a plain single process gets a private loopback
+        # rendezvous without touching os.environ (child processes must not inherit the port).
+        init_method = None if "MASTER_ADDR" in os.environ else f"tcp://127.0.0.1:{_free_port()}"
         if use_cuda():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(
-            backend=backend(), rank=rank, world_size=world, timeout=datetime.timedelta(minutes=10)
+            backend=backend(),
+            init_method=init_method,
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(minutes=10),
         )
     return dist.get_rank(), dist.get_world_size()
 

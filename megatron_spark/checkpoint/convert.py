@@ -25,7 +25,7 @@ from megatron_spark.checkpoint.io import (
 )
 from megatron_spark.checkpoint.mapping import export_hf_tensors, load_hf_into_model
 from megatron_spark.errors import UserError
-from megatron_spark.model.builder import PrecisionConfig, build_model
+from megatron_spark.model.builder import PrecisionConfig
 from megatron_spark.model.config import ModelArch, arch_from_hf_dir
 
 SINGLE = platform.ParallelConfig(tensor_parallel_size=1, pipeline_parallel_size=1)
@@ -43,6 +43,8 @@ def hf_to_megatron(hf_dir: str | Path, out: str | Path, overwrite: bool = False)
     arch = arch_from_hf_dir(hf_dir)
     reader = HFCheckpointReader(hf_dir, arch)
     with atomic_output_dir(out, overwrite) as tmp:
+        from megatron_spark.model.builder import build_model
+
         _single_process()
         precision = PrecisionConfig(params_dtype=dtype_name(reader.dtype))
         model = build_model(arch, SINGLE, precision, init_weights=False)
@@ -81,6 +83,8 @@ def megatron_to_hf(
     arch = meta.arch(str(ckpt / mckpt.META_NAME))
     max_bytes = parse_size(max_shard_size)
     with atomic_output_dir(out, overwrite) as tmp:
+        from megatron_spark.model.builder import build_model
+
         _single_process()
         model = build_model(arch, SINGLE, PrecisionConfig(params_dtype=meta.params_dtype), init_weights=False)
         mckpt.load_model(model, ckpt / "model")
@@ -112,6 +116,8 @@ def load_pretrained(
     ``precision`` defaults to the checkpoint's own dtype.
     """
     from megatron.core import parallel_state
+
+    from megatron_spark.model.builder import build_model
 
     source = Path(source)
     if mckpt.is_megatron_checkpoint(source):

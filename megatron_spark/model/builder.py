@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 from megatron_spark import platform
 from megatron_spark.errors import UserError
-from megatron_spark.model.attention import SDPACoreAttention
 from megatron_spark.model.config import ModelArch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -118,6 +117,8 @@ def transformer_config(
 def layer_spec(use_te: bool):
     """Transformer layer ModuleSpec: TE layers, or local layers with our core attention."""
     from megatron.core.models.gpt import gpt_layer_specs
+
+    from megatron_spark.model.attention import SDPACoreAttention
 
     if use_te:
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
