@@ -25,6 +25,8 @@ import torch
 import torch.distributed as dist
 from torch.overrides import TorchFunctionMode
 
+from megatron_spark.errors import UserError
+
 _STATE: dict[str, object] = {"patched": False, "mode": None}
 
 
@@ -143,9 +145,9 @@ def setup(parallel: ParallelConfig, seed: int = 1234) -> None:
 
     model_parallel = parallel.tensor_parallel_size * parallel.pipeline_parallel_size
     if world % model_parallel != 0:
-        raise ValueError(
-            f"world size {world} is not a multiple of tensor_parallel_size x "
-            f"pipeline_parallel_size = {model_parallel}"
+        raise UserError(
+            f"{world} processes cannot hold tensor_parallel_size x pipeline_parallel_size = "
+            f"{model_parallel}; launch a multiple of {model_parallel} processes with torchrun"
         )
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()

@@ -78,12 +78,13 @@ def score_file(
     """Score every sequence of ``input_path``; the writer rank returns the output path."""
     from megatron.core import parallel_state
 
-    from megatron_spark.checkpoint.convert import load_pretrained
+    from megatron_spark.checkpoint.convert import load_pretrained, read_arch
 
     out = Path(out_path)
     if out.exists() and not overwrite:
         raise UserError(f"{out}: already exists; pass --overwrite to replace it")
     rows = read_token_jsonl(input_path)
+    read_arch(model_path).check_parallel(parallel.tensor_parallel_size, parallel.pipeline_parallel_size)
     precision = PrecisionConfig(params_dtype=params_dtype) if params_dtype else None
     platform.setup(parallel)
     model, arch = load_pretrained(model_path, parallel, precision)

@@ -88,7 +88,10 @@ def megatron_to_hf(
         _single_process()
         model = build_model(arch, SINGLE, PrecisionConfig(params_dtype=meta.params_dtype), init_weights=False)
         mckpt.load_model(model, ckpt / "model")
-        save_hf_tensors(export_hf_tensors(model, arch), tmp, max_bytes)
+        # megatron's torch RMSNorm keeps its weight in float32 whatever params_dtype is: cast every
+        # tensor back to the checkpoint's dtype (lossless: the values came from that dtype).
+        dtype = PrecisionConfig(params_dtype=meta.params_dtype).torch_dtype
+        save_hf_tensors(((n, t.to(dtype)) for n, t in export_hf_tensors(model, arch)), tmp, max_bytes)
         del model
         config = dict(arch.hf_config)
         config["architectures"] = [arch.hf_architecture]
@@ -105,6 +108,14 @@ def megatron_to_hf(
             (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         copy_tokenizer_files(ckpt / "hf", tmp)
     return Path(out)
+
+
+def read_arch(source: str | Path) -> ModelArch:
+    """The network described by an HF directory or a megatron_spark checkpoint (no weights read)."""
+    source = Path(source)
+    if mckpt.is_megatron_checkpoint(source):
+        return mckpt.read_meta(source).arch(str(source / mckpt.META_NAME))
+    return arch_from_hf_dir(source)
 
 
 def load_pretrained(
