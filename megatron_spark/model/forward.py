@@ -16,7 +16,7 @@ import torch
 from megatron_spark import platform
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: a batch is a specific micro-batch
 class PackedBatch:
     """Sequences packed into one row: ``tokens`` is ``[T]``, ``cu_seqlens`` is ``[n + 1]``."""
 
