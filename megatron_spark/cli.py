@@ -48,9 +48,12 @@ def cmd_logprobs(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    import time
+
     from megatron_spark.demo import run_demo
 
-    return run_demo(args.run_dir, args.preset, seed=args.seed)
+    run_dir = args.run_dir or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    return run_demo(run_dir, args.preset, seed=args.seed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     lp.set_defaults(func=cmd_logprobs)
 
     demo = sub.add_parser("demo", help="tiny end-to-end demo on the CPU")
-    demo.add_argument("--run-dir", default="runs/demo", help="where the demo writes everything")
+    demo.add_argument("--run-dir", default=None, help="where the demo writes (default runs/demo-<time>)")
     demo.add_argument("--preset", default="tiny-llama", help="model preset")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.set_defaults(func=cmd_demo)

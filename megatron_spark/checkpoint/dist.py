@@ -84,7 +84,13 @@ def save_model(model, model_dir: Path) -> None:
 
 
 def load_model(model, model_dir: Path) -> None:
-    """Fill ``model`` (any TP/PP) from a dist checkpoint written at any TP/PP."""
+    """Fill ``model`` (any TP/PP) from a dist checkpoint written at any TP/PP.
+
+    ``dist_checkpointing.load`` returns freshly read tensors that ``load_state_dict`` then copies,
+    so peak memory is about two copies of this rank's shard (see docs/performance.md). Loading a
+    layer at a time is not possible with megatron's layer-stacked keys (torch's ShardedTensor
+    metadata then disagrees with the local shards).
+    """
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.core import CheckpointingException
 

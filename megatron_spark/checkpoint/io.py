@@ -48,11 +48,13 @@ class HFCheckpointReader:
     def __init__(self, hf_dir: str | Path, arch: ModelArch):
         self.dir = Path(hf_dir)
         self._location: dict[str, Path] = {}
-        self._handles: dict[Path, object] = {}
+        self._shapes: dict[str, tuple[tuple[int, ...], str]] = {}
         for path in self._files():
-            handle = self._open(path)
-            for name in handle.keys():  # noqa: SIM118 (safe_open handles are not iterable)
-                self._location[name] = path
+            with self._open(path) as handle:
+                for name in handle.keys():  # noqa: SIM118 (safe_open handles are not iterable)
+                    self._location[name] = path
+                    sl = handle.get_slice(name)
+                    self._shapes[name] = (tuple(sl.get_shape()), sl.get_dtype())
         self.dtype = self._validate(arch)
 
     def _files(self) -> list[Path]:
@@ -72,26 +74,26 @@ class HFCheckpointReader:
             raise UserError(f"{self.dir}: no *.safetensors files (only safetensors is supported)")
         return files
 
-    def _open(self, path: Path):
+    @staticmethod
+    def _open(path: Path):
+        # Opened per use: a long-lived handle keeps its memory map, and every page read through
+        # it, resident for the life of the reader (a second copy of the checkpoint in RSS).
         try:
-            handle = safe_open(str(path), framework="pt")
+            return safe_open(str(path), framework="pt")
         except (SafetensorError, OSError) as e:
             raise UserError(f"{path}: truncated or corrupt safetensors file ({e})") from None
-        self._handles[path] = handle
-        return handle
 
     def _validate(self, arch: ModelArch) -> torch.dtype:
         dtypes = set()
         for name, shape in expected_hf_shapes(arch).items():
             if name not in self._location:
                 raise UserError(f"{self.dir}: tensor '{name}' is missing from the checkpoint")
-            sl = self._handles[self._location[name]].get_slice(name)
-            got = tuple(sl.get_shape())
+            got, dtype = self._shapes[name]
             if got != shape:
                 raise UserError(
                     f"{self._location[name]}: tensor '{name}' has shape {got}, config.json implies {shape}"
                 )
-            dtypes.add(sl.get_dtype())
+            dtypes.add(dtype)
         if len(dtypes) != 1:
             raise UserError(f"{self.dir}: tensors have mixed dtypes {sorted(dtypes)}")
         return {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}[dtypes.pop()]
@@ -102,7 +104,8 @@ class HFCheckpointReader:
     def get(self, name: str) -> torch.Tensor:
         path = self._location[name]
         try:
-            return self._handles[path].get_tensor(name)
+            with self._open(path) as handle:
+                return handle.get_tensor(name)
         except (SafetensorError, OSError) as e:
             raise UserError(f"{path}: cannot read tensor '{name}' ({e})") from None
 
@@ -129,21 +132,29 @@ def save_hf_tensors(
     once the total exceeds ``max_shard_bytes``. At most one shard is held in memory."""
     shards: list[tuple[str, list[str], int]] = []
     pending: dict[str, torch.Tensor] = {}
+    pending_storages: set[int] = set()
     pending_bytes = 0
 
     def flush() -> None:
-        nonlocal pending, pending_bytes
+        nonlocal pending, pending_bytes, pending_storages
         tmp_name = f"shard-{len(shards):05d}.safetensors"
         save_file(pending, str(out_dir / tmp_name), metadata={"format": "pt"})
         shards.append((tmp_name, list(pending), pending_bytes))
-        pending, pending_bytes = {}, 0
+        pending, pending_bytes, pending_storages = {}, 0, set()
 
     for name, tensor in tensors:
         nbytes = tensor.numel() * tensor.element_size()
         if pending and pending_bytes + nbytes > max_shard_bytes:
             flush()
-        # Own storage per tensor: views of one fused tensor must not share memory in the file.
-        pending[name] = tensor.detach().to("cpu").contiguous().clone()
+        tensor = tensor.detach().to("cpu").contiguous()
+        # safetensors refuses tensors that share storage (gate/up halves of one fused weight):
+        # copy only those; other tensors are written straight from the model's memory.
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr in pending_storages:
+            tensor = tensor.clone()
+            ptr = tensor.untyped_storage().data_ptr()
+        pending_storages.add(ptr)
+        pending[name] = tensor
         pending_bytes += nbytes
     if pending or not shards:
         flush()
