@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from megatron_spark.errors import UserError
 from megatron_spark.model.config import ModelArch, arch_from_hf_config
 
@@ -84,19 +82,25 @@ def save_model(model, model_dir: Path) -> None:
 
 
 def load_model(model, model_dir: Path) -> None:
-    """Fill ``model`` (any TP/PP) from a dist checkpoint written at any TP/PP.
+    """Fill ``model`` (any TP/PP) in place from a dist checkpoint written at any TP/PP.
 
-    ``dist_checkpointing.load`` returns freshly read tensors that ``load_state_dict`` then copies,
-    so peak memory is about two copies of this rank's shard (see docs/performance.md). Loading a
-    layer at a time is not possible with megatron's layer-stacked keys (torch's ShardedTensor
-    metadata then disagrees with the local shards).
+    megatron loads into the tensors that the sharded state dict carries, which are the parameters
+    themselves. The one exception is a ShardedTensorFactory (SwiGLU's ``linear_fc1``): after
+    loading its gate/up views in place, megatron concatenates them into a new tensor, which
+    ``load_state_dict`` would then copy back; for all layers at once that is about half a model of
+    extra memory. Applying the factories here first keeps the views and drops the merge.
     """
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.core import CheckpointingException
+    from megatron.core.dist_checkpointing.mapping import apply_factories
 
+    sharded = model.sharded_state_dict()
+    apply_factories(sharded)
     try:
-        state = dist_checkpointing.load(model.sharded_state_dict(), str(model_dir))
+        state = dist_checkpointing.load(sharded, str(model_dir))
     except CheckpointingException as e:
         raise UserError(f"{model_dir}: cannot load dist checkpoint ({e})") from None
-    with torch.no_grad():
-        model.load_state_dict(state, strict=True)
+    # Non-tensor state (Transformer Engine's FP8 ``_extra_state``) is returned, not loaded in place.
+    extra = {k: v for k, v in state.items() if k.endswith("_extra_state")}
+    if extra:
+        model.load_state_dict(extra, strict=False)
