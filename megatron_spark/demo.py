@@ -70,11 +70,11 @@ def run_demo(run_dir: str | Path, preset: str, seed: int = 0) -> int:
         torch.equal(a[k].view(torch.int32), b[k].view(torch.int32)) for k in a
     )
 
-    table = Table(title=f"megatron_spark demo ({preset})")
+    table = Table(title=f"megatron_spark demo ({preset}) in {run}")
     for col in ("stage", "output", "seconds"):
         table.add_column(col)
     for stage, out, sec in rows:
-        table.add_row(stage, out, f"{sec:.1f}")
+        table.add_row(stage, str(Path(out).relative_to(run)), f"{sec:.1f}")
     console.print(table)
     console.print(f"max |log-prob(Megatron) - log-prob(transformers)| = {max_diff:.2e} (float32)")
     console.print(f"HF -> Megatron -> HF round trip bit-identical: {identical}")
