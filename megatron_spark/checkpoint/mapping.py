@@ -218,6 +218,11 @@ def _named_tensors(model, use_grad: bool) -> Iterator[tuple[str, torch.Tensor]]:
             yield name, param
 
 
+def _owns_storage(t: torch.Tensor) -> bool:
+    """True when ``t`` is the whole of its (contiguous) storage, i.e. not a view into another tensor."""
+    return t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+
+
 def is_tied_output_copy(arch: ModelArch, megatron_name: str) -> bool:
     """The last stage's output layer is a copy of the embedding when embeddings are tied."""
     return arch.tie_word_embeddings and megatron_name == "output_layer.weight"
@@ -236,10 +241,21 @@ def load_hf_into_model(
             rule = rule_for(gname)
             if is_tied_output_copy(arch, gname):
                 rule = rule_for("embedding.word_embeddings.weight")
-            local = shard(rule, hf_to_full(arch, rule, get), tp_rank, tp_size)
+            full = hf_to_full(arch, rule, get)
+            local = shard(rule, full, tp_rank, tp_size)
             if local.shape != param.shape:
                 raise ValueError(f"{gname}: shard {tuple(local.shape)} != {tuple(param.shape)}")
-            param.copy_(local)
+            if (
+                local is full
+                and _owns_storage(full)
+                and full.dtype == param.dtype
+                and full.device == param.device
+            ):
+                # A freshly read/assembled tensor of exactly the parameter's shape: adopt its
+                # storage instead of copying (before any DDP buffer exists, so nothing aliases it).
+                param.data = full
+            else:
+                param.copy_(local)
 
 
 def export_hf_tensors(
