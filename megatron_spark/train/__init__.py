@@ -1,0 +1,1 @@
+"""Training: advantages, packing, the loss head, optimisation."""

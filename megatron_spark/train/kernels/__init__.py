@@ -1,0 +1,1 @@
+"""Loss kernels that never materialise the [tokens x vocab] logits."""

@@ -1,0 +1,262 @@
+r"""Fused output-layer loss head: every per-token objective straight from hidden states and the
+vocab-parallel output weight, one vocabulary tile at a time, never materialising the logits.
+
+For token t with logits :math:`z = x_t W^\top` (W: this TP rank's rows of the output layer):
+
+* :math:`\log p_t = z_{y_t} - \mathrm{lse}(z)`, entropy :math:`H_t = \mathrm{lse}(z) - \sum_v p_v z_v`
+* loss :math:`L = \sum_t w^{rl}_t\,\mathrm{pg}_t + w^{kl}_t\,\mathrm{kl}_t - w^{ent}_t H_t - w^{ce}_t \log p_t`
+  - :math:`\mathrm{pg}_t = \max(-r_t A_t, -\mathrm{clip}(r_t, 1-\epsilon_l, 1+\epsilon_h) A_t)`,
+    :math:`r_t = \exp(\log p_t - \log p^{old}_t)`; with dual clip c > 1 and :math:`A_t < 0` it is
+    further capped at :math:`-c A_t`
+  - :math:`\mathrm{kl}_t`: k1 = :math:`\log p_t - \log p^{ref}_t`, or
+    k3 = :math:`e^{d} - d - 1` with :math:`d = \log p^{ref}_t - \log p_t`
+
+Every term depends on z only through :math:`\log p_t` and :math:`H_t`, so with
+:math:`g_t = \partial L/\partial \log p_t` and :math:`h_t = \partial L/\partial H_t = -w^{ent}_t`:
+
+.. math:: \partial L/\partial z_v = g_t(\mathbb{1}[v = y_t] - p_v) - h_t\,p_v (z_v - \mu_t),
+   \quad \mu_t = \sum_v p_v z_v
+
+Forward keeps, per token, the running max m, :math:`s = \sum e^{z - m}`,
+:math:`a = \sum e^{z - m} z` and the target logit (float32); TP ranks exchange these four numbers
+per token in one all-gather and combine them. Backward recomputes each tile's logits and
+accumulates dX (summed over the TP group) and dW (local rows) in float32.
+
+Weights arrive with their normalisers folded in (global token counts): the kernel sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Objective constants and tiling of the fused head."""
+
+    clip_low: float = 0.2
+    """PPO ratio clip below 1 (epsilon_low)."""
+    clip_high: float = 0.2
+    """PPO ratio clip above 1 (epsilon_high; > clip_low is "clip-higher")."""
+    dual_clip: float | None = None
+    """Dual-clip constant c > 1 bounding the loss of negative-advantage tokens; None disables."""
+    kl_estimator: Literal["k1", "k3"] = "k3"
+    """Estimator of KL(policy || reference) per token."""
+    vocab_size: int | None = None
+    """Real vocabulary size; logits of padded rows (ids >= vocab_size) are masked out. None: no
+    padding."""
+    token_chunk: int = 1024
+    """Tokens per tile (bounds the [tokens, vocab] tile memory)."""
+    vocab_chunk: int = 8192
+    """Vocabulary rows per tile."""
+
+    def __post_init__(self) -> None:
+        if self.kl_estimator not in ("k1", "k3"):
+            raise ValueError(f"kl_estimator must be k1 or k3, got {self.kl_estimator!r}")
+        if self.dual_clip is not None and self.dual_clip <= 1.0:
+            raise ValueError(f"dual_clip must be > 1, got {self.dual_clip}")
+        if self.token_chunk < 1 or self.vocab_chunk < 1:
+            raise ValueError("token_chunk and vocab_chunk must be >= 1")
+
+
+@dataclass
+class TokenInputs:
+    """Per-token inputs, each ``[T]`` (float32 except ``targets``)."""
+
+    targets: torch.Tensor
+    """Global token id predicted at each position."""
+    old_logprobs: torch.Tensor
+    """log p under the policy that sampled (for the PPO ratio)."""
+    ref_logprobs: torch.Tensor
+    """log p under the frozen reference (for KL)."""
+    advantages: torch.Tensor
+    """Advantage A_t."""
+    rl_weight: torch.Tensor
+    """Weight of the clipped surrogate (0 for tokens that are not RL-trained)."""
+    kl_weight: torch.Tensor
+    """Weight of the KL term."""
+    entropy_weight: torch.Tensor
+    """Weight of the entropy bonus (positive rewards entropy)."""
+    ce_weight: torch.Tensor
+    """Weight of teacher-forced cross-entropy (judge verdict tokens)."""
+
+
+@dataclass
+class HeadOutput:
+    loss: torch.Tensor
+    """Scalar loss (differentiable w.r.t. hidden states and weight)."""
+    logprobs: torch.Tensor
+    """``[T]`` log p of the targets (no grad)."""
+    entropy: torch.Tensor
+    """``[T]`` entropy of the full next-token distribution (no grad)."""
+    clip_fraction: torch.Tensor
+    """Share of RL tokens (rl_weight != 0) whose gradient the clip removed."""
+
+
+def _tile_logits(x: torch.Tensor, w: torch.Tensor, v0: int, vocab_start: int, vocab_size: int | None):
+    z = x.float() @ w.float().t()  # [Tc, Vc] float32
+    if vocab_size is not None and vocab_start + v0 + w.shape[0] > vocab_size:
+        ids = torch.arange(vocab_start + v0, vocab_start + v0 + w.shape[0], device=z.device)
+        z = z.masked_fill(ids >= vocab_size, float("-inf"))
+    return z
+
+
+def _stats(x, w, targets, cfg: HeadConfig, vocab_start: int) -> torch.Tensor:
+    """Per-token [m, s, a, z_target] over this rank's vocabulary rows, float32 ``[T, 4]``:
+    running max, sum e^(z-m), sum e^(z-m) (z-m), target logit (0 if not in this shard)."""
+    t_total, v_local = x.shape[0], w.shape[0]
+    out = torch.empty(t_total, 4, dtype=torch.float32, device=x.device)
+    local_t = targets - vocab_start
+    for t0 in range(0, t_total, cfg.token_chunk):
+        xc = x[t0 : t0 + cfg.token_chunk]
+        tc = local_t[t0 : t0 + cfg.token_chunk]
+        m = torch.full((xc.shape[0],), float("-inf"), device=x.device)
+        s = torch.zeros(xc.shape[0], device=x.device)
+        a = torch.zeros(xc.shape[0], device=x.device)
+        zy = torch.zeros(xc.shape[0], device=x.device)
+        for v0 in range(0, v_local, cfg.vocab_chunk):
+            z = _tile_logits(xc, w[v0 : v0 + cfg.vocab_chunk], v0, vocab_start, cfg.vocab_size)
+            m_new = torch.maximum(m, z.max(dim=1).values)
+            # exp(-inf - -inf) guards: a tile or rank whose rows are all padding has m = -inf.
+            scale = torch.where(torch.isfinite(m), torch.exp(m - m_new), torch.zeros_like(m))
+            m_safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
+            zs = z - m_safe[:, None]
+            e = torch.exp(zs)  # 0 on masked (padded) rows
+            # a = sum e^(z-m) (z-m), kept relative to the running max: re-based when m moves.
+            shift = torch.where(torch.isfinite(m), m - m_safe, torch.zeros_like(m))
+            a = scale * (a + shift * s) + torch.where(e > 0, e * zs, torch.zeros_like(e)).sum(1)
+            s = s * scale + e.sum(1)
+            m = m_new
+            inside = (tc >= v0) & (tc < v0 + z.shape[1])
+            idx = (tc - v0).clamp(0, z.shape[1] - 1)
+            zy += torch.where(inside, z.gather(1, idx[:, None])[:, 0], torch.zeros_like(zy))
+        out[t0 : t0 + xc.shape[0]] = torch.stack([m, s, a, zy], dim=1)
+    return out
+
+
+def _combine(stats: torch.Tensor, tp_group) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(lse, mu, target logit, entropy) per token from every TP rank's partial statistics."""
+    if tp_group is not None and dist.get_world_size(tp_group) > 1:
+        parts = [torch.empty_like(stats) for _ in range(dist.get_world_size(tp_group))]
+        # Exchange 4 floats per token among the TP group (one collective).
+        dist.all_gather(parts, stats.contiguous(), group=tp_group)
+        allst = torch.stack(parts)  # [tp, T, 4]
+    else:
+        allst = stats[None]
+    m, s, a, zy = allst.unbind(-1)
+    big_m = m.max(0).values
+    finite = torch.isfinite(m)
+    scale = torch.where(finite, torch.exp(m - big_m), torch.zeros_like(m))
+    shift = torch.where(finite, m - big_m, torch.zeros_like(m))
+    s_g = (s * scale).sum(0)
+    a_g = (scale * (a + shift * s)).sum(0)  # sum e^(z-M) (z-M) over all ranks
+    # H = lse - mu = log s - a/s: no cancellation between two large numbers.
+    return big_m + torch.log(s_g), big_m + a_g / s_g, zy.sum(0), torch.log(s_g) - a_g / s_g
+
+
+def _objective_grads(logp, inp: TokenInputs, cfg: HeadConfig):
+    """Loss per token and g = dL/dlogp per token (float32), plus the clipped mask."""
+    ratio = torch.exp(logp - inp.old_logprobs)
+    adv = inp.advantages
+    clipped_ratio = ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
+    pg1, pg2 = -ratio * adv, -clipped_ratio * adv
+    pg = torch.maximum(pg1, pg2)
+    d_pg = torch.where(pg1 >= pg2, -ratio * adv, torch.zeros_like(ratio))
+    clipped = pg2 > pg1
+    if cfg.dual_clip is not None:
+        cap = -cfg.dual_clip * adv
+        dual = (adv < 0) & (pg > cap)
+        pg = torch.where(dual, cap, pg)
+        d_pg = torch.where(dual, torch.zeros_like(d_pg), d_pg)
+        clipped = clipped | dual
+    if cfg.kl_estimator == "k1":
+        kl, d_kl = logp - inp.ref_logprobs, torch.ones_like(logp)
+    else:
+        d = inp.ref_logprobs - logp
+        kl, d_kl = torch.exp(d) - d - 1.0, 1.0 - torch.exp(d)
+    loss_tok = inp.rl_weight * pg + inp.kl_weight * kl - inp.ce_weight * logp
+    g = inp.rl_weight * d_pg + inp.kl_weight * d_kl - inp.ce_weight
+    return loss_tok, g, clipped
+
+
+class _FusedHead(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, inp: TokenInputs, cfg: HeadConfig, vocab_start: int, tp_group):
+        stats = _stats(x, w, inp.targets, cfg, vocab_start)
+        lse, mu, zy, entropy = _combine(stats, tp_group)
+        logp = zy - lse
+        f = lambda t: t.float()  # noqa: E731
+        inputs = TokenInputs(
+            inp.targets,
+            *(
+                f(t)
+                for t in (
+                    inp.old_logprobs,
+                    inp.ref_logprobs,
+                    inp.advantages,
+                    inp.rl_weight,
+                    inp.kl_weight,
+                    inp.entropy_weight,
+                    inp.ce_weight,
+                )
+            ),
+        )
+        loss_tok, g, clipped = _objective_grads(logp, inputs, cfg)
+        loss = (loss_tok - inputs.entropy_weight * entropy).sum()
+        h = -inputs.entropy_weight
+        rl_tokens = inputs.rl_weight != 0
+        clip_fraction = (clipped & rl_tokens).sum() / rl_tokens.sum().clamp(min=1)
+        ctx.save_for_backward(x, w, inp.targets, lse, mu, g, h)
+        ctx.cfg, ctx.vocab_start, ctx.tp_group = cfg, vocab_start, tp_group
+        ctx.mark_non_differentiable(logp, entropy, clip_fraction)
+        return loss, logp, entropy, clip_fraction
+
+    @staticmethod
+    def backward(ctx, grad_loss, _glogp, _gent, _gclip):
+        x, w, targets, lse, mu, g, h = ctx.saved_tensors
+        cfg, vocab_start, tp_group = ctx.cfg, ctx.vocab_start, ctx.tp_group
+        g, h = g * grad_loss, h * grad_loss
+        dx = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        dw = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        local_t = targets - vocab_start
+        for t0 in range(0, x.shape[0], cfg.token_chunk):
+            sl = slice(t0, t0 + cfg.token_chunk)
+            xc, tc = x[sl], local_t[sl]
+            for v0 in range(0, w.shape[0], cfg.vocab_chunk):
+                wt = w[v0 : v0 + cfg.vocab_chunk]
+                z = _tile_logits(xc, wt, v0, vocab_start, cfg.vocab_size)
+                p = torch.exp(z - lse[sl, None])  # 0 on masked rows
+                zc = torch.where(p > 0, z - mu[sl, None], torch.zeros_like(z))
+                dz = -g[sl, None] * p - h[sl, None] * p * zc  # [Tc, Vc]
+                inside = (tc >= v0) & (tc < v0 + z.shape[1])
+                rows = inside.nonzero()[:, 0]
+                dz[rows, tc[rows] - v0] += g[sl][rows]
+                dx[sl] += dz @ wt.float()
+                dw[v0 : v0 + cfg.vocab_chunk] += dz.t() @ xc.float()
+        if tp_group is not None and dist.get_world_size(tp_group) > 1:
+            # dX sums the contributions of every rank's vocabulary rows (TP group).
+            dist.all_reduce(dx, group=tp_group)
+        return dx.to(x.dtype), dw.to(w.dtype), None, None, None, None
+
+
+def fused_head_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    inputs: TokenInputs,
+    cfg: HeadConfig = HeadConfig(),
+    vocab_start: int = 0,
+    tp_group=None,
+) -> HeadOutput:
+    """The loss head for one packed micro-batch.
+
+    ``hidden`` ``[T, H]`` (all tokens; gather sequence-parallel shards first), ``weight``
+    ``[V/tp, H]`` holding vocabulary rows ``vocab_start ..``, per-token ``inputs`` of length T.
+    """
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} do not fit")
+    loss, logp, ent, clip = _FusedHead.apply(hidden, weight, inputs, cfg, vocab_start, tp_group)
+    return HeadOutput(loss=loss, logprobs=logp, entropy=ent, clip_fraction=clip)
