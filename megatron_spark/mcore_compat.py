@@ -45,3 +45,35 @@ def sync_save_strategy():
             )
 
     return InProcessTorchDistSave("torch_dist", 1)
+
+
+class OutputLayerBypass:
+    """While active, ``GPTModel`` returns the final hidden states ``[b, s, H]`` instead of logits,
+    and :attr:`weight` holds the output weight it would have used (its own, or the embedding when
+    tied), so a loss head can consume both without the logits ever existing.
+
+    megatron-core 0.16-0.19 compute the logits as ``self.output_layer(hidden, weight=...,
+    runtime_gather_output=...)`` and return ``logits.transpose(0, 1)`` when no labels are given;
+    the bypass replaces that one call on this model instance only. Under sequence parallelism the
+    hidden states are gathered over the TP group first (differentiable: reduce-scatter backward).
+    """
+
+    def __init__(self, model):
+        self.layer = model.output_layer
+        self.weight = None
+
+    def _forward(self, hidden_states, weight=None, runtime_gather_output=None):
+        from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
+
+        self.weight = self.layer.weight if weight is None else weight
+        if self.layer.sequence_parallel:
+            hidden_states = gather_from_sequence_parallel_region(hidden_states)
+        return hidden_states, None
+
+    def __enter__(self):
+        self.layer.forward = self._forward
+        return self
+
+    def __exit__(self, *exc):
+        del self.layer.forward  # back to the class's forward
+        return False

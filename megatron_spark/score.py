@@ -102,7 +102,7 @@ def score_file(
     model.eval()
     groups = batch_by_tokens([len(r["tokens"]) for r in rows], max_tokens_per_batch)
     batches = [pack([rows[i]["tokens"] for i in g]) for g in groups]
-    results = run_packed(model, arch.vocab_size, batches)
+    results = [r["logprobs"] for r in run_packed(model, arch.vocab_size, batches)]
     is_writer = (
         parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0
     )

@@ -8,6 +8,8 @@ its vocab-parallel logits into log-probs of the next token.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -88,6 +90,17 @@ def vocab_parallel_logprobs(logits: torch.Tensor, targets: torch.Tensor, vocab_s
 
 
 LossFn = Callable[[torch.Tensor, PackedBatch], torch.Tensor]
+_WEIGHTS = ("rl_weight", "kl_weight", "entropy_weight", "ce_weight")
+
+
+@dataclass
+class FusedHead:
+    """Compute the loss with the fused head from hidden states (the logits never exist)."""
+
+    config: object
+    """A ``train.kernels.fused_head.HeadConfig``."""
+    inputs: Callable[[PackedBatch], object]
+    """Per-token ``TokenInputs`` of a micro-batch (targets are filled in by ``run_packed``)."""
 
 
 def run_packed(
@@ -96,27 +109,37 @@ def run_packed(
     batches: Sequence[PackedBatch],
     loss_fn: LossFn | None = None,
     forward_only: bool = True,
-) -> list[torch.Tensor]:
-    """Run micro-batches through megatron's schedule (any PP); returns per-micro-batch log-probs.
+    fused_head: FusedHead | None = None,
+) -> list[dict[str, torch.Tensor]]:
+    """Run micro-batches through megatron's schedule (any PP).
 
-    ``logprobs[t]`` is log p(tokens[t+1] | tokens[..t]) within the sequence, 0 at every last
+    Returns one dict per micro-batch: ``loss`` and ``logprobs`` (plus ``entropy`` and
+    ``clip_fraction`` with the fused head). ``logprobs[t]`` is log p(tokens[t+1] | tokens[..t]) within the sequence, 0 at every last
     token. ``loss_fn(logprobs, batch)`` gives the scalar to back-propagate (already normalised:
     the schedule does not average over micro-batches). Log-probs come back on the last pipeline
     stage only; other stages get an empty list.
     """
+    from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from megatron_spark.mcore_compat import OutputLayerBypass
+    from megatron_spark.train.kernels.fused_head import fused_head_loss
 
     dev = platform.device()
 
     def forward_step(data_iterator, model_chunk):
         batch: PackedBatch = next(data_iterator)
         targets, valid = batch.next_token_targets()
-        output = model_chunk(
-            input_ids=batch.tokens.view(1, -1).to(dev),
-            position_ids=batch.position_ids().view(1, -1).to(dev),
-            attention_mask=None,
-            packed_seq_params=batch.packed_seq_params(),
+        bypass = (
+            OutputLayerBypass(model_chunk) if fused_head is not None and model_chunk.post_process else None
         )
+        with bypass or contextlib.nullcontext():
+            output = model_chunk(
+                input_ids=batch.tokens.view(1, -1).to(dev),
+                position_ids=batch.position_ids().view(1, -1).to(dev),
+                attention_mask=None,
+                packed_seq_params=batch.packed_seq_params(),
+            )
 
         def loss_func(logits: torch.Tensor):
             # logits [1, T, V_padded/tp] (vocab-parallel)
@@ -124,9 +147,36 @@ def run_packed(
             logprobs = logprobs * valid.to(dev)
             loss = loss_fn(logprobs, batch) if loss_fn is not None else logprobs.sum() * 0.0
             num_tokens = valid.sum().to(dev)
-            return loss, num_tokens, {"logprobs": logprobs.detach()}
+            return loss, num_tokens, {"loss": loss.detach(), "logprobs": logprobs.detach()}
 
-        return output, loss_func
+        def fused_loss_func(hidden: torch.Tensor):
+            # hidden [1, T, H]; bypass.weight [V_padded/tp, H] (this rank's vocabulary rows)
+            keep = valid.to(dev)
+            inputs = dataclasses.replace(
+                fused_head.inputs(batch),
+                targets=targets.to(dev),
+                # A sequence's last token has no target: no objective may touch it.
+                **{k: getattr(fused_head.inputs(batch), k).to(dev) * keep for k in _WEIGHTS},
+            )
+            tp_rank = parallel_state.get_tensor_model_parallel_rank()
+            out = fused_head_loss(
+                hidden[0],
+                bypass.weight,
+                inputs,
+                dataclasses.replace(fused_head.config, vocab_size=vocab_size),
+                vocab_start=tp_rank * bypass.weight.shape[0],
+                tp_group=parallel_state.get_tensor_model_parallel_group(),
+            )
+            logprobs = out.logprobs * valid.to(dev)
+            stats = {
+                "loss": out.loss.detach(),
+                "logprobs": logprobs,
+                "entropy": out.entropy,
+                "clip_fraction": out.clip_fraction,
+            }
+            return out.loss, valid.sum().to(dev), stats
+
+        return output, fused_loss_func if bypass is not None else loss_func
 
     longest = max(b.num_tokens for b in batches)
     out = get_forward_backward_func()(
@@ -138,7 +188,7 @@ def run_packed(
         micro_batch_size=1,
         forward_only=forward_only,
     )
-    return [d["logprobs"] for d in out]
+    return out
 
 
 def split_logprobs(logprobs: torch.Tensor, batch: PackedBatch) -> list[list[float]]:

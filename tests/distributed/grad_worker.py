@@ -48,7 +48,10 @@ def main() -> None:
         def loss_fn(logprobs, batch, batches=batches, flat=flat):
             return -(logprobs * flat[batches.index(batch)]).sum()
 
-        out = run_packed(model, arch.vocab_size, batches, loss_fn=loss_fn, forward_only=False)
+        out = [
+            r["logprobs"]
+            for r in run_packed(model, arch.vocab_size, batches, loss_fn=loss_fn, forward_only=False)
+        ]
         logprobs = [lp for b, o in zip(batches, out) for lp in split_logprobs(o, b)] if out else None
         grads = {
             n: t.clone()

@@ -14,7 +14,7 @@ SINGLE = platform.ParallelConfig()
 
 def megatron_logprobs(model, vocab, seqs, one_batch=True):
     batches = [pack(seqs)] if one_batch else [pack([s]) for s in seqs]
-    out = run_packed(model, vocab, batches)
+    out = [r["logprobs"] for r in run_packed(model, vocab, batches)]
     per_seq = [lp for b, o in zip(batches, out) for lp in split_logprobs(o, b)]
     return [torch.tensor(x, dtype=torch.float64) for x in per_seq]
 

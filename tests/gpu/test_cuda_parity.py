@@ -22,7 +22,7 @@ def test_cuda_logprobs_match_transformers(family, hf_models):
     model, arch = load_pretrained(hf_models[family][0], platform.ParallelConfig())
     seqs = sample_sequences(arch.vocab_size)
     batch = pack(seqs)
-    ours = split_logprobs(run_packed(model, arch.vocab_size, [batch])[0].cpu(), batch)
+    ours = split_logprobs(run_packed(model, arch.vocab_size, [batch])[0]["logprobs"].cpu(), batch)
     for o, r in zip(ours, reference_logprobs(hf_models[family][1], seqs)):
         if r.numel():
             # TF32 matmuls may be on for CUDA; a float32 model still agrees well within 1e-4.

@@ -158,8 +158,12 @@ def _combine(stats: torch.Tensor, tp_group) -> tuple[torch.Tensor, torch.Tensor,
     return big_m + torch.log(s_g), big_m + a_g / s_g, zy.sum(0), torch.log(s_g) - a_g / s_g
 
 
-def _objective_grads(logp, inp: TokenInputs, cfg: HeadConfig):
-    """Loss per token and g = dL/dlogp per token (float32), plus the clipped mask."""
+def token_objective(logp, inp: TokenInputs, cfg: HeadConfig):
+    """Per-token loss except the entropy term, its derivative g = dL/dlogp, and the clipped mask.
+
+    Plain differentiable torch ops: the unfused path back-propagates ``loss`` through autograd,
+    the fused head uses the analytic ``g``; tests compare the two.
+    """
     ratio = torch.exp(logp - inp.old_logprobs)
     adv = inp.advantages
     clipped_ratio = ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
@@ -205,7 +209,7 @@ class _FusedHead(torch.autograd.Function):
                 )
             ),
         )
-        loss_tok, g, clipped = _objective_grads(logp, inputs, cfg)
+        loss_tok, g, clipped = token_objective(logp, inputs, cfg)
         loss = (loss_tok - inputs.entropy_weight * entropy).sum()
         h = -inputs.entropy_weight
         rl_tokens = inputs.rl_weight != 0
