@@ -98,48 +98,54 @@ class HeadOutput:
 
 
 def _tile_logits(x: torch.Tensor, w: torch.Tensor, v0: int, vocab_start: int, vocab_size: int | None):
+    """float32 logits of one tile and the mask of its padded columns (None if it has none)."""
     z = x.float() @ w.float().t()  # [Tc, Vc] float32
+    mask = None
     if vocab_size is not None and vocab_start + v0 + w.shape[0] > vocab_size:
-        ids = torch.arange(vocab_start + v0, vocab_start + v0 + w.shape[0], device=z.device)
-        z = z.masked_fill(ids >= vocab_size, float("-inf"))
-    return z
+        mask = torch.arange(vocab_start + v0, vocab_start + v0 + w.shape[0], device=z.device) >= vocab_size
+        z.masked_fill_(mask, float("-inf"))
+    return z, mask
 
 
 def _stats(x, w, targets, cfg: HeadConfig, vocab_start: int) -> torch.Tensor:
     """Per-token [m, s, a, z_target] over this rank's vocabulary rows, float32 ``[T, 4]``:
-    running max, sum e^(z-m), sum e^(z-m) (z-m), target logit (0 if not in this shard)."""
+    running max, sum e^(z-m), sum e^(z-m) (z-m), target logit (0 if not in this shard).
+    Two tile-sized buffers per step (logits, exponentials); everything else is per token."""
     t_total, v_local = x.shape[0], w.shape[0]
     out = torch.empty(t_total, 4, dtype=torch.float32, device=x.device)
     local_t = targets - vocab_start
     for t0 in range(0, t_total, cfg.token_chunk):
         xc = x[t0 : t0 + cfg.token_chunk]
         tc = local_t[t0 : t0 + cfg.token_chunk]
-        m = torch.full((xc.shape[0],), float("-inf"), device=x.device)
-        s = torch.zeros(xc.shape[0], device=x.device)
-        a = torch.zeros(xc.shape[0], device=x.device)
-        zy = torch.zeros(xc.shape[0], device=x.device)
+        n = xc.shape[0]
+        m = torch.full((n,), float("-inf"), device=x.device)
+        s = torch.zeros(n, device=x.device)
+        a = torch.zeros(n, device=x.device)
+        zy = torch.zeros(n, device=x.device)
         for v0 in range(0, v_local, cfg.vocab_chunk):
-            z = _tile_logits(xc, w[v0 : v0 + cfg.vocab_chunk], v0, vocab_start, cfg.vocab_size)
-            m_new = torch.maximum(m, z.max(dim=1).values)
-            # exp(-inf - -inf) guards: a tile or rank whose rows are all padding has m = -inf.
-            scale = torch.where(torch.isfinite(m), torch.exp(m - m_new), torch.zeros_like(m))
-            m_safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
-            zs = z - m_safe[:, None]
-            e = torch.exp(zs)  # 0 on masked (padded) rows
-            # a = sum e^(z-m) (z-m), kept relative to the running max: re-based when m moves.
-            shift = torch.where(torch.isfinite(m), m - m_safe, torch.zeros_like(m))
-            a = scale * (a + shift * s) + torch.where(e > 0, e * zs, torch.zeros_like(e)).sum(1)
-            s = s * scale + e.sum(1)
-            m = m_new
+            z, mask = _tile_logits(xc, w[v0 : v0 + cfg.vocab_chunk], v0, vocab_start, cfg.vocab_size)
             inside = (tc >= v0) & (tc < v0 + z.shape[1])
             idx = (tc - v0).clamp(0, z.shape[1] - 1)
             zy += torch.where(inside, z.gather(1, idx[:, None])[:, 0], torch.zeros_like(zy))
-        out[t0 : t0 + xc.shape[0]] = torch.stack([m, s, a, zy], dim=1)
+            m_new = torch.maximum(m, z.amax(dim=1))
+            # A tile or shard made only of padding keeps m = -inf: shift by 0 there.
+            m_safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
+            scale = torch.where(torch.isfinite(m), torch.exp(m - m_safe), torch.zeros_like(m))
+            shift = torch.where(torch.isfinite(m), m - m_safe, torch.zeros_like(m))
+            z.sub_(m_safe[:, None])  # z - m, in place
+            e = torch.exp(z)  # 0 on padded columns
+            if mask is not None:
+                z.masked_fill_(mask, 0.0)  # 0 * -inf would be nan below
+            # a = sum e^(z-m) (z-m), kept relative to the running max: re-based when m moves.
+            a = scale * (a + shift * s) + torch.einsum("ij,ij->i", e, z)
+            s = s * scale + e.sum(1)
+            m = m_new
+        out[t0 : t0 + n] = torch.stack([m, s, a, zy], dim=1)
     return out
 
 
 def _combine(stats: torch.Tensor, tp_group) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(lse, mu, target logit, entropy) per token from every TP rank's partial statistics."""
+    """(lse, target logit, entropy) per token from every TP rank's partial statistics."""
     if tp_group is not None and dist.get_world_size(tp_group) > 1:
         parts = [torch.empty_like(stats) for _ in range(dist.get_world_size(tp_group))]
         # Exchange 4 floats per token among the TP group (one collective).
@@ -155,7 +161,7 @@ def _combine(stats: torch.Tensor, tp_group) -> tuple[torch.Tensor, torch.Tensor,
     s_g = (s * scale).sum(0)
     a_g = (scale * (a + shift * s)).sum(0)  # sum e^(z-M) (z-M) over all ranks
     # H = lse - mu = log s - a/s: no cancellation between two large numbers.
-    return big_m + torch.log(s_g), big_m + a_g / s_g, zy.sum(0), torch.log(s_g) - a_g / s_g
+    return big_m + torch.log(s_g), zy.sum(0), torch.log(s_g) - a_g / s_g
 
 
 def token_objective(logp, inp: TokenInputs, cfg: HeadConfig):
@@ -191,7 +197,7 @@ class _FusedHead(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, inp: TokenInputs, cfg: HeadConfig, vocab_start: int, tp_group):
         stats = _stats(x, w, inp.targets, cfg, vocab_start)
-        lse, mu, zy, entropy = _combine(stats, tp_group)
+        lse, zy, entropy = _combine(stats, tp_group)
         logp = zy - lse
         f = lambda t: t.float()  # noqa: E731
         inputs = TokenInputs(
@@ -214,14 +220,14 @@ class _FusedHead(torch.autograd.Function):
         h = -inputs.entropy_weight
         rl_tokens = inputs.rl_weight != 0
         clip_fraction = (clipped & rl_tokens).sum() / rl_tokens.sum().clamp(min=1)
-        ctx.save_for_backward(x, w, inp.targets, lse, mu, g, h)
+        ctx.save_for_backward(x, w, inp.targets, lse, entropy, g, h)
         ctx.cfg, ctx.vocab_start, ctx.tp_group = cfg, vocab_start, tp_group
         ctx.mark_non_differentiable(logp, entropy, clip_fraction)
         return loss, logp, entropy, clip_fraction
 
     @staticmethod
     def backward(ctx, grad_loss, _glogp, _gent, _gclip):
-        x, w, targets, lse, mu, g, h = ctx.saved_tensors
+        x, w, targets, lse, entropy, g, h = ctx.saved_tensors
         cfg, vocab_start, tp_group = ctx.cfg, ctx.vocab_start, ctx.tp_group
         g, h = g * grad_loss, h * grad_loss
         dx = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
@@ -232,15 +238,21 @@ class _FusedHead(torch.autograd.Function):
             xc, tc = x[sl], local_t[sl]
             for v0 in range(0, w.shape[0], cfg.vocab_chunk):
                 wt = w[v0 : v0 + cfg.vocab_chunk]
-                z = _tile_logits(xc, wt, v0, vocab_start, cfg.vocab_size)
-                p = torch.exp(z - lse[sl, None])  # 0 on masked rows
-                zc = torch.where(p > 0, z - mu[sl, None], torch.zeros_like(z))
-                dz = -g[sl, None] * p - h[sl, None] * p * zc  # [Tc, Vc]
-                inside = (tc >= v0) & (tc < v0 + z.shape[1])
-                rows = inside.nonzero()[:, 0]
+                z, mask = _tile_logits(xc, wt, v0, vocab_start, cfg.vocab_size)
+                # Two tile buffers: z becomes z - lse, then z - mu = (z - lse) + H, then the
+                # per-entry factor; p becomes dz. dz = p * (-g - h (z - mu)) + g onehot.
+                z.sub_(lse[sl, None])
+                p = torch.exp(z)  # 0 on padded columns
+                z.add_(entropy[sl, None])
+                if mask is not None:
+                    z.masked_fill_(mask, 0.0)
+                z.mul_(-h[sl, None]).sub_(g[sl, None])
+                dz = p.mul_(z)
+                rows = ((tc >= v0) & (tc < v0 + dz.shape[1])).nonzero()[:, 0]
                 dz[rows, tc[rows] - v0] += g[sl][rows]
-                dx[sl] += dz @ wt.float()
-                dw[v0 : v0 + cfg.vocab_chunk] += dz.t() @ xc.float()
+                wt32, xc32 = wt.float(), xc.float()
+                dx[sl].addmm_(dz, wt32)  # [Tc, H] += [Tc, Vc] @ [Vc, H]
+                dw[v0 : v0 + cfg.vocab_chunk].addmm_(dz.t(), xc32)  # [Vc, H] += [Vc, Tc] @ [Tc, H]
         if tp_group is not None and dist.get_world_size(tp_group) > 1:
             # dX sums the contributions of every rank's vocabulary rows (TP group).
             dist.all_reduce(dx, group=tp_group)
