@@ -53,12 +53,17 @@ class HeadConfig:
     """Tokens per tile (bounds the [tokens, vocab] tile memory)."""
     vocab_chunk: int = 8192
     """Vocabulary rows per tile."""
+    impl: Literal["auto", "torch", "triton"] = "auto"
+    """Tile epilogues: ``triton`` kernels, plain ``torch``, or ``auto`` (Triton on CUDA when
+    installed). The tile GEMMs always run through torch."""
 
     def __post_init__(self) -> None:
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"kl_estimator must be k1 or k3, got {self.kl_estimator!r}")
         if self.dual_clip is not None and self.dual_clip <= 1.0:
             raise ValueError(f"dual_clip must be > 1, got {self.dual_clip}")
+        if self.impl not in ("auto", "torch", "triton"):
+            raise ValueError(f"impl must be auto, torch or triton, got {self.impl!r}")
         if self.token_chunk < 1 or self.vocab_chunk < 1:
             raise ValueError("token_chunk and vocab_chunk must be >= 1")
 
@@ -97,51 +102,91 @@ class HeadOutput:
     """Share of RL tokens (rl_weight != 0) whose gradient the clip removed."""
 
 
-def _tile_logits(x: torch.Tensor, w: torch.Tensor, v0: int, vocab_start: int, vocab_size: int | None):
-    """float32 logits of one tile and the mask of its padded columns (None if it has none)."""
-    z = x.float() @ w.float().t()  # [Tc, Vc] float32
-    mask = None
-    if vocab_size is not None and vocab_start + v0 + w.shape[0] > vocab_size:
-        mask = torch.arange(vocab_start + v0, vocab_start + v0 + w.shape[0], device=z.device) >= vocab_size
+def _padding_mask(n_cols: int, col_start: int, vocab_size: int | None, device) -> torch.Tensor | None:
+    if vocab_size is None or col_start + n_cols <= vocab_size:
+        return None
+    return torch.arange(col_start, col_start + n_cols, device=device) >= vocab_size
+
+
+def _tile_stats_torch_(z, m, s, a, zy, targets, col_start: int, vocab_size: int | None) -> None:
+    """Fold a float32 logits tile ``[Tc, Vc]`` (clobbered) into the running per-token statistics
+    ``m, s, a, zy`` (in place). Same contract as the Triton ``tile_stats_``."""
+    mask = _padding_mask(z.shape[1], col_start, vocab_size, z.device)
+    if mask is not None:
         z.masked_fill_(mask, float("-inf"))
-    return z, mask
+    local = targets - col_start
+    inside = (local >= 0) & (local < z.shape[1])
+    zy += torch.where(
+        inside, z.gather(1, local.clamp(0, z.shape[1] - 1)[:, None])[:, 0], torch.zeros_like(zy)
+    )
+    m_new = torch.maximum(m, z.amax(dim=1))
+    # A tile or shard made only of padding keeps m = -inf: shift by 0 there.
+    m_safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
+    scale = torch.where(torch.isfinite(m), torch.exp(m - m_safe), torch.zeros_like(m))
+    shift = torch.where(torch.isfinite(m), m - m_safe, torch.zeros_like(m))
+    z.sub_(m_safe[:, None])  # z - m, in place
+    e = torch.exp(z)  # 0 on padded columns
+    if mask is not None:
+        z.masked_fill_(mask, 0.0)  # 0 * -inf would be nan below
+    # a = sum e^(z-m) (z-m), kept relative to the running max: re-based when m moves.
+    a.copy_(scale * (a + shift * s) + torch.einsum("ij,ij->i", e, z))
+    s.copy_(s * scale + e.sum(1))
+    m.copy_(m_new)
+
+
+def _tile_grad_torch_(z, lse, entropy, g, h, targets, col_start: int, vocab_size: int | None):
+    """dL/dz of a float32 logits tile ``[Tc, Vc]`` (``z`` is clobbered; the result is returned):
+    ``p * (-g - h (z - mu)) + g * onehot`` with ``p = exp(z - lse)``, ``z - mu = z - lse + H``.
+    Same contract as the Triton ``tile_grad_``."""
+    mask = _padding_mask(z.shape[1], col_start, vocab_size, z.device)
+    z.sub_(lse[:, None])
+    p = torch.exp(z)
+    if mask is not None:
+        p.masked_fill_(mask, 0.0)
+    z.add_(entropy[:, None]).mul_(-h[:, None]).sub_(g[:, None])
+    dz = p.mul_(z)
+    local = targets - col_start
+    rows = ((local >= 0) & (local < z.shape[1])).nonzero()[:, 0]
+    dz[rows, local[rows]] += g[rows]
+    return dz
+
+
+def _epilogues(cfg: HeadConfig, device: torch.device):
+    """(tile_stats_, tile_grad_) of the configured implementation."""
+    impl = cfg.impl
+    if impl == "auto":
+        impl = "triton" if device.type == "cuda" and _triton_available() else "torch"
+    if impl == "triton":
+        from megatron_spark.train.kernels import fused_head_triton as tk
+
+        return tk.tile_stats_, tk.tile_grad_
+    return _tile_stats_torch_, _tile_grad_torch_
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _stats(x, w, targets, cfg: HeadConfig, vocab_start: int) -> torch.Tensor:
     """Per-token [m, s, a, z_target] over this rank's vocabulary rows, float32 ``[T, 4]``:
-    running max, sum e^(z-m), sum e^(z-m) (z-m), target logit (0 if not in this shard).
-    Two tile-sized buffers per step (logits, exponentials); everything else is per token."""
+    running max, sum e^(z-m), sum e^(z-m) (z-m), target logit (0 if not in this shard)."""
+    tile_stats_, _ = _epilogues(cfg, x.device)
     t_total, v_local = x.shape[0], w.shape[0]
-    out = torch.empty(t_total, 4, dtype=torch.float32, device=x.device)
-    local_t = targets - vocab_start
+    out = torch.empty(4, t_total, dtype=torch.float32, device=x.device)
+    out[0].fill_(float("-inf"))
+    out[1:].zero_()
     for t0 in range(0, t_total, cfg.token_chunk):
-        xc = x[t0 : t0 + cfg.token_chunk]
-        tc = local_t[t0 : t0 + cfg.token_chunk]
-        n = xc.shape[0]
-        m = torch.full((n,), float("-inf"), device=x.device)
-        s = torch.zeros(n, device=x.device)
-        a = torch.zeros(n, device=x.device)
-        zy = torch.zeros(n, device=x.device)
+        sl = slice(t0, t0 + cfg.token_chunk)
+        xc = x[sl].float()
+        m, s, a, zy = (out[i, sl] for i in range(4))
         for v0 in range(0, v_local, cfg.vocab_chunk):
-            z, mask = _tile_logits(xc, w[v0 : v0 + cfg.vocab_chunk], v0, vocab_start, cfg.vocab_size)
-            inside = (tc >= v0) & (tc < v0 + z.shape[1])
-            idx = (tc - v0).clamp(0, z.shape[1] - 1)
-            zy += torch.where(inside, z.gather(1, idx[:, None])[:, 0], torch.zeros_like(zy))
-            m_new = torch.maximum(m, z.amax(dim=1))
-            # A tile or shard made only of padding keeps m = -inf: shift by 0 there.
-            m_safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
-            scale = torch.where(torch.isfinite(m), torch.exp(m - m_safe), torch.zeros_like(m))
-            shift = torch.where(torch.isfinite(m), m - m_safe, torch.zeros_like(m))
-            z.sub_(m_safe[:, None])  # z - m, in place
-            e = torch.exp(z)  # 0 on padded columns
-            if mask is not None:
-                z.masked_fill_(mask, 0.0)  # 0 * -inf would be nan below
-            # a = sum e^(z-m) (z-m), kept relative to the running max: re-based when m moves.
-            a = scale * (a + shift * s) + torch.einsum("ij,ij->i", e, z)
-            s = s * scale + e.sum(1)
-            m = m_new
-        out[t0 : t0 + n] = torch.stack([m, s, a, zy], dim=1)
-    return out
+            z = xc @ w[v0 : v0 + cfg.vocab_chunk].float().t()  # [Tc, Vc] float32 logits tile
+            tile_stats_(z, m, s, a, zy, targets[sl], vocab_start + v0, cfg.vocab_size)
+    return out.t()
 
 
 def _combine(stats: torch.Tensor, tp_group) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -232,27 +277,18 @@ class _FusedHead(torch.autograd.Function):
         g, h = g * grad_loss, h * grad_loss
         dx = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         dw = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
-        local_t = targets - vocab_start
+        _, tile_grad_ = _epilogues(cfg, x.device)
         for t0 in range(0, x.shape[0], cfg.token_chunk):
             sl = slice(t0, t0 + cfg.token_chunk)
-            xc, tc = x[sl], local_t[sl]
+            xc = x[sl].float()
             for v0 in range(0, w.shape[0], cfg.vocab_chunk):
-                wt = w[v0 : v0 + cfg.vocab_chunk]
-                z, mask = _tile_logits(xc, wt, v0, vocab_start, cfg.vocab_size)
-                # Two tile buffers: z becomes z - lse, then z - mu = (z - lse) + H, then the
-                # per-entry factor; p becomes dz. dz = p * (-g - h (z - mu)) + g onehot.
-                z.sub_(lse[sl, None])
-                p = torch.exp(z)  # 0 on padded columns
-                z.add_(entropy[sl, None])
-                if mask is not None:
-                    z.masked_fill_(mask, 0.0)
-                z.mul_(-h[sl, None]).sub_(g[sl, None])
-                dz = p.mul_(z)
-                rows = ((tc >= v0) & (tc < v0 + dz.shape[1])).nonzero()[:, 0]
-                dz[rows, tc[rows] - v0] += g[sl][rows]
-                wt32, xc32 = wt.float(), xc.float()
-                dx[sl].addmm_(dz, wt32)  # [Tc, H] += [Tc, Vc] @ [Vc, H]
-                dw[v0 : v0 + cfg.vocab_chunk].addmm_(dz.t(), xc32)  # [Vc, H] += [Vc, Tc] @ [Tc, H]
+                wt = w[v0 : v0 + cfg.vocab_chunk].float()
+                z = xc @ wt.t()  # recomputed logits tile
+                dz = tile_grad_(
+                    z, lse[sl], entropy[sl], g[sl], h[sl], targets[sl], vocab_start + v0, cfg.vocab_size
+                )
+                dx[sl].addmm_(dz, wt)  # [Tc, H] += [Tc, Vc] @ [Vc, H]
+                dw[v0 : v0 + cfg.vocab_chunk].addmm_(dz.t(), xc)  # [Vc, H] += [Vc, Tc] @ [Tc, H]
         if tp_group is not None and dist.get_world_size(tp_group) > 1:
             # dX sums the contributions of every rank's vocabulary rows (TP group).
             dist.all_reduce(dx, group=tp_group)
