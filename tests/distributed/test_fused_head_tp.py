@@ -11,3 +11,25 @@ def test_tp2_equals_tp1(tmp_path):
     out = tmp_path / "ok"
     run_torchrun(2, [str(REPO / "tests/distributed/fused_head_worker.py"), "--out", str(out)])
     assert out.read_text() == "ok\n"
+
+
+@pytest.mark.parametrize("tp,pp", [(2, 1), (2, 2)])
+def test_fused_head_in_model_equals_unfused(tp, pp, hf_models, tmp_path):
+    """Both families (untied / tied embeddings), the head inside the pipeline schedule."""
+    for family, (hf_dir, _) in hf_models.items():
+        out = tmp_path / f"{family}.ok"
+        run_torchrun(
+            tp * pp,
+            [
+                str(REPO / "tests/distributed/fused_model_worker.py"),
+                "--tp",
+                str(tp),
+                "--pp",
+                str(pp),
+                "--hf",
+                str(hf_dir),
+                "--out",
+                str(out),
+            ],
+        )
+        assert out.read_text() == "ok\n"
