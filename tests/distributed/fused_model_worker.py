@@ -16,10 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from megatron_spark import platform  # noqa: E402
 from megatron_spark.checkpoint.convert import load_pretrained  # noqa: E402
-from megatron_spark.model.forward import FusedHead, pack, run_packed  # noqa: E402
-from megatron_spark.train.kernels.fused_head import HeadConfig, TokenInputs, token_objective  # noqa: E402
-
-WEIGHTS = ("rl_weight", "kl_weight", "entropy_weight", "ce_weight")
+from megatron_spark.model.forward import pack  # noqa: E402
+from megatron_spark.train.kernels.fused_head import HeadConfig, TokenInputs  # noqa: E402
+from tests.fused_paths import assert_fused_equals_unfused  # noqa: E402
 
 
 def main() -> None:
@@ -50,40 +49,7 @@ def main() -> None:
             r(0, 0.05),
         )
     cfg = HeadConfig(token_chunk=16, vocab_chunk=64, dual_clip=3.0)
-
-    def grads():
-        out = {n: p.grad.clone() for n, p in model.named_parameters()}
-        model.zero_grad(set_to_none=True)
-        return out
-
-    fused = run_packed(
-        model, arch.vocab_size, batches, forward_only=False, fused_head=FusedHead(cfg, lambda b: inputs[b])
-    )
-    g_fused = grads()
-
-    def unfused_loss(logp, batch):
-        targets, valid = batch.next_token_targets()
-        inp = inputs[batch]
-        masked = TokenInputs(
-            targets,
-            inp.old_logprobs,
-            inp.ref_logprobs,
-            inp.advantages,
-            *(getattr(inp, k) * valid for k in WEIGHTS),
-        )
-        return token_objective(logp, masked, cfg)[0].sum()
-
-    unfused = run_packed(model, arch.vocab_size, batches, loss_fn=unfused_loss, forward_only=False)
-    g_unfused = grads()
-    for f, u in zip(fused, unfused):  # last stage only
-        assert abs(f["loss"].item() - u["loss"].item()) <= 1e-6 * abs(u["loss"].item()), (
-            f["loss"],
-            u["loss"],
-        )
-        assert (f["logprobs"] - u["logprobs"]).abs().max() < 1e-5
-    for name, g in g_unfused.items():
-        err = ((g_fused[name] - g).norm() / g.norm()).item()
-        assert err < 1e-5, f"rank {dist.get_rank()} {name}: relative error {err:.2e}"
+    assert_fused_equals_unfused(model, arch.vocab_size, batches, inputs, cfg, where=f"rank {dist.get_rank()}")
     dist.barrier()
     if dist.get_rank() == 0:
         Path(args.out).write_text("ok\n")

@@ -1,0 +1,51 @@
+"""Shared by the fused-head-in-model tests: run a model's micro-batches through the fused head and
+through the unfused path (logits -> log-probs -> the same per-token objective via autograd) and
+check that loss, log-probs and every local parameter gradient agree."""
+
+from megatron_spark.model.forward import FusedHead, run_packed
+from megatron_spark.train.kernels.fused_head import TokenInputs, token_objective
+
+WEIGHTS = ("rl_weight", "kl_weight", "entropy_weight", "ce_weight")
+
+
+def _grads(model):
+    out = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def assert_fused_equals_unfused(model, vocab_size, batches, inputs, cfg, where=""):
+    """``inputs[batch]`` holds each micro-batch's TokenInputs (targets are filled in)."""
+    model.zero_grad(set_to_none=True)
+    fused = run_packed(
+        model, vocab_size, batches, forward_only=False, fused_head=FusedHead(cfg, lambda b: inputs[b])
+    )
+    g_fused = _grads(model)
+
+    def unfused_loss(logp, batch):
+        targets, valid = batch.next_token_targets()
+        inp = inputs[batch]
+        masked = TokenInputs(
+            targets,
+            inp.old_logprobs,
+            inp.ref_logprobs,
+            inp.advantages,
+            *(getattr(inp, k) * valid for k in WEIGHTS),
+        )
+        return token_objective(logp, masked, cfg)[0].sum()
+
+    unfused = run_packed(model, vocab_size, batches, loss_fn=unfused_loss, forward_only=False)
+    g_unfused = _grads(model)
+    for f, u in zip(fused, unfused):  # the last pipeline stage only
+        assert abs(f["loss"].item() - u["loss"].item()) <= 1e-6 * abs(u["loss"].item()), (
+            where,
+            f["loss"],
+            u["loss"],
+        )
+        assert (f["logprobs"] - u["logprobs"]).abs().max() < 1e-5, where
+        assert "clip_fraction" in f and "clip_fraction" not in u  # two different paths ran
+    assert g_fused.keys() == g_unfused.keys()
+    for name, g in g_unfused.items():
+        err = ((g_fused[name] - g).norm() / g.norm()).item()
+        assert err < 1e-5, f"{where} {name}: relative error {err:.2e}"
+    return fused
