@@ -114,10 +114,12 @@ def run_packed(
     """Run micro-batches through megatron's schedule (any PP).
 
     Returns one dict per micro-batch: ``loss`` and ``logprobs`` (plus ``entropy`` and
-    ``clip_fraction`` with the fused head). ``logprobs[t]`` is log p(tokens[t+1] | tokens[..t]) within the sequence, 0 at every last
-    token. ``loss_fn(logprobs, batch)`` gives the scalar to back-propagate (already normalised:
-    the schedule does not average over micro-batches). Log-probs come back on the last pipeline
-    stage only; other stages get an empty list.
+    ``clip_fraction`` with the fused head). ``logprobs[t]`` is log p(tokens[t+1] | tokens[..t])
+    within the sequence, 0 at every last token. ``loss_fn(logprobs, batch)`` gives the scalar to
+    back-propagate (already normalised: the schedule does not average over micro-batches). With
+    ``fused_head`` the last stage never forms logits: the fused head computes the loss and
+    log-probs from the final hidden states and the output weight (``loss_fn`` is then unused).
+    Results come back on the last pipeline stage only; other stages get an empty list.
     """
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -152,12 +154,11 @@ def run_packed(
         def fused_loss_func(hidden: torch.Tensor):
             # hidden [1, T, H]; bypass.weight [V_padded/tp, H] (this rank's vocabulary rows)
             keep = valid.to(dev)
-            inputs = dataclasses.replace(
-                fused_head.inputs(batch),
-                targets=targets.to(dev),
-                # A sequence's last token has no target: no objective may touch it.
-                **{k: getattr(fused_head.inputs(batch), k).to(dev) * keep for k in _WEIGHTS},
-            )
+            given = fused_head.inputs(batch)
+            fields = {f.name: getattr(given, f.name).to(dev) for f in dataclasses.fields(given)}
+            # A sequence's last token has no target: no objective may touch it.
+            fields.update({k: fields[k] * keep for k in _WEIGHTS}, targets=targets.to(dev))
+            inputs = dataclasses.replace(given, **fields)
             tp_rank = parallel_state.get_tensor_model_parallel_rank()
             out = fused_head_loss(
                 hidden[0],
