@@ -244,22 +244,8 @@ class _FusedHead(torch.autograd.Function):
         stats = _stats(x, w, inp.targets, cfg, vocab_start)
         lse, zy, entropy = _combine(stats, tp_group)
         logp = zy - lse
-        f = lambda t: t.float()  # noqa: E731
-        inputs = TokenInputs(
-            inp.targets,
-            *(
-                f(t)
-                for t in (
-                    inp.old_logprobs,
-                    inp.ref_logprobs,
-                    inp.advantages,
-                    inp.rl_weight,
-                    inp.kl_weight,
-                    inp.entropy_weight,
-                    inp.ce_weight,
-                )
-            ),
-        )
+        # Objective math in float32 whatever dtype the per-token inputs came in.
+        inputs = TokenInputs(**{k: v if k == "targets" else v.float() for k, v in vars(inp).items()})
         loss_tok, g, clipped = token_objective(logp, inputs, cfg)
         loss = (loss_tok - inputs.entropy_weight * entropy).sum()
         h = -inputs.entropy_weight
