@@ -2,6 +2,8 @@
 through the unfused path (logits -> log-probs -> the same per-token objective via autograd) and
 check that loss, log-probs and every local parameter gradient agree."""
 
+import torch
+
 from megatron_spark.model.forward import FusedHead, run_packed
 from megatron_spark.train.kernels.fused_head import TokenInputs, token_objective
 
@@ -9,14 +11,21 @@ WEIGHTS = ("rl_weight", "kl_weight", "entropy_weight", "ce_weight")
 
 
 def _grads(model):
-    out = {n: p.grad.clone() for n, p in model.named_parameters()}
+    """Gradients where training reads them: megatron DDP's ``main_grad`` buffers (after the
+    gradient sync) when wrapped, else ``.grad``; then cleared."""
+    if hasattr(model, "finish_grad_sync"):
+        model.finish_grad_sync()
+        out = {n: p.main_grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad_buffer()
+        return out
+    out = {n: torch.zeros_like(p) if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
     return out
 
 
 def assert_fused_equals_unfused(model, vocab_size, batches, inputs, cfg, where=""):
     """``inputs[batch]`` holds each micro-batch's TokenInputs (targets are filled in)."""
-    model.zero_grad(set_to_none=True)
+    _grads(model)  # start from zero
     fused = run_packed(
         model, vocab_size, batches, forward_only=False, fused_head=FusedHead(cfg, lambda b: inputs[b])
     )
@@ -46,6 +55,7 @@ def assert_fused_equals_unfused(model, vocab_size, batches, inputs, cfg, where="
         assert "clip_fraction" in f and "clip_fraction" not in u  # two different paths ran
     assert g_fused.keys() == g_unfused.keys()
     for name, g in g_unfused.items():
+        assert g.abs().sum() > 0, f"{where} {name}: no gradient reached it"
         err = ((g_fused[name] - g).norm() / g.norm()).item()
         assert err < 1e-5, f"{where} {name}: relative error {err:.2e}"
     return fused

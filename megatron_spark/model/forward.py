@@ -132,9 +132,10 @@ def run_packed(
     def forward_step(data_iterator, model_chunk):
         batch: PackedBatch = next(data_iterator)
         targets, valid = batch.next_token_targets()
-        bypass = (
-            OutputLayerBypass(model_chunk) if fused_head is not None and model_chunk.post_process else None
-        )
+        inner = model_chunk
+        while hasattr(inner, "module"):  # DDP / mixed-precision wrappers
+            inner = inner.module
+        bypass = OutputLayerBypass(inner) if fused_head is not None and inner.post_process else None
         with bypass or contextlib.nullcontext():
             output = model_chunk(
                 input_ids=batch.tokens.view(1, -1).to(dev),

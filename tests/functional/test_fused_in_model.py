@@ -13,10 +13,18 @@ from tests.conftest import sample_sequences
 from tests.fused_paths import assert_fused_equals_unfused
 
 
+@pytest.mark.parametrize("ddp", [False, True], ids=["plain", "megatron-ddp"])
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_fused_head_equals_unfused_path(family, hf_models):
+def test_fused_head_equals_unfused_path(family, ddp, hf_models):
+    """With ``megatron-ddp`` the gradients are read from DDP's main_grad buffers after the sync,
+    where the optimizer reads them (tied embeddings: one buffer gets both uses' gradients)."""
     platform.setup(platform.ParallelConfig())
     model, arch = load_pretrained(hf_models[family][0], platform.ParallelConfig())
+    if ddp:
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+        ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False)
+        model = DistributedDataParallel(model.config, ddp_config, model)
     seqs = sample_sequences(arch.vocab_size, lengths=(9, 3, 20, 6, 14))
     batches = [pack(seqs[:2]), pack(seqs[2:])]
     current = [r["logprobs"] for r in run_packed(model, arch.vocab_size, batches)]  # before any update
