@@ -5,9 +5,7 @@ check that loss, log-probs and every local parameter gradient agree."""
 import torch
 
 from megatron_spark.model.forward import FusedHead, run_packed
-from megatron_spark.train.kernels.fused_head import TokenInputs, token_objective
-
-WEIGHTS = ("rl_weight", "kl_weight", "entropy_weight", "ce_weight")
+from megatron_spark.train.kernels.fused_head import WEIGHT_FIELDS, TokenInputs, token_objective
 
 
 def _grads(model):
@@ -39,7 +37,7 @@ def assert_fused_equals_unfused(model, vocab_size, batches, inputs, cfg, where="
             inp.old_logprobs,
             inp.ref_logprobs,
             inp.advantages,
-            *(getattr(inp, k) * valid for k in WEIGHTS),
+            *(getattr(inp, k) * valid for k in WEIGHT_FIELDS),
         )
         return token_objective(logp, masked, cfg)[0].sum()
 

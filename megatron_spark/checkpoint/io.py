@@ -98,9 +98,6 @@ class HFCheckpointReader:
             raise UserError(f"{self.dir}: tensors have mixed dtypes {sorted(dtypes)}")
         return {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}[dtypes.pop()]
 
-    def names(self) -> list[str]:
-        return sorted(self._location)
-
     def get(self, name: str) -> torch.Tensor:
         path = self._location[name]
         try:

@@ -90,7 +90,6 @@ def vocab_parallel_logprobs(logits: torch.Tensor, targets: torch.Tensor, vocab_s
 
 
 LossFn = Callable[[torch.Tensor, PackedBatch], torch.Tensor]
-_WEIGHTS = ("rl_weight", "kl_weight", "entropy_weight", "ce_weight")
 
 
 @dataclass
@@ -125,7 +124,7 @@ def run_packed(
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from megatron_spark.mcore_compat import OutputLayerBypass
-    from megatron_spark.train.kernels.fused_head import fused_head_loss
+    from megatron_spark.train.kernels.fused_head import WEIGHT_FIELDS, fused_head_loss
 
     dev = platform.device()
 
@@ -158,7 +157,7 @@ def run_packed(
             given = fused_head.inputs(batch)
             fields = {f.name: getattr(given, f.name).to(dev) for f in dataclasses.fields(given)}
             # A sequence's last token has no target: no objective may touch it.
-            fields.update({k: fields[k] * keep for k in _WEIGHTS}, targets=targets.to(dev))
+            fields.update({k: fields[k] * keep for k in WEIGHT_FIELDS}, targets=targets.to(dev))
             inputs = dataclasses.replace(given, **fields)
             tp_rank = parallel_state.get_tensor_model_parallel_rank()
             out = fused_head_loss(

@@ -90,6 +90,10 @@ class TokenInputs:
     """Weight of teacher-forced cross-entropy (judge verdict tokens)."""
 
 
+WEIGHT_FIELDS = ("rl_weight", "kl_weight", "entropy_weight", "ce_weight")
+"""The per-token weights of :class:`TokenInputs` (zero where an objective does not apply)."""
+
+
 @dataclass
 class HeadOutput:
     loss: torch.Tensor
