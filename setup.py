@@ -24,7 +24,12 @@ setup(
         "numpy>=1.26",
         "pyyaml>=6",
         "rich>=13",
+        # answer checking for math tasks (with its LaTeX parser backend)
+        "math-verify[antlr4_13_2]>=0.9",
+        "pyarrow>=14",  # parquet datasets
+        "tensorboard>=2.14",
     ],
+    package_data={"megatron_spark.data": ["assets/*.model"]},
     extras_require={
         # triton runs the fused-head kernels on the CPU under TRITON_INTERPRET=1 in the tests.
         "test": ["pytest>=8", "ruff>=0.6", "triton>=3.2"],

@@ -1,0 +1,61 @@
+"""Pull the final answer out of a response: the content of ``\\boxed{...}``."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+BoxChoice = Literal["last", "first"]
+
+# ``\boxed{``, ``\boxed {`` and ``\fbox{``; the brace is where the content starts.
+_BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def _closing_brace(text: str, open_at: int) -> int | None:
+    """Index of the ``}`` that closes the ``{`` at ``open_at``, or None if it never closes.
+
+    Escaped braces (``\\{``, ``\\}``) do not count.
+    """
+    depth, i = 0, open_at
+    while i < len(text):
+        char = text[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return None
+
+
+def boxed_contents(text: str) -> list[str]:
+    """Contents of every outermost balanced box, in order (whitespace stripped).
+
+    A box nested in another belongs to the outer one's content; a box that never closes is
+    skipped and the search goes on after its opening brace.
+    """
+    contents, start = [], 0
+    while (match := _BOX_OPEN.search(text, start)) is not None:
+        open_at = match.end() - 1
+        close_at = _closing_brace(text, open_at)
+        if close_at is None:
+            start = match.end()
+            continue
+        contents.append(text[open_at + 1 : close_at].strip())
+        start = close_at + 1
+    return contents
+
+
+def extract_boxed(text: str, which: BoxChoice = "last") -> str | None:
+    """The content of the last (or first) balanced ``\\boxed{...}`` in ``text``; None if none.
+
+    ``\\boxed{}`` gives the empty string, which every verifier counts as wrong.
+    """
+    contents = boxed_contents(text)
+    if not contents:
+        return None
+    return contents[-1] if which == "last" else contents[0]
