@@ -1,0 +1,191 @@
+"""VLLMEngine's own logic against a stand-in ``vllm`` module (vLLM cannot be installed here).
+
+The stand-in accepts only the keywords listed in ``VLLM_CALLS``, so the engine cannot start using
+a vLLM keyword the contract test (run wherever vLLM is installed) does not check. What vLLM does
+with those keywords is not tested here.
+"""
+
+import json
+import random
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from megatron_spark.errors import UserError
+from megatron_spark.rollout import RolloutEngine, SamplingParams
+from megatron_spark.rollout.vllm_engine import VLLM_CALLS, VLLMConfig, VLLMEngine, request_seed
+from tests.conftest import FAMILIES, REPO
+
+PARAM_NAMES = ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"]
+
+
+def _check_keywords(call: str, kwargs: dict) -> None:
+    unknown = set(kwargs) - set(VLLM_CALLS[call])
+    assert not unknown, f"{call} called with keywords outside VLLM_CALLS: {sorted(unknown)}"
+
+
+class _FakeModel:
+    """Loads HF names as they are; raises KeyError on others, like vLLM's loaders."""
+
+    def load_weights(self, weights):
+        loaded = set()
+        for name, _ in weights:
+            if name not in PARAM_NAMES:
+                raise KeyError(name)
+            loaded.add(name)
+        return loaded
+
+    def named_parameters(self):
+        return [(n, None) for n in PARAM_NAMES]
+
+
+class _FakeLLM:
+    def __init__(self, model, **kwargs):
+        _check_keywords("vllm.LLM", {"model": model, **kwargs})
+        self.config = json.loads((Path(model) / "config.json").read_text())
+        self.kwargs = kwargs
+        self.calls: list[tuple] = []
+
+    def generate(self, prompts, sampling_params, **kwargs):
+        _check_keywords(
+            "vllm.LLM.generate", {"prompts": prompts, "sampling_params": sampling_params, **kwargs}
+        )
+        self.calls.append(("generate",))
+        return [_fake_output(sp) for sp in sampling_params]
+
+    def sleep(self, **kwargs):
+        _check_keywords("vllm.LLM.sleep", kwargs)
+        self.calls.append(("sleep", kwargs["level"]))
+
+    def wake_up(self, **kwargs):
+        _check_keywords("vllm.LLM.wake_up", kwargs)
+        self.calls.append(("wake_up", kwargs["tags"]))
+
+    def apply_model(self, func):
+        self.calls.append(("apply_model",))
+        return [func(_FakeModel())]
+
+    def reset_prefix_cache(self):
+        self.calls.append(("reset_prefix_cache",))
+
+
+class _FakeSamplingParams:
+    def __init__(self, **kwargs):
+        _check_keywords("vllm.SamplingParams", kwargs)
+        self.__dict__.update(kwargs)
+
+
+def _fake_output(sp):
+    """A CompletionOutput-like object: tokens drawn from the request seed, stop ids honoured."""
+    rng = random.Random(sp.seed)
+    tokens, logprobs, reason = [], [], "length"
+    for _ in range(sp.max_tokens):
+        tok = rng.randrange(300)
+        tokens.append(tok)
+        logprobs.append({tok: types.SimpleNamespace(logprob=-tok / 100)})
+        if tok in sp.stop_token_ids:
+            reason = "stop"
+            break
+    out = types.SimpleNamespace(token_ids=tokens, logprobs=logprobs, finish_reason=reason)
+    return types.SimpleNamespace(outputs=[out])
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    module = types.ModuleType("vllm")
+    module.LLM, module.SamplingParams = _FakeLLM, _FakeSamplingParams
+    inputs = types.ModuleType("vllm.inputs")
+
+    def tokens_prompt(**kwargs):
+        _check_keywords("vllm.inputs.TokensPrompt", kwargs)
+        return dict(kwargs)
+
+    inputs.TokensPrompt = tokens_prompt
+    module.inputs = inputs
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine sets it; keep it local
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    monkeypatch.setitem(sys.modules, "vllm.inputs", inputs)
+
+
+def _weights():
+    return [(n, torch.zeros(1)) for n in PARAM_NAMES]
+
+
+def test_lifecycle_wakes_weights_before_loading_and_kv_cache_after(fake_vllm):
+    engine = VLLMEngine(FAMILIES["qwen2"], VLLMConfig(tensor_parallel_size=1))
+    llm = engine.llm
+    assert isinstance(engine, RolloutEngine)
+    assert llm.config["architectures"] == ["Qwen2ForCausalLM"]  # filled in for vLLM
+    assert llm.kwargs["distributed_executor_backend"] == "external_launcher"
+    assert llm.kwargs["logprobs_mode"] == "processed_logprobs"
+    with pytest.raises(RuntimeError, match="update_weights"):  # dummy weights at start
+        engine.generate([[1, 2]], SamplingParams())
+    engine.update_weights(_weights())
+    engine.generate([[1, 2]], SamplingParams())
+    engine.sleep()
+    with pytest.raises(RuntimeError, match="asleep"):
+        engine.generate([[1, 2]], SamplingParams())
+    engine.update_weights(_weights())
+    engine.wake()
+    engine.generate([[1, 2]], SamplingParams())
+    assert llm.calls == [
+        ("apply_model",),
+        ("reset_prefix_cache",),  # KV blocks of the old weights must not be reused
+        ("generate",),
+        ("sleep", 2),
+        ("wake_up", ["weights"]),
+        ("apply_model",),
+        ("reset_prefix_cache",),
+        ("wake_up", ["kv_cache"]),
+        ("generate",),
+    ]
+
+
+def test_completions_carry_the_sampled_logprobs_and_stop_reason(fake_vllm):
+    engine = VLLMEngine(FAMILIES["llama"])
+    engine.update_weights(_weights())
+    stop = tuple(range(0, 300, 7))
+    params = SamplingParams(max_new_tokens=12, stop_token_ids=stop, seed=3)
+    prompts = [[1, 2, 3]] * 16
+    completions = engine.generate(prompts, params)
+    assert {c.finish_reason for c in completions} == {"stop", "length"}
+    assert len({tuple(c.token_ids) for c in completions}) == 16  # equal prompts, own seeds
+    for c in completions:
+        assert c.prompt_ids == [1, 2, 3]
+        assert c.logprobs == [-t / 100 for t in c.token_ids]
+        assert (c.token_ids[-1] in stop) == (c.finish_reason == "stop")
+    again = engine.generate(prompts, params)
+    assert [c.token_ids for c in again] == [c.token_ids for c in completions]
+
+
+def test_top_p_below_one_is_refused(fake_vllm):
+    engine = VLLMEngine(FAMILIES["llama"])
+    engine.update_weights(_weights())
+    with pytest.raises(UserError, match="top_p"):
+        engine.generate([[1]], SamplingParams(top_p=0.9))
+
+
+def test_rejected_and_missing_weights_name_the_tensor(fake_vllm):
+    engine = VLLMEngine(FAMILIES["llama"])
+    with pytest.raises(UserError, match=r"model\.bogus\.weight"):
+        engine.update_weights([*_weights(), ("model.bogus.weight", torch.zeros(1))])
+    with pytest.raises(UserError, match=r"lm_head\.weight"):
+        engine.update_weights(_weights()[:-1])
+    with pytest.raises(RuntimeError, match="update_weights"):
+        engine.generate([[1]], SamplingParams())
+
+
+def test_request_seeds_differ_per_row_replica_and_call_seed():
+    seeds = {request_seed(s, r, row) for s in range(3) for r in range(3) for row in range(100)}
+    assert len(seeds) == 900
+    assert all(0 <= s < 2**63 for s in seeds)
+    assert request_seed(1, 2, 3) == request_seed(1, 2, 3)
+
+
+def test_importing_the_engine_does_not_import_vllm():
+    code = "import sys, megatron_spark.rollout.vllm_engine; assert 'vllm' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
