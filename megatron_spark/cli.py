@@ -56,6 +56,18 @@ def cmd_demo(args) -> int:
     return run_demo(run_dir, args.preset, seed=args.seed)
 
 
+def cmd_run(args) -> int:
+    from megatron_spark.config import load_config
+    from megatron_spark.train.config import RunConfig
+    from megatron_spark.train.run import run
+
+    cfg = load_config(RunConfig, args.config, args.overrides)
+    run_dir = run(cfg, args.command, resume=args.resume)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"run directory: {run_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="megatron-spark", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -89,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--max-tokens-per-batch", type=int, default=4096, help="packed micro-batch budget")
     lp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     lp.set_defaults(func=cmd_logprobs)
+
+    for name, text in (("train", "GRPO training"), ("sft", "supervised warm start on worked solutions")):
+        c = sub.add_parser(name, help=f"{text} (torchrun for TP/PP/DP > 1)")
+        c.add_argument("config", help="YAML run config (see examples/tiny_arith/)")
+        c.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4")
+        c.add_argument(
+            "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
+        )
+        c.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="tiny end-to-end demo on the CPU")
     demo.add_argument("--run-dir", default=None, help="where the demo writes (default runs/demo-<time>)")

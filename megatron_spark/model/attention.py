@@ -88,16 +88,50 @@ class SDPACoreAttention(MegatronModule):
     def _forward_thd(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor
     ) -> torch.Tensor:
-        # One SDPA call per sequence: memory stays O(max_seqlen^2), never O(total_tokens^2).
+        # Sequences are sorted by length and batched in right-padded groups whose padding stays
+        # under PAD_WASTE of their tokens. Right padding is exact under a causal mask: a real query
+        # only sees keys at or before it, which are all real. Memory is O(group * max_len^2),
+        # never O(total_tokens^2); one SDPA call per group instead of one per sequence.
         t, n, hn = query.shape
-        out = query.new_empty(t, n, hn)
         bounds = cu_seqlens.tolist()
-        for start, end in zip(bounds[:-1], bounds[1:]):
-            if end <= start:
-                continue
-            q, k, v = (x[start:end].transpose(0, 1).unsqueeze(0) for x in (query, key, value))
-            out[start:end] = self._sdpa(q, k, v)[0].transpose(0, 1)
+        seqs = [(e - s, s) for s, e in zip(bounds[:-1], bounds[1:]) if e > s]
+        seqs.sort(key=lambda x: -x[0])
+        pad = t  # index of an all-zero row appended below
+        q, k, v = (torch.cat([x, x.new_zeros(1, *x.shape[1:])]) for x in (query, key, value))
+        outputs, positions = [], []
+        for group in _length_groups(seqs):
+            longest = group[0][0]
+            idx = torch.full((len(group), longest), pad, dtype=torch.long)
+            for row, (length, begin) in enumerate(group):
+                idx[row, :length] = torch.arange(begin, begin + length)
+            idx = idx.to(query.device)
+            # [g, L, heads, hn] -> [g, heads, L, hn]
+            out = self._sdpa(*(x[idx].transpose(1, 2) for x in (q, k, v))).transpose(1, 2)
+            real = idx != pad
+            outputs.append(out[real])  # [tokens of the group, heads, hn]
+            positions.append(idx[real])
         # Tokens past cu_seqlens[-1] (padding to a fixed pack length) attend to nothing.
         if bounds[-1] < t:
-            out[bounds[-1] :] = 0
-        return out.reshape(t, n * hn)
+            outputs.append(query.new_zeros(t - bounds[-1], n, hn))
+            positions.append(torch.arange(bounds[-1], t, device=query.device))
+        order = torch.argsort(torch.cat(positions))
+        return torch.cat(outputs)[order].reshape(t, n * hn)
+
+
+PAD_WASTE = 0.25
+"""Largest share of padding positions in one batched attention group."""
+
+
+def _length_groups(seqs: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """Split ``(length, start)`` pairs sorted by decreasing length into groups whose padded size
+    (count x first length) exceeds their real tokens by at most ``PAD_WASTE``."""
+    groups: list[list[tuple[int, int]]] = []
+    real = 0
+    for item in seqs:
+        if groups and groups[-1][0][0] * (len(groups[-1]) + 1) <= (1 + PAD_WASTE) * (real + item[0]):
+            groups[-1].append(item)
+            real += item[0]
+        else:
+            groups.append([item])
+            real = item[0]
+    return groups

@@ -109,6 +109,7 @@ def run_packed(
     loss_fn: LossFn | None = None,
     forward_only: bool = True,
     fused_head: FusedHead | None = None,
+    temperature: float = 1.0,
 ) -> list[dict[str, torch.Tensor]]:
     """Run micro-batches through megatron's schedule (any PP).
 
@@ -118,7 +119,10 @@ def run_packed(
     back-propagate (already normalised: the schedule does not average over micro-batches). With
     ``fused_head`` the last stage never forms logits: the fused head computes the loss and
     log-probs from the final hidden states and the output weight (``loss_fn`` is then unused).
-    Results come back on the last pipeline stage only; other stages get an empty list.
+    ``temperature`` divides the logits (the sampling distribution of a rollout engine at that
+    temperature; with the fused head the hidden states are divided, which is the same since the
+    output layer has no bias). Results come back on the last pipeline stage only; other stages get
+    an empty list.
     """
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -145,6 +149,8 @@ def run_packed(
 
         def loss_func(logits: torch.Tensor):
             # logits [1, T, V_padded/tp] (vocab-parallel)
+            if temperature != 1.0:
+                logits = logits / temperature
             logprobs = vocab_parallel_logprobs(logits[0], targets.to(dev), vocab_size)
             logprobs = logprobs * valid.to(dev)
             loss = loss_fn(logprobs, batch) if loss_fn is not None else logprobs.sum() * 0.0
@@ -160,6 +166,8 @@ def run_packed(
             fields.update({k: fields[k] * keep for k in WEIGHT_FIELDS}, targets=targets.to(dev))
             inputs = dataclasses.replace(given, **fields)
             tp_rank = parallel_state.get_tensor_model_parallel_rank()
+            if temperature != 1.0:
+                hidden = hidden / temperature
             out = fused_head_loss(
                 hidden[0],
                 bypass.weight,

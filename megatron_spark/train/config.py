@@ -1,0 +1,180 @@
+"""The config tree of a training run (``megatron-spark train|sft CONFIG key=value ...``).
+
+Each section is owned by the component that reads it; every default lives here or in that
+component's dataclass, never at a call site. ``examples/tiny_arith/*.yaml`` are complete examples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from megatron_spark.data.datasets import FileTaskConfig
+from megatron_spark.data.tasks import ArithmeticConfig
+from megatron_spark.model.builder import PrecisionConfig
+from megatron_spark.rollout.bridge import BridgeConfig
+from megatron_spark.train.optim import OptimConfig
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """Where the weights and the tokenizer come from."""
+
+    init: str = "preset:tiny-llama"
+    """``preset:NAME`` (random weights from a built-in config), a Hugging Face model directory,
+    or a megatron_spark checkpoint (a converted model or a training checkpoint step)."""
+    tokenizer: str = "builtin:arith"
+    """``builtin:arith`` (the committed sentencepiece model), a ``.model`` file, or a Hugging Face
+    tokenizer directory. A preset's vocabulary is resized to this tokenizer's."""
+
+
+@dataclass(frozen=True)
+class ParallelSection:
+    """How the model is split; data parallelism is whatever world size remains."""
+
+    tensor_parallel_size: int = 1
+    """Tensor-parallel ranks."""
+    pipeline_parallel_size: int = 1
+    """Pipeline stages."""
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    """How a response is scored against the ground truth."""
+
+    kind: Literal["math", "exact", "choice", "function"] = "math"
+    """``math``: math-verify equivalence; ``exact``: string match; ``choice``: multiple-choice
+    letter; ``function``: a user function ``f(response, answer) -> float``."""
+    box: Literal["last", "first"] = "last"
+    """Which ``\\boxed{}`` of the response is the answer."""
+    timeout_s: float = 5.0
+    """Wall-clock limit per response; a timeout scores 0 and is counted."""
+    function: str | None = None
+    """``package.module:function`` for ``kind: function``."""
+
+
+@dataclass(frozen=True)
+class TaskSection:
+    """The problems to train and evaluate on."""
+
+    kind: Literal["arithmetic", "file"] = "arithmetic"
+    """The built-in synthetic arithmetic task, or a jsonl/parquet dataset."""
+    arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
+    """Settings of the arithmetic task."""
+    file: FileTaskConfig | None = None
+    """Settings of a file dataset (required for ``kind: file``)."""
+    verifier: VerifierConfig = field(default_factory=VerifierConfig)
+    """How responses are scored."""
+    max_prompt_tokens: int = 256
+    """Longest prompt (after the chat template); longer prompts are refused before training."""
+
+    def __post_init__(self) -> None:
+        if self.kind == "file" and self.file is None:
+            raise ValueError("kind is 'file' but the 'file' section (train_path, ...) is missing")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """Sampling from the policy."""
+
+    engine: Literal["hf", "vllm"] = "hf"
+    """``hf``: transformers on this process's device (one engine per data-parallel replica);
+    ``vllm``: vLLM colocated on every rank (CUDA only; untested on our CPU machines)."""
+    num_samples_per_prompt: int = 8
+    """Group size n of GRPO."""
+    temperature: float = 1.0
+    """Sampling temperature (the trainer's log-probs use the same)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+    max_new_tokens: int = 32
+    """Longest response."""
+    max_batch_sequences: int = 256
+    """Sequences decoded together by the HF engine (bounds its KV-cache memory)."""
+    vllm_gpu_memory_utilization: float = 0.5
+    """Share of GPU memory vLLM may take while awake."""
+    bridge: BridgeConfig = field(default_factory=BridgeConfig)
+    """Weight sync from the trainer to the engine."""
+
+    def __post_init__(self) -> None:
+        if self.num_samples_per_prompt < 1:
+            raise ValueError(f"num_samples_per_prompt must be >= 1, got {self.num_samples_per_prompt}")
+        if not self.temperature > 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1:
+            raise ValueError("need temperature > 0, 0 < top_p <= 1 and max_new_tokens >= 1")
+        if self.engine == "vllm" and self.top_p < 1:
+            # vLLM reports log-probs after top-p truncation; the trainer's are before it.
+            raise ValueError("engine vllm needs top_p = 1 (its log-probs would not match the trainer's)")
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """The policy-gradient objective."""
+
+    advantage: Literal["std", "mean"] = "std"
+    """Group-normalised advantage: divide by the group's reward std, or only subtract the mean."""
+    clip_low: float = 0.2
+    """PPO ratio clip below 1."""
+    clip_high: float = 0.2
+    """PPO ratio clip above 1 (larger than clip_low: "clip-higher")."""
+    dual_clip: float | None = None
+    """Dual-clip constant (> 1) for negative advantages; null disables."""
+    kl_coef: float = 0.0
+    """Coefficient of the KL penalty to the initial weights (0: no reference model is kept)."""
+    kl_estimator: Literal["k1", "k3"] = "k3"
+    """Per-token KL estimator."""
+    entropy_coef: float = 0.0
+    """Coefficient of the entropy bonus."""
+    num_minibatches: int = 1
+    """Optimizer steps per rollout batch (the batch's prompt groups are split evenly)."""
+    old_logprobs: Literal["recompute", "rollout"] = "recompute"
+    """Log-probs of the sampling policy in the ratio: recomputed by the trainer before the first
+    update (robust to engine numerics), or the engine's own (saves a forward pass)."""
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """The training loop."""
+
+    num_steps: int = 100
+    """Steps to run (GRPO: one rollout batch each; SFT: one optimizer step each)."""
+    num_prompts_per_step: int = 32
+    """Prompts per step over all data-parallel ranks (GRPO: each sampled n times; SFT: problems
+    with worked solutions)."""
+    micro_batch_tokens: int = 4096
+    """Token budget of one packed micro-batch."""
+    save_every_steps: int = 0
+    """Checkpoint every k steps (0: only at the end)."""
+    keep_checkpoints: int = 2
+    """Most recent checkpoints kept on disk."""
+    eval_every_steps: int = 0
+    """Held-out evaluation every k steps (0: only at the start and the end)."""
+    eval_num_problems: int = 200
+    """Held-out problems per evaluation (the first ones of the split)."""
+    max_consecutive_bad_steps: int = 3
+    """Steps with a non-finite loss or gradient are skipped; this many in a row stop the run."""
+    token_chunk: int = 4096
+    """Tokens per tile of the fused loss head."""
+    vocab_chunk: int = 8192
+    """Vocabulary rows per tile of the fused loss head."""
+
+    def __post_init__(self) -> None:
+        for name in ("num_steps", "num_prompts_per_step", "micro_batch_tokens", "max_consecutive_bad_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole run."""
+
+    run_dir: str | None = None
+    """Where metrics, the resolved config and checkpoints go (default: runs/<command>-<time>)."""
+    seed: int = 0
+    """Seeds initialisation, sampling and data order."""
+    model: ModelSection = field(default_factory=ModelSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    task: TaskSection = field(default_factory=TaskSection)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainerConfig = field(default_factory=TrainerConfig)

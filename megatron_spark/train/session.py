@@ -1,0 +1,313 @@
+"""What every training loop needs on one rank: model, optimizer, engine, data, metrics, checkpoints.
+
+Process layout: megatron's TP x PP groups form one model replica; data parallelism (DP) is the
+remaining factor of the world size. The HF engine lives on each replica's model-parallel rank 0
+and generates that replica's share of the prompts; the samples are then broadcast to the replica's
+other ranks, which all train on them. (vLLM runs on every rank, in lockstep.)
+
+The three loop bodies (SFT, GRPO and, later, SPARK) are plain functions over a :class:`Session`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from megatron_spark import platform
+from megatron_spark.config import dump_config
+from megatron_spark.errors import UserError
+from megatron_spark.model.forward import FusedHead, run_packed
+from megatron_spark.rollout.protocol import Completion, SamplingParams
+from megatron_spark.train import checkpoint as ckpt
+from megatron_spark.train.batch import LossCoefficients, MicroBatch, token_counts, token_inputs
+from megatron_spark.train.config import RunConfig
+from megatron_spark.train.kernels.fused_head import HeadConfig
+from megatron_spark.train.metrics import MetricsLogger, StageTimer
+from megatron_spark.train.optim import Optimizer
+
+GREEDY_TOP_P = 1e-6
+"""top_p that keeps only the most likely token: greedy decoding for evaluation."""
+
+
+def resolve_run_dir(cfg: RunConfig, command: str) -> Path:
+    """The configured run directory, or ``runs/<command>-<time>`` chosen by rank 0."""
+    name = [cfg.run_dir or f"runs/{command}-{time.strftime('%Y%m%d-%H%M%S')}"]
+    if dist.get_world_size() > 1:
+        dist.broadcast_object_list(name, src=0)  # every rank writes to rank 0's choice
+    return Path(name[0])
+
+
+class Session:
+    def __init__(self, cfg: RunConfig, command: str, resume: bool = False):
+        from megatron.core import parallel_state as ps
+
+        self.cfg = cfg
+        self.timer = StageTimer()
+        parallel = platform.ParallelConfig(
+            tensor_parallel_size=cfg.parallel.tensor_parallel_size,
+            pipeline_parallel_size=cfg.parallel.pipeline_parallel_size,
+        )
+        platform.setup(parallel, seed=cfg.seed)
+        self.rank = dist.get_rank()
+        self.tp_group = ps.get_tensor_model_parallel_group()
+        self.pp_group = ps.get_pipeline_model_parallel_group()
+        self.dp_group = ps.get_data_parallel_group()
+        self.mp_group = ps.get_model_parallel_group()
+        self.dp_rank, self.dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
+        self.mp_leader = dist.get_global_rank(self.mp_group, 0)
+        self.is_last_stage = ps.is_pipeline_last_stage()
+        self.owns_stats = self.is_last_stage and ps.get_tensor_model_parallel_rank() == 0
+        self.layout = {
+            "tensor_parallel_size": parallel.tensor_parallel_size,
+            "pipeline_parallel_size": parallel.pipeline_parallel_size,
+        }
+        if cfg.train.num_prompts_per_step % self.dp_size:
+            raise UserError(
+                f"train.num_prompts_per_step={cfg.train.num_prompts_per_step} must be divisible by the "
+                f"{self.dp_size} data-parallel ranks"
+            )
+
+        self.run_dir = resolve_run_dir(cfg, command)
+        self.ckpt_root = self.run_dir / "checkpoints"
+        latest = ckpt.latest(self.ckpt_root)
+        if latest is not None and not resume:
+            raise UserError(
+                f"{self.run_dir} already holds checkpoints; pass --resume or choose another run_dir"
+            )
+        if resume and latest is None:
+            raise UserError(f"--resume: no complete checkpoint under {self.ckpt_root}")
+
+        from megatron_spark.train.setup import build_data, build_engine, build_policy, build_reference
+
+        self.tokenizer, self.task, self.sampler, self.verifier = build_data(cfg)
+        self.model, self.arch, self.tokenizer_files = build_policy(cfg, self.tokenizer, parallel)
+        self.ref_model = build_reference(cfg, self.tokenizer, parallel) if cfg.grpo.kl_coef > 0 else None
+        self.optimizer = Optimizer(
+            self.model, cfg.optim, cfg.train.num_steps, model_parallel_group=self.mp_group
+        )
+        self.engine, self.bridge = build_engine(cfg, self.model, self.arch, self)
+        self.head = HeadConfig(
+            clip_low=cfg.grpo.clip_low,
+            clip_high=cfg.grpo.clip_high,
+            dual_clip=cfg.grpo.dual_clip,
+            kl_estimator=cfg.grpo.kl_estimator,
+            token_chunk=cfg.train.token_chunk,
+            vocab_chunk=cfg.train.vocab_chunk,
+        )
+        self.step = 0
+        self.skipped_steps = 0
+        self.consecutive_bad = 0
+        if resume:
+            self._restore(latest)
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, self.run_dir / "config.yaml")
+        dist.barrier()
+        self.metrics = MetricsLogger(
+            self.run_dir, self.rank == 0, cfg.train.num_steps, start_step=self.step, title=command
+        )
+        self.sync_weights()
+
+    # ------------------------------------------------------------------ rollout
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
+        """Completions of this DP replica's ``prompts`` on every rank of the replica."""
+        result = [None]
+        if self.engine is not None:
+            result = [self.engine.generate(prompts, params)]
+        if dist.get_world_size(self.mp_group) > 1:
+            # The replica leader's completions to its other TP/PP ranks (with vLLM every rank
+            # sampled too; one copy makes the replica agree bit for bit).
+            dist.broadcast_object_list(result, src=self.mp_leader, group=self.mp_group)
+        return result[0]
+
+    def sync_weights(self) -> None:
+        """Push the policy's current weights into the engine and wake it (collective over the
+        replica)."""
+        with self.timer("sync"):
+            self.bridge.sync(self.engine)
+            if self.engine is not None:
+                self.engine.wake()
+
+    def release_engine(self) -> None:
+        """Let the engine give its memory back while the trainer runs (weights are discarded)."""
+        if self.engine is not None:
+            self.engine.sleep()
+
+    def sampling_seed(self, purpose: int = 0) -> int:
+        """Distinct per run seed, step, DP rank and purpose; the same on resume."""
+        return hash((self.cfg.seed, self.step, self.dp_rank, purpose)) & 0x7FFFFFFF
+
+    def my_share(self, items: Sequence) -> list:
+        """This DP rank's contiguous slice of a step-wide list."""
+        n = len(items) // self.dp_size
+        return list(items[self.dp_rank * n : (self.dp_rank + 1) * n])
+
+    # ------------------------------------------------------------------ training
+
+    def forward_logprobs(self, model, micro_batches: Sequence[MicroBatch]) -> list[torch.Tensor] | None:
+        """Teacher-forced ``[T]`` log-probs per micro-batch (last stage; None elsewhere)."""
+        out = run_packed(
+            model,
+            self.arch.vocab_size,
+            [mb.batch for mb in micro_batches],
+            temperature=self.cfg.rollout.temperature,
+        )
+        return [o["logprobs"].cpu() for o in out] if self.is_last_stage else None
+
+    def train_on(self, mbs: Sequence[MicroBatch], coef: LossCoefficients) -> dict[str, float]:
+        """One optimizer step on packed micro-batches (this DP rank's share). Returns summed
+        statistics (owner ranks only contribute; see :meth:`reduce`)."""
+        counts = token_counts(mbs)
+        if self.dp_size > 1:
+            # Response tokens of the whole step, over every DP rank: the loss normaliser.
+            dist.all_reduce(counts, group=self.dp_group)
+        inputs = {mb.batch: token_inputs(mb, coef, counts) for mb in mbs}
+        head = FusedHead(dataclasses.replace(self.head), lambda b: inputs[b])
+        out = run_packed(
+            self.model,
+            self.arch.vocab_size,
+            [mb.batch for mb in mbs],
+            forward_only=False,
+            fused_head=head,
+            temperature=self.cfg.rollout.temperature,
+        )
+        grad_norm, applied = self.optimizer.step()
+        stats = {
+            "loss": 0.0,
+            "rl_tokens": 0.0,
+            "entropy_sum": 0.0,
+            "clipped": 0.0,
+            "kl_sum": 0.0,
+            "gap_sum": 0.0,
+        }
+        if self.owns_stats:
+            for mb, o in zip(mbs, out):
+                rl = mb.rl_mask
+                n_rl = float(rl.sum())
+                lp = o["logprobs"].cpu()
+                stats["loss"] += float(o["loss"])
+                stats["rl_tokens"] += n_rl
+                stats["entropy_sum"] += float(o["entropy"].cpu()[rl].sum())
+                stats["clipped"] += float(o["clip_fraction"]) * n_rl
+                stats["gap_sum"] += float((lp - mb.rollout_logprobs)[rl].abs().sum())
+                if mb.ref_logprobs is not None:
+                    d = (mb.ref_logprobs - lp)[rl]
+                    stats["kl_sum"] += float(
+                        (d.exp() - d - 1).sum() if self.head.kl_estimator == "k3" else (-d).sum()
+                    )
+        return {**stats, "grad_norm": grad_norm, "applied": float(applied)}
+
+    def reduce(self, sums: dict[str, float]) -> dict[str, float]:
+        """Sum per-rank contributions over the whole world (result valid on every rank)."""
+        keys = sorted(sums)
+        vec = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64)
+        if dist.get_world_size() > 1:
+            dist.all_reduce(vec)  # every rank's share of each statistic, summed (all ranks)
+        return dict(zip(keys, vec.tolist()))
+
+    def after_update(self, applied: bool, loss: float, grad_norm: float) -> dict[str, float]:
+        """Count a skipped (non-finite) step; stop after too many in a row."""
+        bad = not applied or not math.isfinite(loss) or not math.isfinite(grad_norm)
+        if bad:
+            self.skipped_steps += 1
+            self.consecutive_bad += 1
+            if self.consecutive_bad >= self.cfg.train.max_consecutive_bad_steps:
+                raise UserError(
+                    f"{self.consecutive_bad} consecutive steps had a non-finite loss or gradient "
+                    f"(last at step {self.step}); lower optim.lr or check the data "
+                    f"(train.max_consecutive_bad_steps={self.cfg.train.max_consecutive_bad_steps})"
+                )
+        else:
+            self.consecutive_bad = 0
+        return {"train/skipped_steps": float(self.skipped_steps), "train/lr": self.optimizer.lr}
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self) -> dict[str, float]:
+        """Greedy held-out accuracy (``eval/accuracy``)."""
+        from megatron_spark.reward.verifiers import verify_batch
+
+        problems = self.task.held_out()[: self.cfg.train.eval_num_problems]
+        problems = problems[: len(problems) // self.dp_size * self.dp_size]
+        mine = self.my_share(problems)
+        params = SamplingParams(
+            top_p=GREEDY_TOP_P,
+            max_new_tokens=self.cfg.rollout.max_new_tokens,
+            stop_token_ids=(self.tokenizer.eos_id,),
+            seed=0,
+        )
+        with self.timer("eval"):
+            completions = self.generate([self.tokenizer.encode_prompt(p.prompt) for p in mine], params)
+            correct = 0.0
+            if self.rank == self.mp_leader:
+                texts = [self.tokenizer.decode(c.token_ids) for c in completions]
+                verdicts = verify_batch(self.verifier, texts, [p.answer for p in mine])
+                correct = sum(v.reward >= 1.0 for v in verdicts)
+            totals = self.reduce({"correct": correct, "n": len(mine) if self.rank == self.mp_leader else 0})
+        return {"eval/accuracy": totals["correct"] / max(1.0, totals["n"])}
+
+    def should_eval(self) -> bool:
+        k = self.cfg.train.eval_every_steps
+        return self.step == self.cfg.train.num_steps or (k > 0 and self.step % k == 0)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self) -> Path:
+        from megatron_spark.rollout.bridge import unwrap
+
+        state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "skipped_steps": self.skipped_steps,
+            "consecutive_bad": self.consecutive_bad,
+        }
+        with self.timer("checkpoint"):
+            return ckpt.save(
+                self.ckpt_root,
+                self.step,
+                unwrap(self.model),
+                self.arch,
+                self.cfg.precision.params_dtype,
+                state,
+                self.layout,
+                self.cfg.train.keep_checkpoints,
+                self.tokenizer_files,
+            )
+
+    def should_save(self) -> bool:
+        k = self.cfg.train.save_every_steps
+        return self.step == self.cfg.train.num_steps or (k > 0 and self.step % k == 0)
+
+    def _restore(self, path: Path) -> None:
+        from megatron_spark.checkpoint.dist import load_model
+        from megatron_spark.rollout.bridge import unwrap
+
+        state = ckpt.load_train_state(path, self.layout)
+        load_model(unwrap(self.model), path / "model")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step = int(state["step"])
+        self.skipped_steps = int(state["skipped_steps"])
+        self.consecutive_bad = int(state["consecutive_bad"])
+        ckpt.set_rng_state(state["rng"])
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def log(self, metrics: dict[str, float]) -> None:
+        self.metrics.log(self.step, {**metrics, **self.timer.pop()})
+
+    def close(self) -> None:
+        self.metrics.close()
+        if self.rank == 0:
+            summary = {"run_dir": str(self.run_dir), "step": self.step}
+            (self.run_dir / "summary.json").write_text(json.dumps(summary) + "\n")
+        platform.teardown()

@@ -1,0 +1,159 @@
+"""Builders behind :class:`~megatron_spark.train.session.Session`: data, policy, reference, engine."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from megatron_spark import platform
+from megatron_spark.checkpoint.io import TOKENIZER_FILES
+from megatron_spark.errors import UserError
+from megatron_spark.model.config import PRESETS, ModelArch, arch_from_hf_config
+from megatron_spark.train.config import RunConfig
+
+
+def build_data(cfg: RunConfig):
+    """Tokenizer, task, sampler and verifier; every prompt that will be used is checked now."""
+    from megatron_spark.data.datasets import check_prompt_lengths, load_task
+    from megatron_spark.data.tasks import ProblemSampler
+    from megatron_spark.data.tokenizer import load_tokenizer
+    from megatron_spark.reward.verifiers import make_verifier
+
+    tokenizer = load_tokenizer(cfg.model.tokenizer)
+    task = load_task(cfg.task.arithmetic if cfg.task.kind == "arithmetic" else cfg.task.file)
+    limit = cfg.task.max_prompt_tokens
+    check_prompt_lengths(task.held_out(), tokenizer, limit, source=f"task {task.name} (held-out)")
+    n = task.num_train()
+    if n is not None:  # a dataset: refuse to start rather than fail hours in
+        problems = [task.train_problem(i) for i in range(n)]
+        check_prompt_lengths(problems, tokenizer, limit, source=f"task {task.name}")
+    v = cfg.task.verifier
+    verifier = make_verifier(v.kind, box=v.box, timeout_s=v.timeout_s, function=v.function)
+    return tokenizer, task, ProblemSampler(task, seed=cfg.seed), verifier
+
+
+def _tokenizer_files(spec: str) -> list[Path]:
+    from megatron_spark.data.tokenizer import ARITH_MODEL_PATH, BUILTIN_ARITH
+
+    if spec == BUILTIN_ARITH:
+        return [ARITH_MODEL_PATH]
+    path = Path(spec)
+    if path.is_file():
+        return [path]
+    return [path / n for n in TOKENIZER_FILES if (path / n).is_file()]
+
+
+def preset_arch(name: str, tokenizer) -> ModelArch:
+    """A preset network sized to ``tokenizer``'s vocabulary and special ids."""
+    if name not in PRESETS:
+        raise UserError(f"model.init: unknown preset '{name}'; presets: {', '.join(sorted(PRESETS))}")
+    hf = copy.deepcopy(PRESETS[name])
+    hf["vocab_size"] = tokenizer.vocab_size
+    hf["eos_token_id"] = tokenizer.eos_id
+    hf["bos_token_id"] = tokenizer.bos_id
+    hf["pad_token_id"] = tokenizer.pad_id
+    return arch_from_hf_config(hf, source=f"preset {name}")
+
+
+def _load(cfg: RunConfig, tokenizer, parallel: platform.ParallelConfig):
+    from megatron_spark.checkpoint.convert import load_pretrained
+    from megatron_spark.model.builder import build_model
+
+    init = cfg.model.init
+    if init.startswith("preset:"):
+        arch = preset_arch(init.removeprefix("preset:"), tokenizer)
+        # Seeded by platform.setup: the same seed gives the same initial weights.
+        return build_model(arch, parallel, cfg.precision), arch
+    if not Path(init).exists():
+        raise UserError(f"model.init: '{init}' is neither preset:NAME nor an existing directory")
+    model, arch = load_pretrained(init, parallel, cfg.precision)
+    if tokenizer.vocab_size > arch.vocab_size:
+        raise UserError(
+            f"model.tokenizer has {tokenizer.vocab_size} ids but {init} has a vocabulary of {arch.vocab_size}"
+        )
+    return model, arch
+
+
+def build_policy(cfg: RunConfig, tokenizer, parallel: platform.ParallelConfig):
+    """The trainable policy wrapped in megatron DDP; also returns the arch and tokenizer files."""
+    model, arch = _load(cfg, tokenizer, parallel)
+    return wrap_ddp(model), arch, _tokenizer_files(cfg.model.tokenizer)
+
+
+def wrap_ddp(model):
+    """Megatron DDP (float32 ``main_grad`` buffers) with the gradient finalisation we need."""
+    from megatron.core.distributed import (
+        DistributedDataParallel,
+        DistributedDataParallelConfig,
+        finalize_model_grads,
+    )
+
+    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False)
+    model = DistributedDataParallel(model.config, ddp_config, model)
+    # After the last backward: DP all-reduce (a sum: calculate_per_token_loss) and the tied
+    # embedding's first/last-stage all-reduce. No division by megatron's token count: our
+    # per-token weights already carry the global normaliser.
+    model.config.finalize_model_grads_func = functools.partial(
+        _finalize_without_token_scaling, finalize_model_grads
+    )
+    return model
+
+
+def _finalize_without_token_scaling(finalize, model, num_tokens=None, **kwargs):
+    finalize(model, None, **kwargs)
+
+
+def build_reference(cfg: RunConfig, tokenizer, parallel: platform.ParallelConfig):
+    """A frozen copy of the initial weights for the KL penalty (same layout as the policy)."""
+    model, _ = _load(cfg, tokenizer, parallel)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def build_engine(cfg: RunConfig, model, arch: ModelArch, session):
+    """The rollout engine on the ranks that host one (None elsewhere) and the weight bridge."""
+    from megatron_spark.rollout.bridge import WeightBridge
+
+    kind = cfg.rollout.engine
+    if kind == "vllm" and not platform.use_cuda():
+        raise UserError("rollout.engine=vllm needs CUDA; use rollout.engine=hf on this machine")
+    hosts = kind == "vllm" or dist.get_rank(session.mp_group) == 0
+    dtype = cfg.precision.torch_dtype
+    engine = None
+    if hosts and kind == "hf":
+        from megatron_spark.rollout.hf_engine import HFEngine
+
+        engine = HFEngine(
+            arch.hf_config,
+            dtype=dtype,
+            device=str(platform.device()),
+            max_batch_sequences=cfg.rollout.max_batch_sequences,
+        )
+    elif hosts:
+        from megatron_spark.rollout.vllm_engine import VLLMConfig, VLLMEngine
+
+        vllm_cfg = VLLMConfig(
+            tensor_parallel_size=cfg.parallel.tensor_parallel_size,
+            gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
+            dtype=cfg.precision.params_dtype,
+            seed=cfg.seed,
+            replica_index=session.dp_rank,  # every engine of one model replica samples alike
+        )
+        engine = VLLMEngine(arch.hf_config, vllm_cfg)
+    bridge = WeightBridge(
+        model,
+        arch,
+        receive=hosts,
+        dtype=dtype,
+        config=cfg.rollout.bridge,
+        tp_group=session.tp_group,
+        pp_group=session.pp_group,
+    )
+    torch.manual_seed(cfg.seed)  # engine construction draws random init: reset for the loop
+    return engine, bridge

@@ -1,0 +1,44 @@
+"""Supervised warm start: teacher-forced cross-entropy on worked solutions of task problems.
+
+Each step draws ``train.num_prompts_per_step`` problems, trains on ``prompt -> solution + eos``
+(loss on the solution tokens only, averaged over every solution token of the step) and takes one
+optimizer step. Used as the cold start of the tiny demo before GRPO.
+"""
+
+from __future__ import annotations
+
+import time
+
+from megatron_spark.errors import UserError
+from megatron_spark.train.batch import LossCoefficients, Sample, build_micro_batches
+from megatron_spark.train.session import Session
+
+
+def sft_samples(s: Session, problems) -> list[Sample]:
+    missing = [p.uid for p in problems if not p.solution]
+    if missing:
+        raise UserError(f"sft: problem {missing[0]} has no worked solution (set task.file.solution_key)")
+    tok = s.tokenizer
+    return [
+        Sample(tok.encode_prompt(p.prompt), tok.encode(p.solution) + [tok.eos_id], objective="ce")
+        for p in problems
+    ]
+
+
+def sft_step(s: Session) -> dict[str, float]:
+    start = time.perf_counter()
+    problems = s.my_share(s.sampler.next_batch(s.cfg.train.num_prompts_per_step))
+    samples = sft_samples(s, problems)
+    with s.timer("train"):
+        mbs = build_micro_batches(samples, s.cfg.train.micro_batch_tokens)
+        stats = s.train_on(mbs, LossCoefficients(ce=1.0))
+    tokens = sum(x.num_tokens for x in samples) if s.rank == s.mp_leader else 0
+    totals = s.reduce({"loss": stats["loss"], "tokens": float(tokens)})
+    s.step += 1
+    metrics = {
+        "train/loss": totals["loss"],
+        "train/grad_norm": stats["grad_norm"],
+        "perf/tokens_per_s": totals["tokens"] / (time.perf_counter() - start),
+    }
+    metrics.update(s.after_update(bool(stats["applied"]), totals["loss"], stats["grad_norm"]))
+    return metrics
