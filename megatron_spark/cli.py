@@ -53,7 +53,7 @@ def cmd_demo(args) -> int:
     from megatron_spark.demo import run_demo
 
     run_dir = args.run_dir or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    return run_demo(run_dir, args.preset, seed=args.seed)
+    return run_demo(run_dir, seed=args.seed, overrides=args.overrides)
 
 
 def cmd_run(args) -> int:
@@ -111,9 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         c.set_defaults(func=cmd_run)
 
-    demo = sub.add_parser("demo", help="tiny end-to-end demo on the CPU")
+    demo = sub.add_parser("demo", help="the tiny demo on the CPU: SFT then GRPO on arithmetic")
     demo.add_argument("--run-dir", default=None, help="where the demo writes (default runs/demo-<time>)")
-    demo.add_argument("--preset", default="tiny-llama", help="model preset")
+    demo.add_argument("overrides", nargs="*", help="key=value overrides applied to both stages")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.set_defaults(func=cmd_demo)
     return p

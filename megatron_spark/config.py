@@ -75,6 +75,12 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         return dict(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-3" (no dot) as a string; accept what Python reads as a number.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is bool and not isinstance(value, bool):
         raise UserError(f"{source}: {key}={value!r} has the wrong type; expected true or false")
     if tp is int and isinstance(value, bool):

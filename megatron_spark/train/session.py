@@ -237,6 +237,8 @@ class Session:
 
         problems = self.task.held_out()[: self.cfg.train.eval_num_problems]
         problems = problems[: len(problems) // self.dp_size * self.dp_size]
+        if not problems:
+            return {}
         mine = self.my_share(problems)
         params = SamplingParams(
             top_p=GREEDY_TOP_P,
