@@ -14,6 +14,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from megatron_spark import platform
+from megatron_spark.data.datasets import read_jsonl
 from megatron_spark.errors import UserError
 from megatron_spark.model.builder import PrecisionConfig
 from megatron_spark.model.forward import pack, run_packed, split_logprobs
@@ -25,28 +26,17 @@ def read_token_jsonl(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise UserError(f"{path}: no such input file")
     rows = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise UserError(f"{path}:{lineno}: invalid UTF-8") from None
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            tokens = row.get("tokens") if isinstance(row, dict) else None
-            if (
-                not isinstance(tokens, list)
-                or not tokens
-                or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens)
-            ):
-                raise UserError(
-                    f"{path}:{lineno}: expected an object with a non-empty list of ints under 'tokens'"
-                )
-            rows.append(row)
+    for lineno, row in read_jsonl(path):
+        tokens = row.get("tokens") if isinstance(row, dict) else None
+        if (
+            not isinstance(tokens, list)
+            or not tokens
+            or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens)
+        ):
+            raise UserError(
+                f"{path}:{lineno}: expected an object with a non-empty list of ints under 'tokens'"
+            )
+        rows.append(row)
     if not rows:
         raise UserError(f"{path}: no sequences")
     return rows

@@ -42,8 +42,9 @@ class FileTaskConfig:
     """Seed of the held-out split."""
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """(1-based line number, parsed JSON) for every non-blank line."""
+def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(1-based line number, parsed JSON) for every non-blank line; invalid UTF-8 or JSON is a
+    UserError naming ``file:line``."""
     for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
         where = f"{path}:{number}"
         try:
@@ -125,7 +126,7 @@ def read_problems(path: str | Path, cfg: FileTaskConfig) -> list[Problem]:
     if path.suffix == ".jsonl":
         problems = [
             row_to_problem(row, f"{path}:{line}", f"{path.name}:{line}", cfg)
-            for line, row in _read_jsonl(path)
+            for line, row in read_jsonl(path)
         ]
     else:
         keys = [cfg.prompt_key, cfg.answer_key] + ([cfg.solution_key] if cfg.solution_key else [])
