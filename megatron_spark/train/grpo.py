@@ -41,13 +41,18 @@ def rollout(s: Session, problems):
 
 
 def score(s: Session, problems, completions) -> tuple[torch.Tensor, int]:
-    """Rewards ``[prompts, n]`` (replica leader computes, the replica shares) and timeouts."""
+    """Rewards ``[prompts, n]`` and the number of verifier timeouts. The replica leader verifies
+    and shares: a timeout on one rank only must not give the ranks different advantages."""
     n = s.cfg.rollout.num_samples_per_prompt
-    texts = [s.tokenizer.decode(c.token_ids) for c in completions]
-    answers = [p.answer for p in problems for _ in range(n)]
-    verdicts = verify_batch(s.verifier, texts, answers)
-    rewards = torch.tensor([v.reward for v in verdicts], dtype=torch.float64).view(len(problems), n)
-    return rewards, sum(v.timed_out for v in verdicts)
+
+    def verify():
+        texts = [s.tokenizer.decode(c.token_ids) for c in completions]
+        answers = [p.answer for p in problems for _ in range(n)]
+        verdicts = verify_batch(s.verifier, texts, answers)
+        return [v.reward for v in verdicts], sum(v.timed_out for v in verdicts)
+
+    rewards, timeouts = s.on_leader(verify)
+    return torch.tensor(rewards, dtype=torch.float64).view(len(problems), n), timeouts
 
 
 def to_samples(completions, advantages: torch.Tensor, rewards: torch.Tensor) -> list[Sample]:
@@ -116,7 +121,7 @@ def grpo_step(s: Session) -> dict[str, float]:
     resp = [len(x.response_ids) for x in samples] if s.rank == s.mp_leader else []
     totals = s.reduce(
         {
-            **{f"t_{k}": v for k, v in train.items() if k not in ("grad_norm", "applied")},
+            **{f"t_{k}": v for k, v in train.items() if k not in ("grad_norm", "applied", "lr")},
             "gap": gap,
             "gap_tokens": gap_tokens,
             "samples": mine,
@@ -126,7 +131,7 @@ def grpo_step(s: Session) -> dict[str, float]:
             "all_tokens": float(sum(x.num_tokens for x in samples)) if mine else 0.0,
             "truncated": float(sum(c.finish_reason == "length" for c in completions)) if mine else 0.0,
             "timeouts": float(timeouts) if mine else 0.0,
-            "zero_adv_groups": float((rewards.std(dim=1) == 0).sum()) if mine else 0.0,
+            "zero_adv_groups": float((rewards.amax(1) == rewards.amin(1)).sum()) if mine else 0.0,
             "groups": float(rewards.shape[0]) if mine else 0.0,
         }
     )
@@ -150,5 +155,6 @@ def grpo_step(s: Session) -> dict[str, float]:
         "perf/tokens_per_s": totals["all_tokens"] / (time.perf_counter() - start),
         "perf/samples_per_s": totals["samples"] / (time.perf_counter() - start),
     }
-    metrics.update(s.after_update(train["applied"] == steps, metrics["train/loss"], train["grad_norm"]))
+    lr = train["lr"] / steps  # mean rate over this step's updates
+    metrics.update(s.after_update(train["applied"] == steps, metrics["train/loss"], train["grad_norm"], lr))
     return metrics

@@ -10,7 +10,6 @@ The three loop bodies (SFT, GRPO and, later, SPARK) are plain functions over a :
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -89,9 +88,9 @@ class Session:
         self.tokenizer, self.task, self.sampler, self.verifier = build_data(cfg)
         self.model, self.arch, self.tokenizer_files = build_policy(cfg, self.tokenizer, parallel)
         self.ref_model = build_reference(cfg, self.tokenizer, parallel) if cfg.grpo.kl_coef > 0 else None
-        self.optimizer = Optimizer(
-            self.model, cfg.optim, cfg.train.num_steps, model_parallel_group=self.mp_group
-        )
+        # The schedule counts optimizer steps: a GRPO step takes num_minibatches of them.
+        updates = cfg.train.num_steps * (cfg.grpo.num_minibatches if command == "train" else 1)
+        self.optimizer = Optimizer(self.model, cfg.optim, updates, model_parallel_group=self.mp_group)
         self.engine, self.bridge = build_engine(cfg, self.model, self.arch, self)
         self.head = HeadConfig(
             clip_low=cfg.grpo.clip_low,
@@ -117,16 +116,21 @@ class Session:
 
     # ------------------------------------------------------------------ rollout
 
-    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
-        """Completions of this DP replica's ``prompts`` on every rank of the replica."""
-        result = [None]
-        if self.engine is not None:
-            result = [self.engine.generate(prompts, params)]
+    def on_leader(self, fn):
+        """``fn()`` run once per model replica (its first rank), the result shared with the
+        replica's other TP/PP ranks, so that all of them train on the same samples and rewards."""
+        result = [fn() if self.rank == self.mp_leader else None]
         if dist.get_world_size(self.mp_group) > 1:
-            # The replica leader's completions to its other TP/PP ranks (with vLLM every rank
-            # sampled too; one copy makes the replica agree bit for bit).
+            # The replica leader's result to its other TP/PP ranks.
             dist.broadcast_object_list(result, src=self.mp_leader, group=self.mp_group)
         return result[0]
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
+        """Completions of this DP replica's ``prompts`` on every rank of the replica. (With vLLM
+        every rank samples in lockstep; the leader's copy makes the replica agree bit for bit.)"""
+        if self.engine is not None and self.rank != self.mp_leader:
+            self.engine.generate(prompts, params)  # vLLM's TP ranks must take part
+        return self.on_leader(lambda: self.engine.generate(prompts, params))
 
     def sync_weights(self) -> None:
         """Push the policy's current weights into the engine and wake it (collective over the
@@ -170,7 +174,7 @@ class Session:
             # Response tokens of the whole step, over every DP rank: the loss normaliser.
             dist.all_reduce(counts, group=self.dp_group)
         inputs = {mb.batch: token_inputs(mb, coef, counts) for mb in mbs}
-        head = FusedHead(dataclasses.replace(self.head), lambda b: inputs[b])
+        head = FusedHead(self.head, lambda b: inputs[b])
         out = run_packed(
             self.model,
             self.arch.vocab_size,
@@ -179,6 +183,7 @@ class Session:
             fused_head=head,
             temperature=self.cfg.rollout.temperature,
         )
+        lr = self.optimizer.lr  # the rate this update uses
         grad_norm, applied = self.optimizer.step()
         stats = {
             "loss": 0.0,
@@ -203,7 +208,7 @@ class Session:
                     stats["kl_sum"] += float(
                         (d.exp() - d - 1).sum() if self.head.kl_estimator == "k3" else (-d).sum()
                     )
-        return {**stats, "grad_norm": grad_norm, "applied": float(applied)}
+        return {**stats, "grad_norm": grad_norm, "applied": float(applied), "lr": lr}
 
     def reduce(self, sums: dict[str, float]) -> dict[str, float]:
         """Sum per-rank contributions over the whole world (result valid on every rank)."""
@@ -213,7 +218,7 @@ class Session:
             dist.all_reduce(vec)  # every rank's share of each statistic, summed (all ranks)
         return dict(zip(keys, vec.tolist()))
 
-    def after_update(self, applied: bool, loss: float, grad_norm: float) -> dict[str, float]:
+    def after_update(self, applied: bool, loss: float, grad_norm: float, lr: float) -> dict[str, float]:
         """Count a skipped (non-finite) step; stop after too many in a row."""
         bad = not applied or not math.isfinite(loss) or not math.isfinite(grad_norm)
         if bad:
@@ -227,7 +232,7 @@ class Session:
                 )
         else:
             self.consecutive_bad = 0
-        return {"train/skipped_steps": float(self.skipped_steps), "train/lr": self.optimizer.lr}
+        return {"train/skipped_steps": float(self.skipped_steps), "train/lr": lr}
 
     # ------------------------------------------------------------------ evaluation
 
@@ -248,12 +253,15 @@ class Session:
         )
         with self.timer("eval"):
             completions = self.generate([self.tokenizer.encode_prompt(p.prompt) for p in mine], params)
-            correct = 0.0
-            if self.rank == self.mp_leader:
+
+            def score() -> float:
                 texts = [self.tokenizer.decode(c.token_ids) for c in completions]
                 verdicts = verify_batch(self.verifier, texts, [p.answer for p in mine])
-                correct = sum(v.reward >= 1.0 for v in verdicts)
-            totals = self.reduce({"correct": correct, "n": len(mine) if self.rank == self.mp_leader else 0})
+                return float(sum(v.reward >= 1.0 for v in verdicts))
+
+            leader = self.rank == self.mp_leader
+            correct = score() if leader else 0.0
+            totals = self.reduce({"correct": correct, "n": len(mine) if leader else 0})
         return {"eval/accuracy": totals["correct"] / max(1.0, totals["n"])}
 
     def should_eval(self) -> bool:

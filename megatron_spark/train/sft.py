@@ -40,5 +40,5 @@ def sft_step(s: Session) -> dict[str, float]:
         "train/grad_norm": stats["grad_norm"],
         "perf/tokens_per_s": totals["tokens"] / (time.perf_counter() - start),
     }
-    metrics.update(s.after_update(bool(stats["applied"]), totals["loss"], stats["grad_norm"]))
+    metrics.update(s.after_update(bool(stats["applied"]), totals["loss"], stats["grad_norm"], stats["lr"]))
     return metrics
