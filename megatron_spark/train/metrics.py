@@ -13,7 +13,13 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-CONSOLE_KEYS = ("policy/accuracy", "eval/accuracy", "train/loss", "train/grad_norm")
+CONSOLE_KEYS = {
+    "policy/accuracy": "acc",
+    "eval/accuracy": "eval_acc",
+    "train/loss": "loss",
+    "train/grad_norm": "gnorm",
+}
+"""Metrics shown on the progress bar, and their short labels."""
 
 
 class StageTimer:
@@ -87,7 +93,7 @@ class MetricsLogger:
                 if isinstance(v, int | float) and math.isfinite(v):
                     self._writer.add_scalar(k, v, step)
             self._writer.flush()
-        info = "  ".join(f"{k.split('/')[-1]}={metrics[k]:.3g}" for k in CONSOLE_KEYS if k in metrics)
+        info = "  ".join(f"{label}={metrics[k]:.3g}" for k, label in CONSOLE_KEYS.items() if k in metrics)
         self._progress.update(self._task, completed=step, info=info)
 
     def print(self, text: str) -> None:
