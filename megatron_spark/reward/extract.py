@@ -32,22 +32,28 @@ def _closing_brace(text: str, open_at: int) -> int | None:
     return None
 
 
-def boxed_contents(text: str) -> list[str]:
-    """Contents of every outermost balanced box, in order (whitespace stripped).
+def boxed_spans(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of every outermost balanced box's content in ``text``, in order.
 
-    A box nested in another belongs to the outer one's content; a box that never closes is
-    skipped and the search goes on after its opening brace.
+    ``text[start:end]`` is the content between the braces, unstripped. A box nested in another
+    belongs to the outer one's content; a box that never closes is skipped and the search goes
+    on after its opening brace.
     """
-    contents, start = [], 0
+    spans, start = [], 0
     while (match := _BOX_OPEN.search(text, start)) is not None:
         open_at = match.end() - 1
         close_at = _closing_brace(text, open_at)
         if close_at is None:
             start = match.end()
             continue
-        contents.append(text[open_at + 1 : close_at].strip())
+        spans.append((open_at + 1, close_at))
         start = close_at + 1
-    return contents
+    return spans
+
+
+def boxed_contents(text: str) -> list[str]:
+    """Contents of every outermost balanced box, in order (whitespace stripped; see ``boxed_spans``)."""
+    return [text[start:end].strip() for start, end in boxed_spans(text)]
 
 
 def extract_boxed(text: str, which: BoxChoice = "last") -> str | None:

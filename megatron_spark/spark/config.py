@@ -1,0 +1,82 @@
+"""Settings of SPARK's recycling: which items are built from each step's rollouts, how many, and
+how they are trained. Owned by :mod:`megatron_spark.spark`; the ``spark:`` section of a run config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+ItemKind = Literal["pointwise", "pairwise", "reflection"]
+ITEM_KINDS: tuple[str, ...] = ("pointwise", "pairwise", "reflection")
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    """Recycling of rollouts into judge and reflection items (off unless ``enabled``)."""
+
+    enabled: bool = False
+    """Train the policy as its own judge and self-corrector (SPARK); false: plain GRPO."""
+    schedule: Literal["joint", "alternating"] = "joint"
+    """``joint``: each update packs the step's policy samples with the samples of items recycled
+    at earlier steps (one forward/backward, one weight sync); ``alternating``: the paper's two
+    phases, a policy update and then a separate update on items popped from the queue."""
+    pointwise: bool = True
+    """Build pointwise items (is this answer correct?)."""
+    pairwise: bool = True
+    """Build pairwise items (which of two answers is correct?)."""
+    reflection: bool = True
+    """Build reflection items (here is a wrong attempt: solve it again)."""
+    pairwise_fraction: float = 0.7
+    """For a group with both right and wrong answers: chance of a pairwise item (else pointwise)."""
+    pointwise_vocabs: tuple[str, ...] = ("yesno", "ab")
+    """Verdict vocabularies drawn per pointwise item: ``yesno`` (Yes/No), ``ab`` (A = correct,
+    B = incorrect)."""
+    balance_pointwise: bool = True
+    """Keep as many "correct" as "incorrect" pointwise items per step (unbalanced items collapse
+    the verdict to the majority label)."""
+    reflection_full_fraction: float = 0.5
+    """Share of reflection items that show the whole wrong response (the rest: its final answer)."""
+    reflection_wrong_tone_fraction: float = 0.5
+    """Share of reflection prompts that say the attempt is wrong (the rest ask to check it)."""
+    max_judge_items_per_step: int = 32
+    """Most judge items (pointwise + pairwise) built per step; at most one per prompt group."""
+    max_reflection_items_per_step: int = 32
+    """Most reflection items built per step; at most one per prompt group."""
+    items_per_step: int = 32
+    """Items popped from the queue and rolled out per step."""
+    num_samples_per_item: int = 8
+    """Group size of an item's rollout."""
+    max_new_tokens: int = 64
+    """Longest judge or reflection response."""
+    max_item_age_steps: int = 4
+    """Items built more than this many steps ago are dropped from the queue (counted)."""
+    policy_weight: float = 1.0
+    """Loss weight of policy samples (joint schedule)."""
+    judge_weight: float = 1.0
+    """Loss weight of pointwise and pairwise samples (joint schedule)."""
+    reflection_weight: float = 1.0
+    """Loss weight of reflection samples (joint schedule)."""
+    judge_ce_weight: float = 0.0
+    """Teacher-forced cross-entropy on the correct verdict of each judge item (0 disables)."""
+
+    def __post_init__(self) -> None:
+        for name in ("pairwise_fraction", "reflection_full_fraction", "reflection_wrong_tone_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        bad = [v for v in self.pointwise_vocabs if v not in ("yesno", "ab")]
+        if bad or not self.pointwise_vocabs:
+            raise ValueError(
+                f"pointwise_vocabs must be a non-empty list of 'yesno', 'ab'; got {list(self.pointwise_vocabs)}"
+            )
+        for name in ("items_per_step", "num_samples_per_item", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_judge_items_per_step", "max_reflection_items_per_step", "max_item_age_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("policy_weight", "judge_weight", "reflection_weight", "judge_ce_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.enabled and not (self.pointwise or self.pairwise or self.reflection):
+            raise ValueError("enabled, but pointwise, pairwise and reflection are all off")

@@ -1,0 +1,138 @@
+"""Test-time scaling with the policy as its own judge: self-reflection and best-of-n.
+
+Both work on any engine through one callable, ``generate(prompt_texts, params) -> completions``,
+and the tokenizer (to read texts and find the verdict tokens).
+
+``self_reflect`` (the paper's test-time loop): answer greedily; for up to ``rounds`` rounds, ask
+the model (pointwise, Yes/No) whether its current final answer is correct; an explicit Yes
+accepts it, anything else (No, an unboxed or ambiguous verdict, no final answer) asks it to solve
+the problem again, told that its previous response was wrong. The answer that counts is the last
+accepted one or, when the rounds run out, the last reflected one. At most ``1 + 2 * rounds``
+generations per problem.
+
+``best_of_n``: sample ``n`` answers; score each by the model's own probability that it is correct,
+``p(Yes)`` of a greedy pointwise verdict (``1 - p(No)`` when it says No; 0 when no verdict parses);
+pick the highest score, ties broken by how many samples share the answer, then by sample order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from megatron_spark.reward.extract import boxed_spans, extract_boxed
+from megatron_spark.rollout.protocol import Completion, SamplingParams
+from megatron_spark.spark import templates
+from megatron_spark.spark.verdict import parse_verdict
+
+GREEDY_TOP_P = 1e-6
+Generate = Callable[[list[str], SamplingParams], list[Completion]]
+YES, NO = templates.POINTWISE_VERDICTS["yesno"]
+
+
+@dataclass
+class TTSResult:
+    responses: list[str]
+    """The response that counts, per problem."""
+    generations: list[int]
+    """Generations spent per problem."""
+
+
+def _greedy(max_new_tokens: int, stop: Sequence[int]) -> SamplingParams:
+    return SamplingParams(
+        top_p=GREEDY_TOP_P, max_new_tokens=max_new_tokens, stop_token_ids=tuple(stop), seed=0
+    )
+
+
+def self_reflect(
+    questions: Sequence[str],
+    generate: Generate,
+    tokenizer,
+    rounds: int,
+    max_new_tokens: int,
+    judge_max_new_tokens: int,
+    box: str = "last",
+) -> TTSResult:
+    if rounds < 0:
+        raise ValueError(f"rounds must be >= 0, got {rounds}")
+    stop = (tokenizer.eos_id,)
+    decode = tokenizer.decode
+    current = [decode(c.token_ids) for c in generate(list(questions), _greedy(max_new_tokens, stop))]
+    generations = [1] * len(questions)
+    active = list(range(len(questions)))
+    for _ in range(rounds):
+        if not active:
+            break
+        finals = {i: extract_boxed(current[i], box) for i in active}
+        judged = [i for i in active if finals[i]]
+        prompts = [templates.pointwise_prompt(questions[i], finals[i], "yesno", 0) for i in judged]
+        verdicts = generate(prompts, _greedy(judge_max_new_tokens, stop)) if prompts else []
+        accepted = set()
+        for i, c in zip(judged, verdicts):
+            generations[i] += 1
+            if parse_verdict(decode(c.token_ids), (YES, NO)) == YES:
+                accepted.add(i)
+        active = [i for i in active if i not in accepted]
+        if not active:
+            break
+        prompts = [templates.reflection_prompt(questions[i], current[i], "full", "wrong", 0) for i in active]
+        for i, c in zip(active, generate(prompts, _greedy(max_new_tokens, stop))):
+            current[i] = decode(c.token_ids)
+            generations[i] += 1
+    return TTSResult(current, generations)
+
+
+def verdict_probability(
+    completion: Completion, tokenizer, choices: Sequence[str]
+) -> tuple[str | None, float]:
+    """The parsed verdict of a judge completion and the probability of its tokens (the product of
+    the sampled-token probabilities over the last box's content)."""
+    text = tokenizer.decode(completion.token_ids)
+    verdict = parse_verdict(text, choices)
+    if verdict is None:
+        return None, 0.0
+    # The last balanced box, found by the rule parse_verdict reads boxes with (so ``\fbox{}``,
+    # ``\boxed {}`` and a trailing unclosed box of a truncated reply are handled alike).
+    start, end = boxed_spans(text)[-1]
+    logprob, offset = 0.0, 0
+    for k in range(len(completion.token_ids)):
+        nxt = len(tokenizer.decode(completion.token_ids[: k + 1]))
+        if nxt > start and offset < end:  # this token overlaps the verdict's characters
+            logprob += completion.logprobs[k]
+        offset = nxt
+        if offset >= end:
+            break
+    return verdict, math.exp(logprob)
+
+
+def best_of_n(
+    questions: Sequence[str],
+    generate: Generate,
+    tokenizer,
+    n: int,
+    max_new_tokens: int,
+    judge_max_new_tokens: int,
+    seed: int = 0,
+    box: str = "last",
+) -> TTSResult:
+    stop = (tokenizer.eos_id,)
+    params = SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens, stop_token_ids=stop, seed=seed)
+    samples = generate([q for q in questions for _ in range(n)], params)
+    texts = [tokenizer.decode(c.token_ids) for c in samples]
+    finals = [extract_boxed(t, box) for t in texts]
+    judged = [j for j, f in enumerate(finals) if f]
+    prompts = [templates.pointwise_prompt(questions[j // n], finals[j], "yesno", 0) for j in judged]
+    verdicts = generate(prompts, _greedy(judge_max_new_tokens, stop)) if prompts else []
+    score = [0.0] * len(samples)
+    for j, c in zip(judged, verdicts):
+        verdict, p = verdict_probability(c, tokenizer, (YES, NO))
+        score[j] = p if verdict == YES else (1.0 - p if verdict == NO else 0.0)
+    out = []
+    for i in range(len(questions)):
+        rows = range(i * n, (i + 1) * n)
+        votes = Counter(finals[j] for j in rows if finals[j])
+        best = max(rows, key=lambda j: (score[j], votes.get(finals[j], 0), -j))
+        out.append(texts[best])
+    return TTSResult(out, [n + sum(1 for j in judged if j // n == i) for i in range(len(questions))])
