@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from megatron_spark.errors import UserError
 
@@ -68,6 +69,46 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from megatron_spark.config import load_config
+    from megatron_spark.eval.run import EvalOptions, run_eval
+    from megatron_spark.train.config import RunConfig
+
+    cfg = load_config(RunConfig, args.config, args.overrides)
+    opts = EvalOptions(args.checkpoint, args.out, args.maj_k, args.rounds, args.n, args.reward_bench)
+    report = run_eval(cfg, opts)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"report: {report}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    import json
+
+    from megatron_spark.config import load_config
+    from megatron_spark.data.datasets import read_jsonl
+    from megatron_spark.eval.run import GenerateOptions, run_generate
+    from megatron_spark.train.config import RunConfig
+
+    cfg = load_config(RunConfig, args.config, args.overrides)
+    prompts = list(args.prompt or [])
+    if args.input:
+        path = Path(args.input)
+        if not path.is_file():
+            raise UserError(f"--input {path}: no such file")
+        for line, row in read_jsonl(path):
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"]:
+                raise UserError(f"{path}:{line}: expected an object with a non-empty string 'prompt'")
+            prompts.append(row["prompt"])
+    if not prompts:
+        raise UserError("generate: give --prompt TEXT or --input FILE.jsonl")
+    rows = run_generate(cfg, GenerateOptions(args.checkpoint, tuple(prompts), args.tts, args.rounds, args.n))
+    if os.environ.get("RANK", "0") == "0":
+        for row in rows:
+            print(json.dumps(row))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="megatron-spark", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -110,6 +151,32 @@ def build_parser() -> argparse.ArgumentParser:
             "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
         )
         c.set_defaults(func=cmd_run)
+
+    ev = sub.add_parser("eval", help="score a checkpoint as policy, judge and self-corrector")
+    ev.add_argument("config", help="YAML run config (task, tokenizer, rollout settings)")
+    ev.add_argument("overrides", nargs="*", help="key=value overrides")
+    ev.add_argument(
+        "--checkpoint", required=True, help="training checkpoint (step directory) or converted model"
+    )
+    ev.add_argument("--out", default=None, help="output directory (default CHECKPOINT/eval)")
+    ev.add_argument("--maj-k", type=int, default=8, help="samples per problem for maj@k")
+    ev.add_argument("--rounds", type=int, default=2, help="self-reflection rounds")
+    ev.add_argument("--n", type=int, default=8, help="samples for best-of-n")
+    ev.add_argument("--reward-bench", default=None, help="reward benchmark jsonl to score as a judge")
+    ev.set_defaults(func=cmd_eval)
+
+    gen = sub.add_parser("generate", help="answer prompts, optionally with test-time self-reflection")
+    gen.add_argument("config", help="YAML run config (tokenizer, rollout settings)")
+    gen.add_argument("overrides", nargs="*", help="key=value overrides")
+    gen.add_argument("--checkpoint", required=True, help="checkpoint to load")
+    gen.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    gen.add_argument("--input", default=None, help='jsonl with {"prompt": ...} per line')
+    gen.add_argument(
+        "--tts", choices=["none", "self-reflect", "best-of-n"], default="none", help="test-time mode"
+    )
+    gen.add_argument("--rounds", type=int, default=2, help="self-reflection judge/reflect rounds")
+    gen.add_argument("--n", type=int, default=8, help="samples for best-of-n")
+    gen.set_defaults(func=cmd_generate)
 
     demo = sub.add_parser("demo", help="the tiny demo on the CPU: SFT then GRPO on arithmetic")
     demo.add_argument("--run-dir", default=None, help="where the demo writes (default runs/demo-<time>)")

@@ -1,11 +1,12 @@
-"""The embedded tiny demo: SFT warm start, then GRPO, on the built-in arithmetic task, on the CPU.
+"""The embedded tiny demo on the CPU: judge-format warm start, SPARK, evaluation and report.
 
-Both stages run from the committed recipes in ``examples/tiny_arith/`` (``sft.yaml``, then
-``grpo.yaml`` starting from SFT's last checkpoint) and write under one run directory::
+Stages run from the committed recipes in ``examples/tiny_arith/`` under one run directory::
 
-    RUN_DIR/sft/    metrics.jsonl, tensorboard/, config.yaml, checkpoints/
-    RUN_DIR/grpo/   the same for GRPO
-    RUN_DIR/summary.json   held-out accuracy before/after each stage and wall times
+    RUN_DIR/sft/     supervised warm start (sft_spark.yaml): worked solutions, plus judge prompts
+                     with coin-flip verdicts and reflection prompts (format, not skill)
+    RUN_DIR/spark/   SPARK joint training from the warm start (spark.yaml)
+    RUN_DIR/eval/    eval.json and report.md (+ curves.png) of SPARK's last checkpoint
+    RUN_DIR/summary.json   held-out numbers after each stage and wall times
 """
 
 from __future__ import annotations
@@ -17,11 +18,18 @@ from pathlib import Path
 from megatron_spark.errors import UserError
 
 RECIPES = Path(__file__).resolve().parents[1] / "examples" / "tiny_arith"
+STAGES = (("sft", "sft_spark.yaml", "sft"), ("spark", "spark.yaml", "train"))
 
 
-def _eval_curve(run_dir: Path) -> list[tuple[int, float]]:
+def _last_eval(run_dir: Path) -> dict[str, float]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    return [(r["step"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r]
+    evals = [r for r in rows if "eval/accuracy" in r]
+    return {k: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {}
+
+
+def _latest_checkpoint(run_dir: Path) -> Path:
+    root = run_dir / "checkpoints"
+    return root / (root / "latest").read_text().strip()
 
 
 def run_demo(run_dir: str | Path, seed: int = 0, overrides: list[str] = ()) -> int:
@@ -29,51 +37,67 @@ def run_demo(run_dir: str | Path, seed: int = 0, overrides: list[str] = ()) -> i
     from rich.table import Table
 
     from megatron_spark.config import load_config
+    from megatron_spark.eval.run import EvalOptions, run_eval
     from megatron_spark.train.config import RunConfig
     from megatron_spark.train.run import run
 
-    for name in ("sft.yaml", "grpo.yaml"):
+    for _, name, _ in STAGES:
         if not (RECIPES / name).is_file():
             raise UserError(f"{RECIPES / name}: demo recipe missing (run from a source checkout)")
     root = Path(run_dir).absolute()
     if root.exists() and any(root.iterdir()):
         raise UserError(f"{root}: run directory exists and is not empty")
     console = Console()
-    console.print(f"[bold]tiny demo[/bold]: SFT then GRPO on arithmetic; run directory {root}")
-    times = {}
-    sft_cfg = load_config(
-        RunConfig, RECIPES / "sft.yaml", [f"run_dir={root / 'sft'}", f"seed={seed}", *overrides]
-    )
-    start = time.perf_counter()
-    run(sft_cfg, "sft")
-    times["sft"] = time.perf_counter() - start
-    last = root / "sft" / "checkpoints" / (root / "sft" / "checkpoints" / "latest").read_text().strip()
-    grpo_cfg = load_config(
-        RunConfig,
-        RECIPES / "grpo.yaml",
-        [f"run_dir={root / 'grpo'}", f"seed={seed}", f"model.init={last}", *overrides],
-    )
-    start = time.perf_counter()
-    run(grpo_cfg, "train")
-    times["grpo"] = time.perf_counter() - start
+    console.print(f"[bold]tiny SPARK demo[/bold]: warm start, SPARK, evaluation; run directory {root}")
+    times, evals, init = {}, {}, []
+    for stage, recipe, command in STAGES:
+        cfg = load_config(
+            RunConfig, RECIPES / recipe, [f"run_dir={root / stage}", f"seed={seed}", *init, *overrides]
+        )
+        start = time.perf_counter()
+        run(cfg, command)
+        times[stage] = time.perf_counter() - start
+        evals[stage] = _last_eval(root / stage)
+        init = [f"model.init={_latest_checkpoint(root / stage)}"]
 
-    sft_curve, grpo_curve = _eval_curve(root / "sft"), _eval_curve(root / "grpo")
+    start = time.perf_counter()
+    cfg = load_config(RunConfig, RECIPES / "spark.yaml", [f"seed={seed}", *overrides])
+    report = run_eval(cfg, EvalOptions(str(_latest_checkpoint(root / "spark")), str(root / "eval")))
+    times["eval"] = time.perf_counter() - start
+    result = json.loads((root / "eval" / "eval.json").read_text())
+
     summary = {
         "run_dir": str(root),
-        "heldout_accuracy": {
-            "initial": sft_curve[0][1],
-            "after_sft": sft_curve[-1][1],
-            "after_grpo": grpo_curve[-1][1],
-        },
+        "heldout": evals,
+        "eval": result,
+        "report": str(report),
         "wall_time_s": times,
     }
     (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    table = Table(title="tiny demo: held-out accuracy (greedy)")
-    for col in ("stage", "held-out accuracy", "wall time"):
+    table = Table(title="tiny SPARK demo: held-out accuracy (greedy)")
+    for col in ("after", "policy", "pointwise judge", "pairwise judge", "reflection", "wall time"):
         table.add_column(col)
-    table.add_row("initial (random)", f"{sft_curve[0][1]:.1%}", "")
-    table.add_row("after SFT", f"{sft_curve[-1][1]:.1%}", f"{times['sft']:.0f} s")
-    table.add_row("after GRPO", f"{grpo_curve[-1][1]:.1%}", f"{times['grpo']:.0f} s")
+    for stage in ("sft", "spark"):
+        e = evals[stage]
+        table.add_row(
+            stage,
+            *(
+                f"{e.get(k, float('nan')):.1%}"
+                for k in (
+                    "eval/accuracy",
+                    "eval/judge_pointwise_accuracy",
+                    "eval/judge_pairwise_accuracy",
+                    "eval/reflection_accuracy",
+                )
+            ),
+            f"{times[stage]:.0f} s",
+        )
     console.print(table)
+    tts = result.get("tts", {}).get("self-reflect", {})
+    if tts:
+        console.print(
+            f"self-reflection at test time: {tts['accuracy']:.1%} (greedy {result['reasoning']['pass@1']:.1%})"
+        )
+    console.print(f"report: {report}")
     console.print(f"run directory: {root}")
     return 0

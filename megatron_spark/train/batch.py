@@ -37,6 +37,8 @@ class Sample:
     """Verifier reward of the response."""
     objective: str = "rl"
     """``rl``: clipped surrogate with the advantage; ``ce``: teacher-forced cross-entropy."""
+    weight: float = 1.0
+    """Loss weight of the sample's RL tokens (SPARK weighs policy, judge and reflection samples)."""
 
     @property
     def num_tokens(self) -> int:
@@ -68,6 +70,8 @@ class MicroBatch:
     """True where that response belongs to an ``rl`` sample."""
     advantages: torch.Tensor
     rollout_logprobs: torch.Tensor
+    rl_scale: torch.Tensor
+    """Per-token loss weight of RL tokens (the sample's ``weight``)."""
     old_logprobs: torch.Tensor | None = None
     """log p under the policy before this step's updates (filled by the trainer)."""
     ref_logprobs: torch.Tensor | None = None
@@ -112,6 +116,7 @@ def build_micro_batches(samples: Sequence[Sample], micro_batch_tokens: int) -> l
         rl = torch.zeros(t, dtype=torch.bool)
         adv = torch.zeros(t)
         rollout = torch.zeros(t)
+        scale = torch.zeros(t)
         start = 0
         for i in ids:
             s = samples[i]
@@ -121,10 +126,11 @@ def build_micro_batches(samples: Sequence[Sample], micro_batch_tokens: int) -> l
             if s.objective == "rl":
                 rl[lo:hi] = True
                 adv[lo:hi] = s.advantage
+                scale[lo:hi] = s.weight
                 if s.rollout_logprobs:
                     rollout[lo:hi] = torch.tensor(s.rollout_logprobs, dtype=torch.float32)
             start += s.num_tokens
-        out.append(MicroBatch(batch, ids, resp, rl, adv, rollout))
+        out.append(MicroBatch(batch, ids, resp, rl, adv, rollout, scale))
     return out
 
 
@@ -141,7 +147,7 @@ def token_inputs(mb: MicroBatch, coef: LossCoefficients, counts: torch.Tensor) -
     t = mb.batch.num_tokens
     inv_rl = 1.0 / max(1.0, float(counts[0]))
     inv_ce = 1.0 / max(1.0, float(counts[1]))
-    rl = mb.rl_mask.float() * inv_rl
+    rl = mb.rl_mask.float() * mb.rl_scale * inv_rl
     ce_mask = (mb.response_mask & ~mb.rl_mask).float()
     old = mb.old_logprobs if mb.old_logprobs is not None else mb.rollout_logprobs
     ref = mb.ref_logprobs if mb.ref_logprobs is not None else torch.zeros(t)

@@ -60,6 +60,7 @@ def save(
     layout: dict[str, int],
     keep: int,
     tokenizer_files: list[Path] = (),
+    extra_meta: dict[str, Any] | None = None,
 ) -> Path:
     """Write checkpoint ``step`` under ``root`` (collective over all ranks)."""
     rank = dist.get_rank()
@@ -77,7 +78,7 @@ def save(
         (tmp / "hf" / "config.json").write_text(json.dumps(arch.hf_config, indent=2, sort_keys=True) + "\n")
         for f in tokenizer_files:
             shutil.copy2(f, tmp / "hf" / Path(f).name)
-        meta = {"step": step, "world_size": dist.get_world_size(), **layout}
+        meta = {"step": step, "world_size": dist.get_world_size(), **layout, **(extra_meta or {})}
         (tmp / "train_state" / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     dist.barrier()
     if rank == 0:
@@ -118,3 +119,15 @@ def load_train_state(ckpt: Path, layout: dict[str, int]) -> dict[str, Any]:
             )
     state = torch.load(ckpt / "train_state" / f"rank_{dist.get_rank():05d}.pt", weights_only=False)
     return state
+
+
+def read_meta(ckpt: Path) -> dict[str, Any]:
+    """A training checkpoint's ``train_state/meta.json`` ({} for other checkpoints)."""
+    path = Path(ckpt) / "train_state" / "meta.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def read_rank0_state(ckpt: Path) -> dict[str, Any] | None:
+    """Rank 0's train state of a training checkpoint (None for other checkpoints)."""
+    path = Path(ckpt) / "train_state" / "rank_00000.pt"
+    return torch.load(path, weights_only=False) if path.is_file() else None

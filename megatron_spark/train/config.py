@@ -13,6 +13,7 @@ from megatron_spark.data.datasets import FileTaskConfig
 from megatron_spark.data.tasks import ArithmeticConfig
 from megatron_spark.model.builder import PrecisionConfig
 from megatron_spark.rollout.bridge import BridgeConfig
+from megatron_spark.spark.config import SparkConfig
 from megatron_spark.train.optim import OptimConfig
 
 
@@ -131,6 +132,29 @@ class GRPOConfig:
 
 
 @dataclass(frozen=True)
+class SFTSection:
+    """What the supervised warm start (``megatron-spark sft``) trains on besides worked solutions."""
+
+    judge_fraction: float = 0.0
+    """Share of examples that are judge prompts (pointwise and pairwise, half each), answered in
+    the judge format (re-derivation, then a boxed verdict)."""
+    reflection_fraction: float = 0.0
+    """Share of examples that are reflection prompts on a perturbed wrong attempt, answered by the
+    worked solution."""
+    judge_verdicts: Literal["random", "true"] = "random"
+    """``random``: coin-flip verdicts (teaches the format, not the skill: the SPARK experiment's
+    warm start); ``true``: the correct verdicts (supervised judge training)."""
+
+    def __post_init__(self) -> None:
+        if (
+            self.judge_fraction < 0
+            or self.reflection_fraction < 0
+            or self.judge_fraction + self.reflection_fraction > 1
+        ):
+            raise ValueError("judge_fraction and reflection_fraction must be >= 0 and sum to at most 1")
+
+
+@dataclass(frozen=True)
 class TrainerConfig:
     """The training loop."""
 
@@ -149,6 +173,10 @@ class TrainerConfig:
     """Held-out evaluation every k steps (0: only at the start and the end)."""
     eval_num_problems: int = 200
     """Held-out problems per evaluation (the first ones of the split)."""
+    eval_judge: bool = False
+    """Also measure held-out judge (pointwise, pairwise) and reflection accuracy at each
+    evaluation, on balanced items built from the initial policy's own wrong answers and from
+    perturbed answers (SPARK runs; GRPO-only runs set it too, to compare)."""
     max_consecutive_bad_steps: int = 3
     """Steps with a non-finite loss or gradient are skipped; this many in a row stop the run."""
     token_chunk: int = 4096
@@ -178,3 +206,5 @@ class RunConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainerConfig = field(default_factory=TrainerConfig)
+    sft: SFTSection = field(default_factory=SFTSection)
+    spark: SparkConfig = field(default_factory=SparkConfig)

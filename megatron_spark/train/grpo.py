@@ -16,6 +16,7 @@ Departures from the GRPO paper, and why:
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import torch
 
@@ -26,36 +27,58 @@ from megatron_spark.train.batch import LossCoefficients, Sample, build_micro_bat
 from megatron_spark.train.session import Session
 
 
-def rollout(s: Session, problems):
-    """``(prompt_ids, completions)`` for this rank's problems, n samples each, prompt-major."""
-    n = s.cfg.rollout.num_samples_per_prompt
-    prompts = [s.tokenizer.encode_prompt(p.prompt) for p in problems]
+def sample_groups(s: Session, prompts: Sequence[str], n: int, max_new_tokens: int, purpose: int = 0):
+    """Completions of this rank's ``prompts`` (texts), ``n`` samples each, prompt-major."""
+    ids = [s.tokenizer.encode_prompt(p) for p in prompts]
     params = SamplingParams(
         temperature=s.cfg.rollout.temperature,
         top_p=s.cfg.rollout.top_p,
-        max_new_tokens=s.cfg.rollout.max_new_tokens,
+        max_new_tokens=max_new_tokens,
         stop_token_ids=(s.tokenizer.eos_id,),
-        seed=s.sampling_seed(),
+        seed=s.sampling_seed(purpose),
     )
-    return s.generate([p for p in prompts for _ in range(n)], params)
+    return s.generate([p for p in ids for _ in range(n)], params)
+
+
+def rollout(s: Session, problems):
+    """``completions`` for this rank's problems, n samples each, prompt-major."""
+    r = s.cfg.rollout
+    return sample_groups(s, [p.prompt for p in problems], r.num_samples_per_prompt, r.max_new_tokens)
 
 
 def score(s: Session, problems, completions) -> tuple[torch.Tensor, int]:
-    """Rewards ``[prompts, n]`` and the number of verifier timeouts. The replica leader verifies
-    and shares: a timeout on one rank only must not give the ranks different advantages."""
+    """Rewards ``[prompts, n]`` and the number of verifier timeouts."""
     n = s.cfg.rollout.num_samples_per_prompt
+    return score_with(s, completions, [(p.answer, None) for p in problems for _ in range(n)], n)
+
+
+def score_with(s: Session, completions, targets, n: int) -> tuple[torch.Tensor, int]:
+    """Rewards ``[groups, n]`` of ``completions`` against per-sample ``(label, choices)``: a
+    verdict vocabulary scores the boxed verdict, None runs the task's verifier on the answer.
+
+    The replica leader verifies and shares: a timeout on one rank only must not give the ranks
+    different advantages."""
+    from megatron_spark.spark.verdict import verdict_reward
 
     def verify():
         texts = [s.tokenizer.decode(c.token_ids) for c in completions]
-        answers = [p.answer for p in problems for _ in range(n)]
-        verdicts = verify_batch(s.verifier, texts, answers)
-        return [v.reward for v in verdicts], sum(v.timed_out for v in verdicts)
+        rewards = [0.0] * len(texts)
+        plain = [i for i, (_, choices) in enumerate(targets) if choices is None]
+        verdicts = verify_batch(s.verifier, [texts[i] for i in plain], [targets[i][0] for i in plain])
+        for i, v in zip(plain, verdicts):
+            rewards[i] = v.reward
+        for i, (label, choices) in enumerate(targets):
+            if choices is not None:
+                rewards[i] = verdict_reward(texts[i], label, choices)
+        return rewards, sum(v.timed_out for v in verdicts)
 
     rewards, timeouts = s.on_leader(verify)
-    return torch.tensor(rewards, dtype=torch.float64).view(len(problems), n), timeouts
+    return torch.tensor(rewards, dtype=torch.float64).view(-1, n), timeouts
 
 
-def to_samples(completions, advantages: torch.Tensor, rewards: torch.Tensor) -> list[Sample]:
+def to_samples(
+    completions, advantages: torch.Tensor, rewards: torch.Tensor, weight: float = 1.0
+) -> list[Sample]:
     return [
         Sample(
             prompt_ids=list(c.prompt_ids),
@@ -63,6 +86,7 @@ def to_samples(completions, advantages: torch.Tensor, rewards: torch.Tensor) -> 
             rollout_logprobs=list(c.logprobs),
             advantage=float(a),
             reward=float(r),
+            weight=weight,
         )
         for c, a, r in zip(completions, advantages.flatten(), rewards.flatten())
     ]
@@ -80,30 +104,26 @@ def fill_logprobs(s: Session, micro_batches) -> None:
             mb.ref_logprobs = lp
 
 
-def minibatches(samples: list[Sample], k: int, group_size: int) -> list[list[Sample]]:
-    """Split into ``k`` near-equal chunks of whole prompt groups, in order."""
-    groups = [samples[i : i + group_size] for i in range(0, len(samples), group_size)]
+def minibatches(groups: list[list[Sample]], k: int) -> list[list[Sample]]:
+    """Split whole groups into ``k`` near-equal chunks, in order."""
     bounds = [round(j * len(groups) / k) for j in range(k + 1)]
     return [[x for g in groups[a:b] for x in g] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def grpo_step(s: Session) -> dict[str, float]:
-    cfg = s.cfg
-    start = time.perf_counter()
-    problems = s.my_share(s.sampler.next_batch(cfg.train.num_prompts_per_step))
-    with s.timer("rollout"):
-        completions = rollout(s, problems)
-    s.release_engine()
-    with s.timer("verify"):
-        rewards, timeouts = score(s, problems, completions)
-    with s.timer("advantages"):
-        advantages = group_advantages(rewards, cfg.grpo.advantage)
-        samples = to_samples(completions, advantages, rewards)
+def groups_of(samples: list[Sample], group_size: int) -> list[list[Sample]]:
+    return [samples[i : i + group_size] for i in range(0, len(samples), group_size)]
 
-    coef = LossCoefficients(kl=cfg.grpo.kl_coef, entropy=cfg.grpo.entropy_coef)
-    train = {}
+
+def update(s: Session, groups: list[list[Sample]], ce_coef: float = 0.0) -> dict[str, float]:
+    """``grpo.num_minibatches`` optimizer steps on the groups' samples, then the weight sync.
+    ``ce`` samples (teacher-forced) are weighed by ``ce_coef`` over their own token count.
+    Returns the world-summed training statistics (``t_*``), the rollout/train log-prob gap
+    before the first update, and the number of optimizer steps taken and applied."""
+    cfg = s.cfg
+    coef = LossCoefficients(kl=cfg.grpo.kl_coef, entropy=cfg.grpo.entropy_coef, ce=ce_coef)
+    train: dict[str, float] = {}
     gap, gap_tokens = 0.0, 0.0
-    chunks = minibatches(samples, cfg.grpo.num_minibatches, cfg.rollout.num_samples_per_prompt)
+    chunks = minibatches(groups, cfg.grpo.num_minibatches)
     plans = [build_micro_batches(chunk, cfg.train.micro_batch_tokens) for chunk in chunks]
     with s.timer("logprobs"):  # every chunk's old log-probs before the first update
         for mbs in plans:
@@ -116,45 +136,91 @@ def grpo_step(s: Session) -> dict[str, float]:
         for k, v in stats.items():
             train[k] = train.get(k, 0.0) + v
     s.sync_weights()
+    local = {k: v for k, v in train.items() if k not in ("grad_norm", "applied", "lr")}
+    totals = s.reduce({**{f"t_{k}": v for k, v in local.items()}, "gap": gap, "gap_tokens": gap_tokens})
+    totals.update(steps=float(len(chunks)), **{k: train.get(k, 0.0) for k in ("grad_norm", "applied", "lr")})
+    return totals
 
-    mine = len(samples) if s.rank == s.mp_leader else 0
-    resp = [len(x.response_ids) for x in samples] if s.rank == s.mp_leader else []
+
+def train_metrics(t: dict[str, float]) -> dict[str, float]:
+    """``train/*`` metrics of :func:`update`'s totals."""
+    rl_tokens = max(1.0, t["t_rl_tokens"])
+    steps = max(1.0, t["steps"])
+    return {
+        "train/loss": t["t_loss"] / steps,
+        "train/entropy": t["t_entropy_sum"] / rl_tokens,
+        "train/clip_fraction": t["t_clipped"] / rl_tokens,
+        "train/kl_ref": t["t_kl_sum"] / rl_tokens,
+        "train/grad_norm": t["grad_norm"] / steps,
+        "train/logprob_gap_rollout_vs_train": t["gap"] / max(1.0, t["gap_tokens"]),
+    }
+
+
+def policy_metrics(s: Session, completions, rewards: torch.Tensor, timeouts: int) -> dict[str, float]:
+    """``policy/*`` and ``reward/timeouts`` of this step's task prompts, over the world."""
+    mine = s.rank == s.mp_leader  # one contribution per replica
     totals = s.reduce(
         {
-            **{f"t_{k}": v for k, v in train.items() if k not in ("grad_norm", "applied", "lr")},
-            "gap": gap,
-            "gap_tokens": gap_tokens,
-            "samples": mine,
+            "samples": len(completions) if mine else 0,
             "reward": float(rewards.sum()) if mine else 0.0,
             "correct": float((rewards >= 1.0).sum()) if mine else 0.0,
-            "resp_tokens": float(sum(resp)),
-            "all_tokens": float(sum(x.num_tokens for x in samples)) if mine else 0.0,
+            "resp_tokens": float(sum(len(c.token_ids) for c in completions)) if mine else 0.0,
             "truncated": float(sum(c.finish_reason == "length" for c in completions)) if mine else 0.0,
             "timeouts": float(timeouts) if mine else 0.0,
             "zero_adv_groups": float((rewards.amax(1) == rewards.amin(1)).sum()) if mine else 0.0,
             "groups": float(rewards.shape[0]) if mine else 0.0,
         }
     )
-    rl_tokens = max(1.0, totals["t_rl_tokens"])
     n = max(1.0, totals["samples"])
-    steps = len(chunks)
-    s.step += 1
-    metrics = {
+    return {
         "policy/reward_mean": totals["reward"] / n,
         "policy/accuracy": totals["correct"] / n,
         "policy/response_tokens_mean": totals["resp_tokens"] / n,
         "policy/truncated_fraction": totals["truncated"] / n,
         "policy/zero_advantage_groups": totals["zero_adv_groups"] / max(1.0, totals["groups"]),
         "reward/timeouts": totals["timeouts"],
-        "train/loss": totals["t_loss"] / steps,
-        "train/entropy": totals["t_entropy_sum"] / rl_tokens,
-        "train/clip_fraction": totals["t_clipped"] / rl_tokens,
-        "train/kl_ref": totals["t_kl_sum"] / rl_tokens,
-        "train/grad_norm": train["grad_norm"] / steps,
-        "train/logprob_gap_rollout_vs_train": totals["gap"] / max(1.0, totals["gap_tokens"]),
-        "perf/tokens_per_s": totals["all_tokens"] / (time.perf_counter() - start),
-        "perf/samples_per_s": totals["samples"] / (time.perf_counter() - start),
     }
-    lr = train["lr"] / steps  # mean rate over this step's updates
-    metrics.update(s.after_update(train["applied"] == steps, metrics["train/loss"], train["grad_norm"], lr))
+
+
+def throughput(s: Session, samples: list[Sample], start: float) -> dict[str, float]:
+    mine = s.rank == s.mp_leader
+    totals = s.reduce(
+        {
+            "tokens": float(sum(x.num_tokens for x in samples)) if mine else 0.0,
+            "n": len(samples) if mine else 0,
+        }
+    )
+    elapsed = time.perf_counter() - start
+    return {"perf/tokens_per_s": totals["tokens"] / elapsed, "perf/samples_per_s": totals["n"] / elapsed}
+
+
+def finish(s: Session, metrics: dict[str, float], t: dict[str, float]) -> dict[str, float]:
+    """Count the step, and a skipped one (non-finite loss or gradient)."""
+    s.step += 1
+    steps = max(1.0, t["steps"])
+    applied = t["applied"] == t["steps"]
+    metrics.update(s.after_update(applied, metrics["train/loss"], t["grad_norm"], t["lr"] / steps))
     return metrics
+
+
+def policy_phase(s: Session):
+    """Rollout, verify and group advantages of this step's task prompts."""
+    cfg = s.cfg
+    problems = s.my_share(s.sampler.next_batch(cfg.train.num_prompts_per_step))
+    with s.timer("rollout"):
+        completions = rollout(s, problems)
+    with s.timer("verify"):
+        rewards, timeouts = score(s, problems, completions)
+    return problems, completions, rewards, timeouts
+
+
+def grpo_step(s: Session) -> dict[str, float]:
+    start = time.perf_counter()
+    problems, completions, rewards, timeouts = policy_phase(s)
+    s.release_engine()
+    with s.timer("advantages"):
+        samples = to_samples(completions, group_advantages(rewards, s.cfg.grpo.advantage), rewards)
+    t = update(s, groups_of(samples, s.cfg.rollout.num_samples_per_prompt))
+    metrics = {**policy_metrics(s, completions, rewards, timeouts), **train_metrics(t)}
+    metrics.update(throughput(s, samples, start))
+    return finish(s, metrics, t)

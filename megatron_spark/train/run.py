@@ -10,8 +10,9 @@ def run(cfg: RunConfig, command: str, resume: bool = False) -> str:
     """Run ``command`` ("sft" or "train") to ``cfg.train.num_steps``; returns the run directory."""
     from megatron_spark.train.grpo import grpo_step
     from megatron_spark.train.sft import sft_step
+    from megatron_spark.train.spark_step import spark_step
 
-    step_fn = {"sft": sft_step, "train": grpo_step}[command]
+    step_fn = {"sft": sft_step, "train": spark_step if cfg.spark.enabled else grpo_step}[command]
     s = Session(cfg, command, resume=resume)
     try:
         s.metrics.print(f"run directory: {s.run_dir}")

@@ -24,6 +24,7 @@ from megatron_spark.config import dump_config
 from megatron_spark.errors import UserError
 from megatron_spark.model.forward import FusedHead, run_packed
 from megatron_spark.rollout.protocol import Completion, SamplingParams
+from megatron_spark.spark.queue import ItemQueue
 from megatron_spark.train import checkpoint as ckpt
 from megatron_spark.train.batch import LossCoefficients, MicroBatch, token_counts, token_inputs
 from megatron_spark.train.config import RunConfig
@@ -88,9 +89,23 @@ class Session:
         self.tokenizer, self.task, self.sampler, self.verifier = build_data(cfg)
         self.model, self.arch, self.tokenizer_files = build_policy(cfg, self.tokenizer, parallel)
         self.ref_model = build_reference(cfg, self.tokenizer, parallel) if cfg.grpo.kl_coef > 0 else None
-        # The schedule counts optimizer steps: a GRPO step takes num_minibatches of them.
-        updates = cfg.train.num_steps * (cfg.grpo.num_minibatches if command == "train" else 1)
-        self.optimizer = Optimizer(self.model, cfg.optim, updates, model_parallel_group=self.mp_group)
+        # The schedule counts every optimizer step: a GRPO step takes num_minibatches of them,
+        # and SPARK's alternating schedule twice that (a policy and an item update).
+        per_step = cfg.grpo.num_minibatches if command == "train" else 1
+        if command == "train" and cfg.spark.enabled and cfg.spark.schedule == "alternating":
+            per_step *= 2
+        updates = cfg.train.num_steps * per_step
+        self.optimizer = None
+        if command != "eval":
+            self.optimizer = Optimizer(self.model, cfg.optim, updates, model_parallel_group=self.mp_group)
+        init = Path(cfg.model.init)
+        self.judge_trained = bool(
+            (command == "train" and cfg.spark.enabled)
+            or (command == "sft" and cfg.sft.judge_fraction > 0)
+            or (init.is_dir() and ckpt.read_meta(init).get("judge_trained", False))
+        )
+        """Whether these weights were trained on judge prompts (format or skill): ``generate
+        --tts`` refuses weights that never saw one."""
         self.engine, self.bridge = build_engine(cfg, self.model, self.arch, self)
         self.head = HeadConfig(
             clip_low=cfg.grpo.clip_low,
@@ -100,6 +115,9 @@ class Session:
             token_chunk=cfg.train.token_chunk,
             vocab_chunk=cfg.train.vocab_chunk,
         )
+        self.queue = ItemQueue(cfg.spark.max_item_age_steps)
+        self.judge_pool = None
+        """Held-out wrong answers of the initial policy (built at the first judge evaluation)."""
         self.step = 0
         self.skipped_steps = 0
         self.consecutive_bad = 0
@@ -237,32 +255,26 @@ class Session:
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self) -> dict[str, float]:
-        """Greedy held-out accuracy (``eval/accuracy``)."""
-        from megatron_spark.reward.verifiers import verify_batch
+        """Greedy held-out accuracy (``eval/accuracy``) and, with ``train.eval_judge``, held-out
+        judge and reflection accuracy (``eval/judge_*``, ``eval/reflection_accuracy``)."""
+        from megatron_spark.train import evaluation
 
-        problems = self.task.held_out()[: self.cfg.train.eval_num_problems]
-        problems = problems[: len(problems) // self.dp_size * self.dp_size]
-        if not problems:
-            return {}
-        mine = self.my_share(problems)
+        with self.timer("eval"):
+            out = evaluation.policy_accuracy(self)
+            if self.cfg.train.eval_judge:
+                out.update(evaluation.judge_accuracy(self))
+        return out
+
+    def greedy(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+        """Greedy responses (texts) to this replica's prompt texts."""
         params = SamplingParams(
             top_p=GREEDY_TOP_P,
-            max_new_tokens=self.cfg.rollout.max_new_tokens,
+            max_new_tokens=max_new_tokens,
             stop_token_ids=(self.tokenizer.eos_id,),
             seed=0,
         )
-        with self.timer("eval"):
-            completions = self.generate([self.tokenizer.encode_prompt(p.prompt) for p in mine], params)
-
-            def score() -> float:
-                texts = [self.tokenizer.decode(c.token_ids) for c in completions]
-                verdicts = verify_batch(self.verifier, texts, [p.answer for p in mine])
-                return float(sum(v.reward >= 1.0 for v in verdicts))
-
-            leader = self.rank == self.mp_leader
-            correct = score() if leader else 0.0
-            totals = self.reduce({"correct": correct, "n": len(mine) if leader else 0})
-        return {"eval/accuracy": totals["correct"] / max(1.0, totals["n"])}
+        completions = self.generate([self.tokenizer.encode_prompt(p) for p in prompts], params)
+        return [self.tokenizer.decode(c.token_ids) for c in completions]
 
     def should_eval(self) -> bool:
         k = self.cfg.train.eval_every_steps
@@ -279,6 +291,8 @@ class Session:
             "sampler": self.sampler.state_dict(),
             "skipped_steps": self.skipped_steps,
             "consecutive_bad": self.consecutive_bad,
+            "queue": self.queue.state_dict(),
+            "judge_pool": self.judge_pool,
         }
         with self.timer("checkpoint"):
             return ckpt.save(
@@ -291,6 +305,7 @@ class Session:
                 self.layout,
                 self.cfg.train.keep_checkpoints,
                 self.tokenizer_files,
+                extra_meta={"judge_trained": self.judge_trained},
             )
 
     def should_save(self) -> bool:
@@ -308,6 +323,8 @@ class Session:
         self.step = int(state["step"])
         self.skipped_steps = int(state["skipped_steps"])
         self.consecutive_bad = int(state["consecutive_bad"])
+        self.queue.load_state_dict(state["queue"])
+        self.judge_pool = state["judge_pool"]
         ckpt.set_rng_state(state["rng"])
 
     # ------------------------------------------------------------------ lifecycle

@@ -7,22 +7,35 @@ optimizer step. Used as the cold start of the tiny demo before GRPO.
 
 from __future__ import annotations
 
+import random
 import time
 
 from megatron_spark.errors import UserError
+from megatron_spark.spark.warmstart import warm_start_example
 from megatron_spark.train.batch import LossCoefficients, Sample, build_micro_batches
 from megatron_spark.train.session import Session
 
 
 def sft_samples(s: Session, problems) -> list[Sample]:
+    """Worked solutions, with a ``sft.judge_fraction`` / ``sft.reflection_fraction`` share of
+    judge and reflection examples (:mod:`megatron_spark.spark.warmstart`)."""
     missing = [p.uid for p in problems if not p.solution]
     if missing:
         raise UserError(f"sft: problem {missing[0]} has no worked solution (set task.file.solution_key)")
-    tok = s.tokenizer
-    return [
-        Sample(tok.encode_prompt(p.prompt), tok.encode(p.solution) + [tok.eos_id], objective="ce")
-        for p in problems
-    ]
+    tok, mix = s.tokenizer, s.cfg.sft
+    rng = random.Random(s.sampling_seed(purpose=3))
+    samples = []
+    for p in problems:
+        u = rng.random()
+        kind = None
+        if u < mix.judge_fraction:
+            kind = "pointwise" if rng.random() < 0.5 else "pairwise"
+        elif u < mix.judge_fraction + mix.reflection_fraction:
+            kind = "reflection"
+        example = warm_start_example(p, kind, rng, mix.judge_verdicts) if kind else None
+        prompt, response = example or (p.prompt, p.solution)
+        samples.append(Sample(tok.encode_prompt(prompt), tok.encode(response) + [tok.eos_id], objective="ce"))
+    return samples
 
 
 def sft_step(s: Session) -> dict[str, float]:

@@ -1,0 +1,194 @@
+"""SPARK: the GRPO step, plus judge and reflection items recycled from the policy's own rollouts.
+
+Joint schedule (default), one step::
+
+    rollout   task prompts x n                 and   items popped from the queue x m
+    verify    task verifier                          boxed verdict vs label / verifier vs truth
+    recycle   this step's task groups -> new items -> queue (served from the next step on)
+    update    one pass of ``grpo.num_minibatches`` optimizer steps over all groups together,
+              each sample weighed by its role (``spark.*_weight``); one weight sync
+
+Alternating schedule (the paper's): a plain GRPO update on the task prompts, recycle, then pop
+items, roll them out with the updated policy and take a second update; two syncs per step. An
+empty queue skips the second phase (counted in ``spark/item_phase_skipped``), it is not an error.
+
+The optional teacher-forced verdict loss (``spark.judge_ce_weight``) adds, per judge item, the
+first sample's response up to its verdict box followed by the correct verdict, with cross-entropy
+on the verdict tokens only.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+
+from megatron_spark.reward.extract import boxed_contents
+from megatron_spark.spark.config import ITEM_KINDS
+from megatron_spark.spark.recycler import Item, ScoredGroup, recycle
+from megatron_spark.train.advantages import group_advantages
+from megatron_spark.train.batch import Sample
+from megatron_spark.train.grpo import (
+    finish,
+    groups_of,
+    policy_metrics,
+    policy_phase,
+    sample_groups,
+    score_with,
+    throughput,
+    to_samples,
+    train_metrics,
+    update,
+)
+from megatron_spark.train.session import Session
+
+ITEM_PURPOSE = 1
+"""Sampling-seed purpose of item rollouts (task prompts use 0)."""
+
+
+def recycle_step(s: Session, problems, completions, rewards: torch.Tensor) -> list[Item]:
+    """Items from this step's task groups; identical on every rank of a replica (same inputs,
+    same seeded generator), so no broadcast is needed."""
+    n = s.cfg.rollout.num_samples_per_prompt
+    texts = [s.tokenizer.decode(c.token_ids) for c in completions]
+    groups = [ScoredGroup(p, texts[i * n : (i + 1) * n], rewards[i].tolist()) for i, p in enumerate(problems)]
+    rng = random.Random(s.sampling_seed(purpose=2))
+    return recycle(groups, s.step, s.cfg.spark, s.cfg.task.verifier.box, rng)
+
+
+def roll_items(s: Session, items: list[Item]):
+    """Rollout and rewards ``[items, m]`` of ``items`` (judge: verdict vs label; reflection: the
+    task verifier vs the ground truth)."""
+    m = s.cfg.spark.num_samples_per_item
+    with s.timer("item_rollout"):
+        completions = sample_groups(s, [x.prompt for x in items], m, s.cfg.spark.max_new_tokens, ITEM_PURPOSE)
+    with s.timer("item_verify"):
+        targets = [(x.label, x.choices or None) for x in items for _ in range(m)]
+        rewards, timeouts = score_with(s, completions, targets, m)
+    return completions, rewards, timeouts
+
+
+def item_samples(s: Session, items: list[Item], completions, rewards: torch.Tensor) -> list[list[Sample]]:
+    """One group of RL samples per item, weighed by its role, plus the verdict CE samples."""
+    sp, m = s.cfg.spark, s.cfg.spark.num_samples_per_item
+    weight = {"pointwise": sp.judge_weight, "pairwise": sp.judge_weight, "reflection": sp.reflection_weight}
+    adv = group_advantages(rewards, s.cfg.grpo.advantage)
+    groups = []
+    for i, item in enumerate(items):
+        cs = completions[i * m : (i + 1) * m]
+        groups.append(to_samples(cs, adv[i], rewards[i], weight[item.kind]))
+        if sp.judge_ce_weight > 0 and item.choices:
+            ce = verdict_ce_sample(s, cs, item)
+            if ce is not None:
+                groups.append([ce])
+    return groups
+
+
+def verdict_ce_sample(s: Session, completions, item: Item) -> Sample | None:
+    """The first completion that boxes something, cut before its last box, + the right verdict."""
+    tok = s.tokenizer
+    for c in completions:
+        text = tok.decode(c.token_ids)
+        at = text.rfind("\\boxed{")
+        if at < 0 or not boxed_contents(text[at:]):
+            continue
+        prompt = list(c.prompt_ids) + tok.encode(text[:at])
+        return Sample(prompt, tok.encode(f"\\boxed{{{item.label}}}") + [tok.eos_id], objective="ce")
+    return None
+
+
+def item_metrics(s: Session, items: list[Item], built: list[Item], rewards: torch.Tensor) -> dict[str, float]:
+    """``judge/*``, ``reflection/*`` and ``spark/*`` of this step, summed over the world."""
+    mine = s.rank == s.mp_leader
+    sums: dict[str, float] = {}
+    for kind in ITEM_KINDS:
+        rows = [i for i, x in enumerate(items) if x.kind == kind]
+        sums[f"reward_{kind}"] = float(rewards[rows].sum()) if mine and rows else 0.0
+        sums[f"samples_{kind}"] = float(rewards[rows].numel()) if mine and rows else 0.0
+        sums[f"trained_{kind}"] = float(len(rows)) if mine else 0.0
+        sums[f"built_{kind}"] = float(sum(x.kind == kind for x in built)) if mine else 0.0
+    point = [x for x in items if x.kind == "pointwise"]
+    sums["pos"] = float(sum(x.polarity == "correct" for x in point)) if mine else 0.0
+    sums["point"] = float(len(point)) if mine else 0.0
+    sums["queue"] = float(len(s.queue)) if mine else 0.0
+    sums["expired"] = float(s.queue.expired) if mine else 0.0
+    t = s.reduce(sums)
+    out = {
+        "judge/pointwise_accuracy": t["reward_pointwise"] / max(1.0, t["samples_pointwise"]),
+        "judge/pairwise_accuracy": t["reward_pairwise"] / max(1.0, t["samples_pairwise"]),
+        "reflection/accuracy": t["reward_reflection"] / max(1.0, t["samples_reflection"]),
+        "spark/queue_size": t["queue"],
+        "spark/items_expired": t["expired"],
+        "spark/label_balance": t["pos"] / t["point"] if t["point"] else 0.5,
+    }
+    for kind in ITEM_KINDS:
+        out[f"spark/items_built/{kind}"] = t[f"built_{kind}"]
+        out[f"spark/items_trained/{kind}"] = t[f"trained_{kind}"]
+    return out
+
+
+def items_this_step(s: Session) -> int:
+    """This data-parallel rank's share of ``spark.items_per_step``."""
+    return max(1, s.cfg.spark.items_per_step // s.dp_size)
+
+
+def spark_step(s: Session) -> dict[str, float]:
+    if s.cfg.spark.schedule == "alternating":
+        return alternating_step(s)
+    start = time.perf_counter()
+    items = s.queue.pop(items_this_step(s), s.step)
+    problems, completions, rewards, timeouts = policy_phase(s)
+    if items:
+        item_completions, item_rewards, item_timeouts = roll_items(s, items)
+    else:
+        item_completions, item_rewards, item_timeouts = [], torch.zeros(0, 1, dtype=torch.float64), 0
+    s.release_engine()
+    with s.timer("recycle"):
+        built = recycle_step(s, problems, completions, rewards)
+        s.queue.push(built)
+    with s.timer("advantages"):
+        n = s.cfg.rollout.num_samples_per_prompt
+        adv = group_advantages(rewards, s.cfg.grpo.advantage)
+        groups = groups_of(to_samples(completions, adv, rewards, s.cfg.spark.policy_weight), n)
+        if items:
+            groups += item_samples(s, items, item_completions, item_rewards)
+    t = update(s, groups, ce_coef=s.cfg.spark.judge_ce_weight)
+    metrics = {**policy_metrics(s, completions, rewards, timeouts + item_timeouts), **train_metrics(t)}
+    metrics.update(item_metrics(s, items, built, item_rewards))
+    metrics.update(throughput(s, [x for g in groups for x in g], start))
+    return finish(s, metrics, t)
+
+
+def alternating_step(s: Session) -> dict[str, float]:
+    start = time.perf_counter()
+    problems, completions, rewards, timeouts = policy_phase(s)
+    s.release_engine()
+    with s.timer("recycle"):
+        built = recycle_step(s, problems, completions, rewards)
+        s.queue.push(built)
+    with s.timer("advantages"):
+        adv = group_advantages(rewards, s.cfg.grpo.advantage)
+        groups = groups_of(to_samples(completions, adv, rewards), s.cfg.rollout.num_samples_per_prompt)
+    t = update(s, groups)  # phase 1: the policy
+    metrics = {**policy_metrics(s, completions, rewards, timeouts), **train_metrics(t)}
+    samples = [x for g in groups for x in g]
+    items = s.queue.pop(items_this_step(s), s.step)
+    # Every DP rank must agree on whether phase 2 runs (it holds collectives).
+    run_items = s.reduce({"empty": 0.0 if items else 1.0})["empty"] == 0.0
+    item_rewards = torch.zeros(0, 1, dtype=torch.float64)
+    if run_items:
+        item_completions, item_rewards, _ = roll_items(s, items)
+        s.release_engine()
+        item_groups = item_samples(s, items, item_completions, item_rewards)
+        t2 = update(s, item_groups, ce_coef=s.cfg.spark.judge_ce_weight)  # phase 2: judge and reflection
+        t = {k: t[k] + t2[k] for k in ("steps", "applied", "grad_norm", "lr")} | {
+            k: v for k, v in t.items() if k not in ("steps", "applied", "grad_norm", "lr")
+        }
+        samples += [x for g in item_groups for x in g]
+    else:
+        s.queue.requeue(items)  # a rank that did pop keeps its items for the next step
+    metrics["spark/item_phase_skipped"] = 0.0 if run_items else 1.0
+    metrics.update(item_metrics(s, items if run_items else [], built, item_rewards))
+    metrics.update(throughput(s, samples, start))
+    return finish(s, metrics, t)
