@@ -28,6 +28,7 @@ setup(
         "math-verify[antlr4_13_2]>=0.9",
         "pyarrow>=14",  # parquet datasets
         "tensorboard>=2.14",
+        "matplotlib>=3.8",  # evaluation report plots
     ],
     package_data={"megatron_spark.data": ["assets/*.model"]},
     extras_require={
