@@ -19,7 +19,8 @@ shown whole or as its final answer only, with a neutral or an "it is wrong" prom
 A judge sees the question and the final answers only, never the reasoning (as in the paper).
 Per step: pointwise labels are balanced by dropping random items of the majority label, then the
 judge and reflection caps keep a random subset (pointwise items leave in correct/incorrect pairs,
-so the cap does not undo the balance). Every random choice comes from the ``rng`` passed in.
+so the cap does not undo the balance). The items come back shuffled, so that the queue serves a
+mix of kinds each step. Every random choice comes from the ``rng`` passed in.
 """
 
 from __future__ import annotations
@@ -203,4 +204,6 @@ def recycle(
     if len(reflection) > cfg.max_reflection_items_per_step:
         keep = sorted(rng.sample(range(len(reflection)), cfg.max_reflection_items_per_step))
         reflection = [reflection[i] for i in keep]
-    return judge + reflection
+    items = judge + reflection
+    rng.shuffle(items)  # kinds interleaved in the queue, so every step trains a mix
+    return items

@@ -8,7 +8,12 @@ the final answer) in ``\boxed{}``, the only form the reward reads. The question 
 inserted verbatim.
 
 The templates are short and use plain words: the tiny test model has about a million parameters
-and a 512-piece tokenizer trained on the sentences in ``tools/train_tokenizer.py``.
+and a 512-piece tokenizer trained on the sentences in ``tools/train_tokenizer.py``. Every template
+ends with the question, so that a response starts right after the question exactly as a policy
+response does: with rotary (relative) positions, the judge's re-derivation and the reflection's
+new solution see the operands at the same offsets as the policy's solution and reuse its skill.
+(With the question first, a tiny model's derivations inside judge prompts were far worse than
+its policy answers: measured, see docs/experiments/tiny_arith.md.)
 
 ``judge_response`` writes the judge's *response* for the supervised warm start on the tiny
 arithmetic task: the judge re-derives the answer, then writes its own result next to each
@@ -32,67 +37,68 @@ PAIRWISE_CHOICES = ("A", "B")
 """Pairwise verdict words: the slot of the correct response."""
 
 # Placeholders: {question}, {answer}. The raw strings keep ``\boxed{{}}`` as ``\boxed{}``.
+# Every template ends with the question (see the module docstring).
 _POINTWISE: dict[str, tuple[str, ...]] = {
     "yesno": (
-        r"Problem: {question} Answer: {answer} Is this answer correct? Answer Yes or No in \boxed{{}}.",
-        r"{question} Candidate answer: {answer} Is it right? Write Yes or No in \boxed{{}}.",
-        r"Check the answer. Problem: {question} Answer: {answer} Put Yes if correct, No if wrong, in \boxed{{}}.",
-        r"Problem: {question} The final answer is {answer}. Does it reach the right answer? Yes or No in \boxed{{}}.",
-        r"Judge whether {answer} is the correct answer to: {question} Reply with Yes or No in \boxed{{}}.",
-        r"Here is a problem and a candidate answer. {question} Answer: {answer} Give your verdict, Yes or No, in \boxed{{}}.",
-        r"Answer: {answer} Problem: {question} Is the answer correct? Verdict in \boxed{{}}: Yes or No.",
-        r"Is this solution right? Problem: {question} Answer: {answer} Reply with Yes or No in \boxed{{}}.",
+        r"Answer: {answer} Is this answer correct? Answer Yes or No in \boxed{{}}. Problem: {question}",
+        r"Candidate answer: {answer} Is it right? Write Yes or No in \boxed{{}}. {question}",
+        r"Check the answer {answer}. Put Yes if correct, No if wrong, in \boxed{{}}. Problem: {question}",
+        r"The final answer is {answer}. Does it reach the right answer? Yes or No in \boxed{{}}. Problem: {question}",
+        r"Judge whether {answer} is the correct answer. Reply with Yes or No in \boxed{{}}. {question}",
+        r"Here is a problem and a candidate answer: {answer} Give your verdict, Yes or No, in \boxed{{}}. {question}",
+        r"Is the answer {answer} correct? Verdict in \boxed{{}}: Yes or No. Problem: {question}",
+        r"Is this solution right? Answer: {answer} Reply with Yes or No in \boxed{{}}. Problem: {question}",
     ),
     "ab": (
-        r"Problem: {question} Answer: {answer} Is this answer correct? Write A if correct, B if wrong, in \boxed{{}}.",
-        r"{question} Candidate answer: {answer} Verdict in \boxed{{}}: A = correct, B = wrong.",
-        r"Check the answer. Problem: {question} Answer: {answer} Choose (A) correct or (B) wrong. Put the letter in \boxed{{}}.",
-        r"Problem: {question} The final answer is {answer}. Put A in \boxed{{}} if it is correct and B if it is wrong.",
-        r"Judge whether {answer} is the correct answer to: {question} A means correct, B means wrong. Reply in \boxed{{}}.",
-        r"Here is a problem and a candidate answer. {question} Answer: {answer} Verdict, A (correct) or B (wrong), in \boxed{{}}.",
-        r"Answer: {answer} Problem: {question} Is the answer correct? \boxed{{}} with A for correct, B for wrong.",
-        r"Is this solution right? Problem: {question} Answer: {answer} A: it is correct. B: it is wrong. Put A or B in \boxed{{}}.",
+        r"Answer: {answer} Is this answer correct? Write A if correct, B if wrong, in \boxed{{}}. Problem: {question}",
+        r"Candidate answer: {answer} Verdict in \boxed{{}}: A = correct, B = wrong. {question}",
+        r"Check the answer {answer}. Choose (A) correct or (B) wrong. Put the letter in \boxed{{}}. Problem: {question}",
+        r"The final answer is {answer}. Put A in \boxed{{}} if it is correct and B if it is wrong. Problem: {question}",
+        r"Judge whether {answer} is the correct answer. A means correct, B means wrong. Reply in \boxed{{}}. {question}",
+        r"Here is a problem and a candidate answer: {answer} Verdict, A (correct) or B (wrong), in \boxed{{}}. {question}",
+        r"Is the answer {answer} correct? \boxed{{}} with A for correct, B for wrong. Problem: {question}",
+        r"Is this solution right? Answer: {answer} A: it is correct. B: it is wrong. Put A or B in \boxed{{}}. {question}",
     ),
 }
 
 # Placeholders: {question}, {answer_a}, {answer_b}.
 _PAIRWISE: tuple[str, ...] = (
-    r"Problem: {question} Response A: {answer_a} Response B: {answer_b} Which response is correct, A or B? Put it in \boxed{{}}.",
-    r"Here is a problem and two candidate answers. {question} A: {answer_a} B: {answer_b} Write the right one, A or B, in \boxed{{}}.",
-    r"Compare the two answers and pick the correct one. Problem: {question} (A) {answer_a} (B) {answer_b} Verdict in \boxed{{}}: A or B.",
-    r"{question} Candidate A: {answer_a} Candidate B: {answer_b} Which candidate is better? Reply with A or B in \boxed{{}}.",
-    r"Problem: {question} Answer A: {answer_a} Answer B: {answer_b} Which answer is right? Give your verdict, A or B, in \boxed{{}}.",
-    r"Which response is better, A or B? Problem: {question} A: {answer_a} B: {answer_b} Put the letter in \boxed{{}}.",
-    r"Two answers to: {question} A: {answer_a} B: {answer_b} One is correct. Write its letter, A or B, in \boxed{{}}.",
-    r"Judge two answers. Problem: {question} First (A): {answer_a} Second (B): {answer_b} Put A or B, the correct one, in \boxed{{}}.",
+    r"Response A: {answer_a} Response B: {answer_b} Which response is correct, A or B? Put it in \boxed{{}}. Problem: {question}",
+    r"Here is a problem and two candidate answers. A: {answer_a} B: {answer_b} Write the right one, A or B, in \boxed{{}}. {question}",
+    r"Compare the two answers and pick the correct one. (A) {answer_a} (B) {answer_b} Verdict in \boxed{{}}: A or B. Problem: {question}",
+    r"Candidate A: {answer_a} Candidate B: {answer_b} Which candidate is better? Reply with A or B in \boxed{{}}. {question}",
+    r"Answer A: {answer_a} Answer B: {answer_b} Which answer is right? Give your verdict, A or B, in \boxed{{}}. Problem: {question}",
+    r"Which response is better, A or B? A: {answer_a} B: {answer_b} Put the letter in \boxed{{}}. Problem: {question}",
+    r"Two answers: A: {answer_a} B: {answer_b} One is correct. Write its letter, A or B, in \boxed{{}}. {question}",
+    r"Judge two answers. First (A): {answer_a} Second (B): {answer_b} Put A or B, the correct one, in \boxed{{}}. {question}",
 )
 
 # Placeholders: {question}, {attempt} (the whole previous response for "full", only its final
 # answer for "answer").
 _REFLECTION: dict[tuple[str, str], tuple[str, ...]] = {
     ("full", "neutral"): (
-        r"Problem: {question} Response: {attempt} Check each step of the response. Confirm or fix it. Put the final answer in \boxed{{}}.",
-        r"{question} A previous attempt: {attempt} Review the solution. If it is right keep it, if not fix it. Final answer in \boxed{{}}.",
-        r"Problem: {question} Attempt: {attempt} Check the work step by step. Confirm or fix it. Final answer in \boxed{{}}.",
-        r"Read the problem and the response, then check it. Problem: {question} Response: {attempt} Confirm or fix its final answer in \boxed{{}}.",
+        r"Response: {attempt} Check each step of the response. Confirm or fix it. Put the final answer in \boxed{{}}. Problem: {question}",
+        r"A previous attempt: {attempt} Review the solution. If it is right keep it, if not fix it. Final answer in \boxed{{}}. {question}",
+        r"Attempt: {attempt} Check the work step by step. Confirm or fix it. Final answer in \boxed{{}}. Problem: {question}",
+        r"Read the response, then check it. Response: {attempt} Confirm or fix its final answer in \boxed{{}}. Problem: {question}",
     ),
     ("full", "wrong"): (
-        r"Problem: {question} Response: {attempt} The response is wrong. Find the mistake and solve again. Put the final answer in \boxed{{}}.",
-        r"{question} A previous attempt: {attempt} This attempt has an error. Correct the mistake and put the new answer in \boxed{{}}.",
-        r"Problem: {question} Wrong solution: {attempt} Solve the problem again from the start. Put the final answer in \boxed{{}}.",
-        r"The previous response has an error. Problem: {question} Response: {attempt} Try again. Final answer in \boxed{{}}.",
+        r"Response: {attempt} The response is wrong. Find the mistake and solve again. Put the final answer in \boxed{{}}. Problem: {question}",
+        r"A previous attempt: {attempt} This attempt has an error. Correct the mistake and put the new answer in \boxed{{}}. {question}",
+        r"Wrong solution: {attempt} Solve the problem again from the start. Put the final answer in \boxed{{}}. Problem: {question}",
+        r"The previous response has an error. Response: {attempt} Try again. Final answer in \boxed{{}}. Problem: {question}",
     ),
     ("answer", "neutral"): (
-        r"Problem: {question} Your previous answer: {attempt} Check it. If it is right keep it, if not fix it. Put the final answer in \boxed{{}}.",
-        r"{question} A previous answer was {attempt}. Solve it again to confirm or correct it. Put the final answer in \boxed{{}}.",
-        r"Problem: {question} Proposed answer: {attempt} Check it, then confirm or fix it. Final answer in \boxed{{}}.",
-        r"Here is a problem and an answer to check. Problem: {question} Answer: {attempt} Confirm or correct it. Final answer in \boxed{{}}.",
+        r"Your previous answer: {attempt} Check it. If it is right keep it, if not fix it. Put the final answer in \boxed{{}}. Problem: {question}",
+        r"A previous answer was {attempt}. Solve it again to confirm or correct it. Put the final answer in \boxed{{}}. {question}",
+        r"Proposed answer: {attempt} Check it, then confirm or fix it. Final answer in \boxed{{}}. Problem: {question}",
+        r"Here is an answer to check: {attempt} Confirm or correct it. Final answer in \boxed{{}}. Problem: {question}",
     ),
     ("answer", "wrong"): (
-        r"Problem: {question} Your previous answer was {attempt}. It is wrong. Try again. Put the final answer in \boxed{{}}.",
-        r"{question} The answer {attempt} is wrong. Solve the problem again from the start. Final answer in \boxed{{}}.",
-        r"Problem: {question} Wrong answer: {attempt} The correct answer is different. Put the final answer in \boxed{{}}.",
-        r"Your previous answer to this problem was wrong. Problem: {question} Wrong answer: {attempt} Try again. Final answer in \boxed{{}}.",
+        r"Your previous answer was {attempt}. It is wrong. Try again. Put the final answer in \boxed{{}}. Problem: {question}",
+        r"The answer {attempt} is wrong. Solve the problem again from the start. Final answer in \boxed{{}}. {question}",
+        r"Wrong answer: {attempt} The correct answer is different. Put the final answer in \boxed{{}}. Problem: {question}",
+        r"Your previous answer to this problem was wrong. Wrong answer: {attempt} Try again. Final answer in \boxed{{}}. {question}",
     ),
 }
 

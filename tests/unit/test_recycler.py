@@ -156,7 +156,9 @@ def test_mixed_pointwise_takes_the_polarity_the_step_has_fewer_of():
     assert abs(correct - (21 - correct)) == 1
     groups = [_all_correct(i) for i in range(5)] + [_mixed(i) for i in range(5, 10)]
     items = _run(groups, pairwise_fraction=0.0, balance_pointwise=False, max_judge_items_per_step=100)
-    assert [x.polarity for x in _kind(items, "pointwise")] == ["correct"] * 5 + ["incorrect"] * 5
+    order = {g.problem.uid: i for i, g in enumerate(groups)}  # items come back shuffled
+    in_group_order = sorted(_kind(items, "pointwise"), key=lambda x: order[x.source_uid])
+    assert [x.polarity for x in in_group_order] == ["correct"] * 5 + ["incorrect"] * 5
 
 
 def test_unboxed_answers_are_never_shown():

@@ -1,0 +1,229 @@
+"""SPARK end to end on the tiny task: judge items are built, rolled out, rewarded and trained, and
+the held-out judge gets better; the alternating schedule runs; bad input to ``eval``/``generate``.
+
+One module-scoped warm start (the demo's judge-format SFT, shortened) serves every test.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import REPO, run_cli
+
+SPARK = str(REPO / "examples/tiny_arith/spark.yaml")
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def warm_start(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("spark") / "sft"
+    run_cli(
+        [
+            "sft",
+            str(REPO / "examples/tiny_arith/sft_spark.yaml"),
+            f"run_dir={run_dir}",
+            "train.eval_num_problems=50",
+        ],
+        check=True,
+        timeout=900,
+    )
+    return run_dir / "checkpoints" / "step_000220"
+
+
+def test_joint_schedule_trains_the_judge(warm_start, tmp_path):
+    run_dir = tmp_path / "joint"
+    run_cli(
+        [
+            "train",
+            SPARK,
+            f"run_dir={run_dir}",
+            f"model.init={warm_start}",
+            "train.num_steps=JOINT_STEPS",
+            "train.eval_every_steps=0",
+            "train.eval_num_problems=100",
+            "train.save_every_steps=0",
+        ],
+        check=True,
+        timeout=1200,
+    )
+    rows = metrics(run_dir)
+    steps = [r for r in rows if "spark/queue_size" in r]
+    for kind in ("pointwise", "pairwise", "reflection"):
+        assert sum(r[f"spark/items_built/{kind}"] for r in steps) > 0, kind
+        assert sum(r[f"spark/items_trained/{kind}"] for r in steps) > 0, kind
+    # Built at step 1, served from step 2 on: every later step trains items.
+    assert steps[0]["spark/items_trained/pointwise"] + steps[0]["spark/items_trained/pairwise"] == 0
+    assert all(
+        sum(r[f"spark/items_trained/{k}"] for k in ("pointwise", "pairwise", "reflection")) > 0
+        for r in steps[1:]
+    )
+    # Pointwise labels balanced per step.
+    assert all(r["spark/label_balance"] == 0.5 for r in steps[1:] if r["spark/items_trained/pointwise"] > 0)
+    evals = [r for r in rows if "eval/judge_pointwise_accuracy" in r]
+    first, last = evals[0], evals[-1]
+    judge = lambda r: (r["eval/judge_pointwise_accuracy"] + r["eval/judge_pairwise_accuracy"]) / 2  # noqa: E731
+    assert judge(last) > judge(first) + 0.05, (first, last)
+
+
+def test_alternating_schedule_runs_both_phases(warm_start, tmp_path):
+    run_dir = tmp_path / "alt"
+    run_cli(
+        [
+            "train",
+            SPARK,
+            f"run_dir={run_dir}",
+            f"model.init={warm_start}",
+            "spark.schedule=alternating",
+            "train.num_steps=3",
+            "train.num_prompts_per_step=8",
+            "spark.items_per_step=8",
+            "train.eval_num_problems=0",
+            "train.eval_judge=false",
+        ],
+        check=True,
+        timeout=600,
+    )
+    steps = [r for r in metrics(run_dir) if "spark/queue_size" in r]
+    assert len(steps) == 3
+    # Phase 2 pops the items phase 1 just built: every step trains items.
+    assert all(r["spark/item_phase_skipped"] == 0.0 for r in steps)
+    assert all(
+        sum(r[f"spark/items_trained/{k}"] for k in ("pointwise", "pairwise", "reflection")) > 0 for r in steps
+    )
+    # The LR schedule counts both phases' optimizer steps: 3 steps x 2 phases x 2 minibatches.
+    cfg = (run_dir / "config.yaml").read_text()
+    assert "schedule: alternating" in cfg
+
+
+def test_alternating_schedule_survives_an_empty_queue(warm_start, tmp_path):
+    run_dir = tmp_path / "empty"
+    proc = run_cli(
+        [
+            "train",
+            SPARK,
+            f"run_dir={run_dir}",
+            f"model.init={warm_start}",
+            "spark.schedule=alternating",
+            "spark.max_judge_items_per_step=0",
+            "spark.max_reflection_items_per_step=0",
+            "train.num_steps=2",
+            "train.num_prompts_per_step=8",
+            "train.eval_num_problems=0",
+            "train.eval_judge=false",
+        ],
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    steps = [r for r in metrics(run_dir) if "spark/queue_size" in r]
+    assert [r["spark/item_phase_skipped"] for r in steps] == [1.0, 1.0]
+    assert (run_dir / "checkpoints" / "step_000002").is_dir()
+
+
+def test_eval_refuses_a_reward_bench_label_outside_the_set(warm_start, tmp_path):
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(
+        json.dumps({"question": "Compute 1+1.", "response": "\\boxed{2}", "label": "correct"})
+        + "\n"
+        + json.dumps({"question": "Compute 1+2.", "response": "\\boxed{3}", "label": "maybe"})
+        + "\n"
+    )
+    out = tmp_path / "eval"
+    proc = run_cli(
+        ["eval", SPARK, "--checkpoint", str(warm_start), "--out", str(out), "--reward-bench", str(bench)]
+    )
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "bench.jsonl:2" in line and "maybe" in line and "'correct', 'incorrect'" in line, line
+    assert not (out / "eval.json").exists()
+
+
+def test_generate_tts_refuses_weights_never_trained_as_a_judge(tmp_path):
+    plain = tmp_path / "plain"
+    run_cli(
+        [
+            "sft",
+            str(REPO / "examples/tiny_arith/sft.yaml"),
+            f"run_dir={plain}",
+            "train.num_steps=1",
+            "train.eval_num_problems=0",
+        ],
+        check=True,
+    )
+    proc = run_cli(
+        [
+            "generate",
+            SPARK,
+            "--checkpoint",
+            str(plain / "checkpoints/step_000001"),
+            "--prompt",
+            "Compute 1+2+3.",
+            "--tts",
+            "self-reflect",
+        ]
+    )
+    assert proc.returncode == 2
+    assert "never trained on judge prompts" in proc.stderr, proc.stderr
+
+
+def test_eval_and_self_reflection_on_the_warm_start(warm_start, tmp_path):
+    bench = tmp_path / "bench.jsonl"
+    rows = [
+        {"question": "Compute 1+2+3.", "response": "6", "label": "correct"},
+        {"question": "Compute 1+2+3.", "response": "7", "label": "incorrect"},
+        {"question": "Compute 4-1+2.", "response_a": "5", "response_b": "6", "label": "A"},
+    ]
+    bench.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "eval"
+    proc = run_cli(
+        [
+            "eval",
+            SPARK,
+            "train.eval_num_problems=24",
+            "--checkpoint",
+            str(warm_start),
+            "--out",
+            str(out),
+            "--maj-k",
+            "4",
+            "--n",
+            "4",
+            "--reward-bench",
+            str(bench),
+        ],
+        check=True,
+        timeout=900,
+    )
+    assert f"report: {out / 'report.md'}" in proc.stdout
+    result = json.loads((out / "eval.json").read_text())
+    assert result["num_problems"] == 24
+    assert 0.0 < result["reasoning"]["pass@1"] <= 1.0
+    assert result["judge"]["pointwise_items"] == 24 and result["judge"]["pairwise_items"] == 24
+    # The warm start writes boxed verdicts (the format) though they are coin flips (not the skill).
+    assert result["judge"]["verdict_parse_rate"] > 0.8
+    assert set(result["tts"]) == {"self-reflect", "best-of-n"}
+    assert 1.0 <= result["tts"]["self-reflect"]["generations_mean"] <= 5.0
+    assert result["reward_bench"]["items"] == 3
+    report = (out / "report.md").read_text()
+    assert "pass@1" in report and "judge" in report.lower()
+    gen = run_cli(
+        [
+            "generate",
+            SPARK,
+            "--checkpoint",
+            str(warm_start),
+            "--prompt",
+            "Compute 1+2+3.",
+            "--tts",
+            "self-reflect",
+            "--rounds",
+            "1",
+        ],
+        check=True,
+    )
+    row = json.loads(gen.stdout.strip().splitlines()[-1])
+    assert row["prompt"] == "Compute 1+2+3." and 1 <= row["generations"] <= 3
