@@ -20,7 +20,7 @@ from megatron_spark.spark.perturb import perturb_answer, solution_steps, wrong_s
 
 
 def warm_start_example(
-    problem: Problem, kind: str, rng: random.Random, verdicts: Literal["random", "true"] = "random"
+    problem: Problem, kind: str, rng: random.Random, verdicts: Literal["random", "correct"] = "random"
 ) -> tuple[str, str] | None:
     """``(prompt, response)`` of one ``kind`` example, or None when the problem's answer cannot
     be perturbed (not an integer) or it has no worked solution."""
@@ -33,14 +33,14 @@ def warm_start_example(
         yes, no = templates.POINTWISE_VERDICTS[vocab]
         correct = rng.random() < 0.5
         shown = problem.answer if correct else wrong
-        truth = correct if verdicts == "true" else rng.random() < 0.5
+        truth = correct if verdicts == "correct" else rng.random() < 0.5
         t = rng.randrange(templates.NUM_POINTWISE_TEMPLATES)
         prompt = templates.pointwise_prompt(problem.prompt, shown, vocab, t)
         return prompt, templates.judge_response(steps, problem.answer, [shown], yes if truth else no)
     if kind == "pairwise":
         right_first = rng.random() < 0.5
         a, b = (problem.answer, wrong) if right_first else (wrong, problem.answer)
-        first = right_first if verdicts == "true" else rng.random() < 0.5
+        first = right_first if verdicts == "correct" else rng.random() < 0.5
         t = rng.randrange(templates.NUM_PAIRWISE_TEMPLATES)
         prompt = templates.pairwise_prompt(problem.prompt, a, b, t)
         verdict = templates.PAIRWISE_CHOICES[0 if first else 1]

@@ -141,9 +141,9 @@ class SFTSection:
     reflection_fraction: float = 0.0
     """Share of examples that are reflection prompts on a perturbed wrong attempt, answered by the
     worked solution."""
-    judge_verdicts: Literal["random", "true"] = "random"
+    judge_verdicts: Literal["random", "correct"] = "random"
     """``random``: coin-flip verdicts (teaches the format, not the skill: the SPARK experiment's
-    warm start); ``true``: the correct verdicts (supervised judge training)."""
+    warm start); ``correct``: the correct verdicts (supervised judge training)."""
 
     def __post_init__(self) -> None:
         if (

@@ -86,15 +86,23 @@ def item_samples(s: Session, items: list[Item], completions, rewards: torch.Tens
 
 
 def verdict_ce_sample(s: Session, completions, item: Item) -> Sample | None:
-    """The first completion that boxes something, cut before its last box, + the right verdict."""
+    """The first completion that boxes something, cut before its last box, + the right verdict.
+
+    The cut is made at a token boundary at or before the box, and the rest is re-encoded with the
+    right verdict, so the trained tokens are split the way the model itself writes them."""
     tok = s.tokenizer
     for c in completions:
-        text = tok.decode(c.token_ids)
+        ids = list(c.token_ids)
+        text = tok.decode(ids)
         at = text.rfind("\\boxed{")
         if at < 0 or not boxed_contents(text[at:]):
             continue
-        prompt = list(c.prompt_ids) + tok.encode(text[:at])
-        return Sample(prompt, tok.encode(f"\\boxed{{{item.label}}}") + [tok.eos_id], objective="ce")
+        k = 0  # tokens kept from the sample: their text must end at or before the box
+        while k < len(ids) and len(tok.decode(ids[: k + 1])) <= at:
+            k += 1
+        rest = text[len(tok.decode(ids[:k])) : at]
+        prompt = list(c.prompt_ids) + ids[:k]
+        return Sample(prompt, tok.encode(f"{rest}\\boxed{{{item.label}}}") + [tok.eos_id], objective="ce")
     return None
 
 
@@ -108,7 +116,7 @@ def item_metrics(s: Session, items: list[Item], built: list[Item], rewards: torc
         sums[f"samples_{kind}"] = float(rewards[rows].numel()) if mine and rows else 0.0
         sums[f"trained_{kind}"] = float(len(rows)) if mine else 0.0
         sums[f"built_{kind}"] = float(sum(x.kind == kind for x in built)) if mine else 0.0
-    point = [x for x in items if x.kind == "pointwise"]
+    point = [x for x in built if x.kind == "pointwise"]
     sums["pos"] = float(sum(x.polarity == "correct" for x in point)) if mine else 0.0
     sums["point"] = float(len(point)) if mine else 0.0
     sums["queue"] = float(len(s.queue)) if mine else 0.0

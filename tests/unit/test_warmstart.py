@@ -107,7 +107,7 @@ def test_pointwise_random_verdicts_are_independent_of_correctness():
 
 
 def test_pointwise_true_verdicts_always_agree():
-    assert _pointwise_agreement("true") == 1.0
+    assert _pointwise_agreement("correct") == 1.0
 
 
 def test_pairwise_random_verdicts_are_independent_of_correctness():
@@ -115,7 +115,7 @@ def test_pairwise_random_verdicts_are_independent_of_correctness():
 
 
 def test_pairwise_true_verdicts_always_agree():
-    assert _pairwise_agreement("true") == 1.0
+    assert _pairwise_agreement("correct") == 1.0
 
 
 def test_reflection_example_shows_a_wrong_attempt_and_answers_with_the_solution():
