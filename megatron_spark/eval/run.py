@@ -209,9 +209,12 @@ def run_generate(cfg: RunConfig, opts: GenerateOptions) -> list[dict]:
             f"--tts {opts.tts}: {src} was never trained on judge prompts (no SPARK run or judge warm "
             f"start wrote it), so its verdicts mean nothing; use a SPARK checkpoint or --tts none"
         )
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="megatron-spark-generate-")  # the session's config/summary
     cfg = dataclasses.replace(
         cfg,
-        run_dir=str(src / "generate"),
+        run_dir=scratch,
         model=dataclasses.replace(cfg.model, init=str(src)),
         train=dataclasses.replace(cfg.train, eval_num_problems=0),
     )
@@ -230,3 +233,6 @@ def run_generate(cfg: RunConfig, opts: GenerateOptions) -> list[dict]:
         return [{"prompt": p, "response": t, "generations": g} for p, t, g in zip(q, responses, gens)]
     finally:
         s.close()
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
