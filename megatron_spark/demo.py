@@ -21,10 +21,9 @@ RECIPES = Path(__file__).resolve().parents[1] / "examples" / "tiny_arith"
 STAGES = (("sft", "sft_spark.yaml", "sft"), ("spark", "spark.yaml", "train"))
 
 
-def _last_eval(run_dir: Path) -> dict[str, float]:
+def _evals(run_dir: Path) -> list[dict[str, float]]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    evals = [r for r in rows if "eval/accuracy" in r]
-    return {k: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {}
+    return [{k: v for k, v in r.items() if k.startswith("eval/")} for r in rows if "eval/accuracy" in r]
 
 
 def _latest_checkpoint(run_dir: Path) -> Path:
@@ -57,7 +56,7 @@ def run_demo(run_dir: str | Path, seed: int = 0, overrides: list[str] = ()) -> i
         start = time.perf_counter()
         run(cfg, command)
         times[stage] = time.perf_counter() - start
-        evals[stage] = _last_eval(root / stage)
+        evals[stage] = _evals(root / stage)[-1]
         init = [f"model.init={_latest_checkpoint(root / stage)}"]
 
     start = time.perf_counter()
@@ -66,6 +65,8 @@ def run_demo(run_dir: str | Path, seed: int = 0, overrides: list[str] = ()) -> i
     times["eval"] = time.perf_counter() - start
     result = json.loads((root / "eval" / "eval.json").read_text())
 
+    # SPARK's first evaluation scores the warm start as policy, judge and reflector.
+    evals["sft"] = _evals(root / "spark")[0]
     summary = {
         "run_dir": str(root),
         "heldout": evals,
@@ -75,12 +76,12 @@ def run_demo(run_dir: str | Path, seed: int = 0, overrides: list[str] = ()) -> i
     }
     (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     table = Table(title="tiny SPARK demo: held-out accuracy (greedy)")
-    for col in ("after", "policy", "pointwise judge", "pairwise judge", "reflection", "wall time"):
+    for col in ("model", "policy", "pointwise judge", "pairwise judge", "reflection", "wall time"):
         table.add_column(col)
-    for stage in ("sft", "spark"):
+    for stage, label in (("sft", "warm start"), ("spark", "SPARK")):
         e = evals[stage]
         table.add_row(
-            stage,
+            label,
             *(
                 f"{e.get(k, float('nan')):.1%}"
                 for k in (
