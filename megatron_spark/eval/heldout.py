@@ -115,16 +115,12 @@ def heldout_items(problems: Sequence[Problem], pool: Pool, seed: int = 0) -> lis
     return out
 
 
-Generate = Callable[[list[str]], list[str]]
-"""Greedy responses (texts) to prompt texts."""
-
-
 def evaluate_items(
-    items: Sequence[HeldOutItem], generate: Generate, verify: Callable[[list[str], list[str]], list[float]]
+    items: Sequence[HeldOutItem], texts: Sequence[str], verify: Callable[[list[str], list[str]], list[float]]
 ) -> dict[str, float]:
-    """Greedy accuracy per kind (``judge_pointwise_accuracy``, ``judge_pairwise_accuracy``,
-    ``reflection_accuracy``), the verdict parse rate, and pointwise accuracy by wrong-answer source."""
-    texts = generate([h.item.prompt for h in items])
+    """Accuracy per kind (``judge_pointwise_accuracy``, ``judge_pairwise_accuracy``,
+    ``reflection_accuracy``) of the greedy responses ``texts`` to ``items``, the verdict parse
+    rate, and pointwise accuracy by wrong-answer source."""
     judge = [(h, t) for h, t in zip(items, texts) if h.item.choices]
     refl = [(h, t) for h, t in zip(items, texts) if not h.item.choices]
     parsed = [parse_verdict(t, h.item.choices) for h, t in judge]

@@ -139,7 +139,7 @@ def _plot(lines: dict[str, list[tuple[int, float]]], out_png: Path, title: str, 
     fig.legend(loc="outside lower center", ncols=2, fontsize="small")
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(out_png, lambda tmp: fig.savefig(tmp, format="png"))
+    write_atomically(out_png, lambda tmp: fig.savefig(tmp, format="png"))
     return out_png
 
 
@@ -164,7 +164,7 @@ def write_report(
     if metrics_jsonl is not None and not plotted:
         text += f"No held-out curve points in `{metrics_jsonl}`; no curves plotted.\n"
     report = out_dir / "report.md"
-    _write_atomically(report, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_atomically(report, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return report
 
 
@@ -228,7 +228,7 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     """``write(tmp)`` to a temporary file next to ``path``, then rename it over ``path``."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -35,12 +34,6 @@ class EvalOptions:
     tts_rounds: int = 2
     best_of_n: int = 8
     reward_bench: str | None = None
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _generate_texts(s):
@@ -125,7 +118,7 @@ def reward_bench(s, path: str) -> dict:
 
 def run_eval(cfg: RunConfig, opts: EvalOptions) -> Path:
     from megatron_spark.eval.heldout import evaluate_items, heldout_items
-    from megatron_spark.eval.report import write_report
+    from megatron_spark.eval.report import write_atomically, write_report
     from megatron_spark.train import checkpoint as ckpt
     from megatron_spark.train.evaluation import ensure_pool, eval_problems, verify_texts
     from megatron_spark.train.session import Session
@@ -151,7 +144,7 @@ def run_eval(cfg: RunConfig, opts: EvalOptions) -> Path:
         ensure_pool(s, problems)
         items = heldout_items(problems, s.judge_pool, seed=s.cfg.seed)
         texts = s.greedy([h.item.prompt for h in items], s.cfg.spark.max_new_tokens)
-        m = evaluate_items(items, lambda _: texts, lambda t, a: verify_texts(s, t, a))
+        m = evaluate_items(items, texts, lambda t, a: verify_texts(s, t, a))
         result["judge"] = {
             "pointwise_accuracy": m["judge_pointwise_accuracy"],
             "pairwise_accuracy": m["judge_pairwise_accuracy"],
@@ -178,7 +171,9 @@ def run_eval(cfg: RunConfig, opts: EvalOptions) -> Path:
         report = None
         if s.rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write(out_dir / "eval.json", json.dumps(result, indent=2) + "\n")
+            write_atomically(
+                out_dir / "eval.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n")
+            )
             metrics = src.parent.parent / "metrics.jsonl"
             report = write_report(out_dir, result, metrics if metrics.is_file() else None)
         return report or out_dir / "report.md"

@@ -11,7 +11,7 @@ BoxChoice = Literal["last", "first"]
 _BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 
-def _closing_brace(text: str, open_at: int) -> int | None:
+def closing_brace(text: str, open_at: int) -> int | None:
     """Index of the ``}`` that closes the ``{`` at ``open_at``, or None if it never closes.
 
     Escaped braces (``\\{``, ``\\}``) do not count.
@@ -42,7 +42,7 @@ def boxed_spans(text: str) -> list[tuple[int, int]]:
     spans, start = [], 0
     while (match := _BOX_OPEN.search(text, start)) is not None:
         open_at = match.end() - 1
-        close_at = _closing_brace(text, open_at)
+        close_at = closing_brace(text, open_at)
         if close_at is None:
             start = match.end()
             continue

@@ -34,6 +34,10 @@ import torch
 FinishReason = Literal["stop", "length"]
 
 
+GREEDY_TOP_P = 1e-6
+"""top_p that keeps only the most likely token: greedy decoding (evaluation, test-time scaling)."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to sample; one set for every prompt of a ``generate`` call."""

@@ -23,11 +23,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from megatron_spark.reward.extract import boxed_spans, extract_boxed
-from megatron_spark.rollout.protocol import Completion, SamplingParams
+from megatron_spark.rollout.protocol import GREEDY_TOP_P, Completion, SamplingParams
 from megatron_spark.spark import templates
 from megatron_spark.spark.verdict import parse_verdict
 
-GREEDY_TOP_P = 1e-6
 Generate = Callable[[list[str], SamplingParams], list[Completion]]
 YES, NO = templates.POINTWISE_VERDICTS["yesno"]
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from megatron_spark.reward.extract import boxed_contents
+from megatron_spark.reward.extract import boxed_contents, closing_brace
 
 # A group that may span a whole box's content: ``{``, or a wrapper command and its brace.
 _WRAPPER = re.compile(r"(?:\\(?:text|textbf|mathrm|mathbf|boxed|fbox)\s*)?\{")
@@ -33,21 +33,9 @@ def _unwrap(content: str) -> str:
     match = _WRAPPER.match(content)
     if match is None:
         return content
-    depth, i = 0, match.end() - 1
-    while i < len(content):
-        char = content[i]
-        if char == "\\":
-            i += 2  # an escaped character, \{ or \} included
-            continue
-        if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                # The group must close on the last character: "\text{A} B" is not wrapped.
-                return content[match.end() : -1] if i == len(content) - 1 else content
-        i += 1
-    return content
+    close = closing_brace(content, match.end() - 1)
+    # The group must close on the last character: "\text{A} B" is not wrapped.
+    return content[match.end() : -1] if close == len(content) - 1 else content
 
 
 def _normalise(content: str) -> str:

@@ -75,7 +75,7 @@ def judge_accuracy(s: Session) -> dict[str, float]:
     items = heldout_items(problems, s.judge_pool, seed=s.cfg.seed)
     mine = s.my_share(items)
     texts = s.greedy([h.item.prompt for h in mine], s.cfg.spark.max_new_tokens)
-    result = s.on_leader(lambda: evaluate_items(mine, lambda _: texts, lambda t, a: verify_texts(s, t, a)))
+    result = s.on_leader(lambda: evaluate_items(mine, texts, lambda t, a: verify_texts(s, t, a)))
     leader = s.rank == s.mp_leader
     # Turn the replica's rates back into counts so that replicas sum correctly.
     sums = {}

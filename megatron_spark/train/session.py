@@ -23,7 +23,7 @@ from megatron_spark import platform
 from megatron_spark.config import dump_config
 from megatron_spark.errors import UserError
 from megatron_spark.model.forward import FusedHead, run_packed
-from megatron_spark.rollout.protocol import Completion, SamplingParams
+from megatron_spark.rollout.protocol import GREEDY_TOP_P, Completion, SamplingParams
 from megatron_spark.spark.queue import ItemQueue
 from megatron_spark.train import checkpoint as ckpt
 from megatron_spark.train.batch import LossCoefficients, MicroBatch, token_counts, token_inputs
@@ -31,9 +31,6 @@ from megatron_spark.train.config import RunConfig
 from megatron_spark.train.kernels.fused_head import HeadConfig
 from megatron_spark.train.metrics import MetricsLogger, StageTimer
 from megatron_spark.train.optim import Optimizer
-
-GREEDY_TOP_P = 1e-6
-"""top_p that keeps only the most likely token: greedy decoding for evaluation."""
 
 
 def resolve_run_dir(cfg: RunConfig, command: str) -> Path:
