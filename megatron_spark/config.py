@@ -6,7 +6,7 @@ a tree of them. :func:`load_config` builds that tree from a YAML file and comman
 
 * an unknown key (the message lists the valid keys at that level),
 * a value of the wrong type (the message names the expected type, or the valid choices of a
-  ``Literal``),
+  ``Literal``), or a float that is nan or infinite,
 * a dataclass's own ``__post_init__`` complaint (re-raised with the section's name).
 
 :func:`dump_config` writes the resolved tree back as YAML (next to every run's outputs).
@@ -15,6 +15,7 @@ a tree of them. :func:`load_config` builds that tree from a YAML file and comman
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -78,7 +79,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     if tp is float and isinstance(value, str):
         # YAML 1.1 reads "1e-3" (no dot) as a string; accept what Python reads as a number.
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
     if tp is bool and not isinstance(value, bool):
@@ -87,6 +88,9 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         raise UserError(f"{source}: {key}={value!r} has the wrong type; expected int")
     if isinstance(tp, type) and not isinstance(value, tp):
         raise UserError(f"{source}: {key}={value!r} has the wrong type; expected {_type_name(tp)}")
+    if tp is float and not math.isfinite(value):
+        # Comparisons with nan are all false, so nan would slip through checks like `lr <= 0`.
+        raise UserError(f"{source}: {key}={value!r} is invalid; expected a finite number")
     return value
 
 

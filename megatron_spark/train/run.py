@@ -22,13 +22,15 @@ def run(cfg: RunConfig, command: str, resume: bool = False) -> str:
             s.release_engine()  # SFT only uses the engine to evaluate
         while s.step < cfg.train.num_steps:
             metrics = step_fn(s)
-            if s.should_eval():
+            if s.stop_error is None and s.should_eval():
                 if command == "sft":
                     s.sync_weights()
                 metrics.update(s.evaluate())
                 if command == "sft":
                     s.release_engine()
             s.log(metrics)  # before saving: a resumed run cuts the record back to its checkpoint
+            if s.stop_error is not None:
+                raise s.stop_error  # logged above, never saved: the last checkpoint stays good
             if s.should_save():
                 s.save()
         return str(s.run_dir)

@@ -118,6 +118,8 @@ class Session:
         self.step = 0
         self.skipped_steps = 0
         self.consecutive_bad = 0
+        self.stop_error: UserError | None = None
+        """Set by ``after_update`` when the run must stop (too many non-finite steps in a row)."""
         if resume:
             self._restore(latest)
         if self.rank == 0:
@@ -234,13 +236,14 @@ class Session:
         return dict(zip(keys, vec.tolist()))
 
     def after_update(self, applied: bool, loss: float, grad_norm: float, lr: float) -> dict[str, float]:
-        """Count a skipped (non-finite) step; stop after too many in a row."""
+        """Count a skipped (non-finite) step; after too many in a row set ``stop_error``, which the
+        loop raises once the step's metrics are written (so the record shows the stopping step)."""
         bad = not applied or not math.isfinite(loss) or not math.isfinite(grad_norm)
         if bad:
             self.skipped_steps += 1
             self.consecutive_bad += 1
             if self.consecutive_bad >= self.cfg.train.max_consecutive_bad_steps:
-                raise UserError(
+                self.stop_error = UserError(
                     f"{self.consecutive_bad} consecutive steps had a non-finite loss or gradient "
                     f"(last at step {self.step}); lower optim.lr or check the data "
                     f"(train.max_consecutive_bad_steps={self.cfg.train.max_consecutive_bad_steps})"

@@ -166,6 +166,7 @@ def build_cases(root: Path) -> dict[str, Case]:
         case("unknown_section", cfg=bad_section),
         case("wrong_type_float", "optim.lr=abc"),
         case("wrong_type_int", "train.num_steps=2.5"),
+        case("nan_lr", "optim.lr=nan"),
         case("bad_choice", "grpo.advantage=foo"),
         case("not_yaml", cfg=not_yaml),
         case("long_prompt", "task.max_prompt_tokens=4"),
@@ -235,6 +236,7 @@ def test_unknown_section_in_the_file(outcomes):
     [
         ("wrong_type_float", ("optim.lr='abc'", "expected float")),
         ("wrong_type_int", ("train.num_steps=2.5", "expected int")),
+        ("nan_lr", ("optim.lr=nan", "expected a finite number")),
     ],
 )
 def test_wrong_type_names_key_and_type(outcomes, name, needles):
@@ -314,9 +316,10 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(outcomes):
     line = failure_line(outcomes, "overflowing_reward")
     assert_names(line, "2 consecutive steps", "non-finite", "last at step 4", "max_consecutive_bad_steps=2")
     steps = records(case.run_dir)
-    assert [r["step"] for r in steps] == [0, 1, 2, 3]  # the stopping step is not recorded
-    assert [r["train/skipped_steps"] for r in steps[1:]] == [1.0, 1.0, 2.0]
-    assert steps[1]["train/grad_norm"] == "nan"
+    assert [r["step"] for r in steps] == [0, 1, 2, 3, 4]  # the stopping step is recorded...
+    assert [r["train/skipped_steps"] for r in steps[1:]] == [1.0, 1.0, 2.0, 3.0]
+    assert steps[1]["train/grad_norm"] == steps[4]["train/grad_norm"] == "nan"
+    assert not (case.run_dir / "checkpoints" / "step_000004").exists()  # ...and never saved
     assert isinstance(steps[2]["train/grad_norm"], float)  # finite: the skipped step left no trace
     assert isinstance(steps[2]["train/loss"], float)
 
@@ -328,6 +331,7 @@ def test_sft_with_a_huge_lr_stops_after_consecutive_bad_steps(outcomes):
     line = failure_line(outcomes, "sft_huge_lr")
     assert_names(line, "2 consecutive steps", "last at step 3", "lower optim.lr")
     steps = records(case.run_dir)
-    assert [r["step"] for r in steps] == [0, 1, 2]
+    assert [r["step"] for r in steps] == [0, 1, 2, 3]
     assert isinstance(steps[1]["train/grad_norm"], float) and steps[1]["train/skipped_steps"] == 0.0
     assert steps[2]["train/grad_norm"] == "nan" and steps[2]["train/skipped_steps"] == 1.0
+    assert steps[3]["train/grad_norm"] == "nan" and steps[3]["train/skipped_steps"] == 2.0
