@@ -14,6 +14,7 @@ a tree of them. :func:`load_config` builds that tree from a YAML file and comman
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import types
@@ -78,10 +79,8 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         return float(value)
     if tp is float and isinstance(value, str):
         # YAML 1.1 reads "1e-3" (no dot) as a string; accept what Python reads as a number.
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value)
-        except ValueError:
-            pass
     if tp is bool and not isinstance(value, bool):
         raise UserError(f"{source}: {key}={value!r} has the wrong type; expected true or false")
     if tp is int and isinstance(value, bool):
