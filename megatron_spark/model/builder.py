@@ -152,7 +152,35 @@ def build_model(
         rope_scaling=arch.rope_llama3_factor is not None,
         rope_scaling_factor=arch.rope_llama3_factor or 8.0,
     )
+    if not init_weights:
+        mark_tensor_parallel_weights(model)
     return model.to(platform.device())
+
+
+def mark_tensor_parallel_weights(model) -> None:
+    """Set megatron's tensor-parallel attributes on split weights that lack them.
+
+    megatron-core sets ``tensor_model_parallel`` / ``partition_dim`` on a split weight only while
+    initialising it, so a model built with ``perform_initialization=False`` (to load a checkpoint)
+    has unmarked shards. Everything that asks "is this a TP duplicate?" then gets it wrong: the
+    global gradient norm counted only TP rank 0's shards (TP=2 reported about half the norm,
+    clipped too little, and missed a non-finite gradient on rank 1's shards).
+    """
+    from megatron.core.tensor_parallel import layers
+
+    dims = {
+        layers.ColumnParallelLinear: 0,
+        layers.RowParallelLinear: 1,
+        layers.VocabParallelEmbedding: 0,
+    }
+    for module in model.modules():
+        dim = next((d for cls, d in dims.items() if isinstance(module, cls)), None)
+        if dim is None:  # Transformer Engine layers say which way they split
+            dim = {"column": 0, "row": 1}.get(getattr(module, "parallel_mode", None))
+        weight = getattr(module, "weight", None)
+        unmarked = isinstance(weight, torch.nn.Parameter) and not hasattr(weight, "tensor_model_parallel")
+        if dim is not None and unmarked:
+            layers.set_tensor_model_parallel_attributes(weight, True, dim, 1)
 
 
 def layer_offset(model) -> int:
