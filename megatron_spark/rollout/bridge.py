@@ -1,20 +1,29 @@
 """Weight bridge: live Megatron shards (any TP x PP) -> Hugging Face-named tensors for an engine.
 
 One model replica (its TP x PP ranks) syncs its own engine ranks; data-parallel replicas hold the
-same weights and never talk to each other here. For every pipeline stage, in order:
+same weights and never talk to each other here. For every pipeline stage, in order, bucket by
+bucket (a bucket holds whole parameters, at most ``bucket_bytes`` unless one parameter is larger):
 
-1. the stage's TP ranks all-gather each parameter and split it into HF tensors with the
-   converter's mapping (QKV per query group, gate/up, vocabulary padding stripped, tied output
-   copy skipped), so every TP rank of the owner stage holds the full tensors;
-2. consecutive tensors are packed into one flat buffer of at most ``bucket_bytes`` in the engine's
-   dtype;
-3. the buffer goes to every engine rank of other stages that shares the owner's TP index (a
+1. every TP rank of the owner stage sends its shard of each TP-split parameter, point to point, to
+   the TP ranks that need full tensors (those with an engine somewhere in their PP group);
+   replicated parameters need no traffic;
+2. a rank that needs them writes every rank's shard straight into its place in the bucket, already
+   in the HF layout (QKV per query group, gate/up, vocabulary padding stripped, tied output copy
+   skipped): TP rank r's part of an HF tensor is block r along the parameter's TP dimension;
+3. the bucket goes to every engine rank of other stages that shares the owner's TP index (a
    point-to-point send inside the PP group); engine ranks of the owner stage use it in place.
 
 Engine ranks receive the whole model as a stream of ``(hf_name, tensor)`` that they hand to
-``engine.update_weights``; every other rank runs the same loop to take part in the collectives.
+``engine.update_weights``; every other rank runs the same loop to take part in the transfers.
 The engine reshards full tensors to its own TP layout (vLLM's loaders do), so the engine's TP
 need not equal training's.
+
+Why not :func:`~megatron_spark.checkpoint.mapping.export_hf_tensors` (an all-gather per parameter,
+``torch.cat``, then a copy into a fresh bucket): measured on the CPU with gloo
+(tools/bench_bridge.py), its all-gather moved bytes ~7x slower than send/recv of the same shard,
+every TP rank received every byte though usually one hosts the engine, and every fresh
+multi-MiB tensor paid page faults worth about two copies. Here one bucket buffer and one receive
+buffer per TP peer are reused for the whole sync.
 """
 
 from __future__ import annotations
@@ -26,13 +35,17 @@ import torch
 import torch.distributed as dist
 
 from megatron_spark.checkpoint.mapping import (
-    export_hf_tensors,
+    Rule,
     full_to_hf,
     globalize,
     is_tied_output_copy,
     rule_for,
 )
 from megatron_spark.model.config import ModelArch
+
+Shape = tuple[int, ...]
+ParamPlan = tuple[Rule, list[tuple[str, Shape]]]
+"""One parameter: its mapping rule and the ``(hf_name, shape)`` of the HF tensors it becomes."""
 
 
 @dataclass(frozen=True)
@@ -48,33 +61,39 @@ def unwrap(model):
     return model
 
 
-def _stage_plan(model, arch: ModelArch, tp_size: int) -> list[tuple[str, tuple[int, ...]]]:
-    """``(hf_name, shape)`` in the order :func:`export_hf_tensors` yields them, without data."""
+def _owned_params(model, arch: ModelArch) -> Iterator[tuple[Rule, torch.nn.Parameter]]:
+    """This stage's parameters with their rules, the tied output-layer copy left out."""
     from megatron_spark.model.builder import layer_offset
 
     offset = layer_offset(model)
-    plan = []
     for name, param in model.named_parameters():
         gname = globalize(name, offset)
-        if is_tied_output_copy(arch, gname):
-            continue
-        rule = rule_for(gname)
+        if not is_tied_output_copy(arch, gname):
+            yield rule_for(gname), param
+
+
+def _stage_plan(model, arch: ModelArch, tp_size: int) -> list[ParamPlan]:
+    """Every parameter of this stage in stream order, with its HF tensors' names and shapes."""
+    plan = []
+    for rule, param in _owned_params(model, arch):
         shape = list(param.shape)
         if rule.tp_dim is not None:
             shape[rule.tp_dim] *= tp_size
         meta = torch.empty(shape, device="meta")
-        plan += [(n, tuple(t.shape)) for n, t in full_to_hf(arch, rule, meta)]
+        plan.append((rule, [(n, tuple(t.shape)) for n, t in full_to_hf(arch, rule, meta)]))
     return plan
 
 
-def _buckets(plan, elem_bytes: int, bucket_bytes: int) -> list[list[tuple[str, tuple[int, ...]]]]:
+def _buckets(plan: list[ParamPlan], elem_bytes: int, bucket_bytes: int) -> list[list[ParamPlan]]:
+    """Consecutive whole parameters, at most ``bucket_bytes`` a bucket (one larger parameter
+    gets a bucket of its own)."""
     buckets, cur, size = [], [], 0
-    for name, shape in plan:
-        n = elem_bytes * _numel(shape)
+    for entry in plan:
+        n = elem_bytes * sum(_numel(shape) for _, shape in entry[1])
         if cur and size + n > bucket_bytes:
             buckets.append(cur)
             cur, size = [], 0
-        cur.append((name, shape))
+        cur.append(entry)
         size += n
     if cur:
         buckets.append(cur)
@@ -86,6 +105,41 @@ def _numel(shape) -> int:
     for s in shape:
         n *= s
     return n
+
+
+def _shard_pieces(arch: ModelArch, rule: Rule, shard: torch.Tensor, tp_rank: int, tp_size: int) -> list:
+    """TP rank ``tp_rank``'s part of each HF tensor of ``rule``, as views of its ``shard`` (in
+    ``rule.hf_names`` order). Every rank's parts, concatenated along ``rule.tp_dim`` in rank order,
+    make the HF tensors: a rank holds whole query groups, row blocks of gate and of up, a row block
+    of the padded vocabulary, or a row/column block of a plain matrix. QKV parts keep the group
+    dimension, ``[groups, rows per group, *tail]``, so no copy is made here."""
+    if rule.kind == "qkv":
+        hd, tail = arch.head_dim, tuple(shard.shape[1:])
+        rows_q = arch.num_attention_heads // arch.num_query_groups * hd
+        grouped = shard.view((arch.num_query_groups // tp_size, rows_q + 2 * hd) + tail)
+        return list(grouped.split([rows_q, hd, hd], dim=1))
+    if rule.kind == "vocab":  # rows [r*n, (r+1)*n) of the padded vocabulary; keep the real ones
+        n = shard.shape[0]
+        return [shard[: max(0, min(n, arch.vocab_size - tp_rank * n))]]
+    return [t for _, t in full_to_hf(arch, rule, shard)]
+
+
+def _place(dst: torch.Tensor, pieces: list[torch.Tensor], dim: int) -> None:
+    """Copy every rank's piece into its block of ``dst`` along ``dim``, in rank order."""
+    offset = 0
+    for piece in pieces:
+        n = piece.numel() * dst.shape[dim] // max(dst.numel(), 1)
+        block = dst.narrow(dim, offset, n)
+        # A QKV piece is [groups, rows per group, *tail]; its dim-0 block is contiguous.
+        (block if block.shape == piece.shape else block.view(piece.shape)).copy_(piece)
+        offset += n
+
+
+def _reuse(buf: torch.Tensor | None, numel: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """``buf`` if it is large enough and of ``dtype``, else a new one of ``numel`` elements."""
+    if buf is None or buf.numel() < numel or buf.dtype != dtype:
+        buf = torch.empty(numel, dtype=dtype, device=device)
+    return buf
 
 
 class WeightBridge:
@@ -113,6 +167,7 @@ class WeightBridge:
         self.tp_group = tp_group
         self.pp_group = pp_group
         self.tp_size = dist.get_world_size(tp_group) if tp_group is not None else 1
+        self.tp_rank = dist.get_rank(tp_group) if tp_group is not None else 0
         self.pp_size = dist.get_world_size(pp_group) if pp_group is not None else 1
         self.pp_rank = dist.get_rank(pp_group) if pp_group is not None else 0
         bucket_bytes = max(1, int(config.bucket_mb * 2**20))
@@ -126,39 +181,89 @@ class WeightBridge:
         elem = torch.empty((), dtype=dtype).element_size()
         self.stage_buckets = [_buckets(plan, elem, bucket_bytes) for plan, _ in gathered]
         self.receivers = [recv for _, recv in gathered]  # indexed by PP rank
+        # A TP rank needs full tensors when an engine sits anywhere in its PP group.
+        self.needs_full = [any(self.receivers)]
+        if self.tp_size > 1:
+            self.needs_full = [None] * self.tp_size
+            # Every TP rank learns which TP peers to send its shards to.
+            dist.all_gather_object(self.needs_full, any(self.receivers), group=tp_group)
 
-    def _global(self, pp_rank: int) -> int:
-        return dist.get_global_rank(self.pp_group, pp_rank) if self.pp_group is not None else pp_rank
+    def _global(self, group, rank: int) -> int:
+        return dist.get_global_rank(group, rank) if group is not None else rank
 
     def stream(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield every HF tensor on engine ranks; other ranks must still exhaust the iterator."""
+        """Yield every HF tensor on engine ranks; other ranks must still exhaust the iterator.
+
+        A yielded tensor is a view into a buffer that the next bucket overwrites: copy it before
+        asking for more (``engine.update_weights`` does).
+        """
+        device = next(self.model.parameters()).device
+        bucket_buf, scratch = None, {}
         for stage, buckets in enumerate(self.stage_buckets):
             own = stage == self.pp_rank
-            source = None
-            if own:
-                source = export_hf_tensors(self.model, self.arch, self.tp_group)
+            if not (own or self.receive):
+                continue
+            params = _owned_params(self.model, self.arch) if own else None
+            fill = own and self.needs_full[self.tp_rank]
             for bucket in buckets:
-                sizes = [_numel(shape) for _, shape in bucket]
+                names = [hf for _, tensors in bucket for hf in tensors]
+                sizes = [_numel(shape) for _, shape in names]
+                views = None
+                if fill or self.receive:
+                    bucket_buf = _reuse(bucket_buf, sum(sizes), self.dtype, device)
+                    flat = bucket_buf[: sum(sizes)]
+                    views = [c.view(shape) for c, (_, shape) in zip(flat.split(sizes), names)]
                 if own:
-                    flat = torch.empty(sum(sizes), dtype=self.dtype, device=_device(self.model))
-                    for (name, shape), chunk in zip(bucket, flat.split(sizes)):
-                        got_name, tensor = next(source)
-                        assert got_name == name and tuple(tensor.shape) == shape, (got_name, name)
-                        chunk.view(shape).copy_(tensor)
+                    self._fill(bucket, params, views if fill else None, scratch)
                     for peer, recv in enumerate(self.receivers):
                         if recv and peer != stage:
                             # The owner stage's rank with our TP index -> that stage's engine rank.
-                            dist.send(flat, dst=self._global(peer), group=self.pp_group)
-                elif self.receive:
-                    flat = torch.empty(sum(sizes), dtype=self.dtype, device=_device(self.model))
-                    dist.recv(flat, src=self._global(stage), group=self.pp_group)
+                            dist.send(flat, dst=self._global(self.pp_group, peer), group=self.pp_group)
                 else:
-                    continue
+                    dist.recv(flat, src=self._global(self.pp_group, stage), group=self.pp_group)
                 if self.receive:
-                    for (name, shape), chunk in zip(bucket, flat.split(sizes)):
-                        yield name, chunk.view(shape)
+                    yield from zip((name for name, _ in names), views)
             if own:
-                assert next(source, None) is None, "plan and export disagree"
+                assert next(params, None) is None, "plan and model disagree"
+
+    def _fill(self, bucket: list[ParamPlan], params, views: list | None, scratch: dict) -> None:
+        """Take part in this bucket's TP transfers and, where ``views`` is given, write every
+        parameter into it as HF tensors."""
+        i = 0
+        for rule, tensors in bucket:
+            got, param = next(params)
+            assert got == rule, (got.megatron_name, rule.megatron_name)
+            local = param.detach()
+            split = self.tp_size > 1 and rule.tp_dim is not None
+            shards = self._gather(local, scratch) if split else [local]
+            if views is not None:
+                parts = [_shard_pieces(self.arch, rule, s, r, len(shards)) for r, s in enumerate(shards)]
+                dim = rule.tp_dim if split else 0
+                for j, dst in enumerate(views[i : i + len(tensors)]):
+                    _place(dst, [p[j] for p in parts], dim)
+            i += len(tensors)
+
+    def _gather(self, local: torch.Tensor, scratch: dict) -> list[torch.Tensor] | None:
+        """Every TP rank's shard of one TP-split parameter, in rank order, on the TP ranks that
+        need full tensors (received into reused ``scratch`` buffers); None elsewhere."""
+        works, shards = [], None
+        if self.needs_full[self.tp_rank]:
+            shards = []
+            for r in range(self.tp_size):
+                if r == self.tp_rank:
+                    shards.append(local)
+                    continue
+                scratch[r] = _reuse(scratch.get(r), local.numel(), local.dtype, local.device)
+                shards.append(scratch[r][: local.numel()].view(local.shape))
+                # TP peer r's shard of this parameter (TP group).
+                works.append(dist.irecv(shards[-1], src=self._global(self.tp_group, r), group=self.tp_group))
+        for r, need in enumerate(self.needs_full):
+            if need and r != self.tp_rank:
+                # Our shard to TP peer r, which needs full tensors (TP group).
+                works.append(dist.isend(local, dst=self._global(self.tp_group, r), group=self.tp_group))
+        for w in works:
+            w.wait()
+        return shards
 
     def sync(self, engine=None) -> int:
         """Push the current weights into ``engine`` (None on ranks without one). Returns bytes sent
@@ -177,7 +282,3 @@ class WeightBridge:
         for _ in stream:  # non-engine ranks (and anything the engine left) still take part
             pass
         return received
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
