@@ -84,7 +84,8 @@ class RolloutEngine(Protocol):
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Replace every weight. Hugging Face names and layouts (``model.layers.0.self_attn.
         q_proj.weight``), full unsharded tensors, streamed in any order, all of them in ONE call;
-        the engine raises if a parameter is missing, unknown, or of the wrong shape."""
+        the engine raises if a parameter is missing, unknown, or of the wrong shape. A streamed
+        tensor may be a view of a buffer the stream reuses: copy it before taking the next one."""
         ...
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
