@@ -48,7 +48,7 @@ def run_demo(run_dir: str | Path, seed: int = 0, overrides: list[str] = ()) -> i
         raise UserError(f"{root}: run directory exists and is not empty")
     console = Console()
     console.print(f"[bold]tiny SPARK demo[/bold]: warm start, SPARK, evaluation; run directory {root}")
-    times, evals, init = {}, {}, []
+    times, init = {}, []
     for stage, recipe, command in STAGES:
         cfg = load_config(
             RunConfig, RECIPES / recipe, [f"run_dir={root / stage}", f"seed={seed}", *init, *overrides]
@@ -56,7 +56,6 @@ def run_demo(run_dir: str | Path, seed: int = 0, overrides: list[str] = ()) -> i
         start = time.perf_counter()
         run(cfg, command)
         times[stage] = time.perf_counter() - start
-        evals[stage] = _evals(root / stage)[-1]
         init = [f"model.init={_latest_checkpoint(root / stage)}"]
 
     start = time.perf_counter()
@@ -65,8 +64,9 @@ def run_demo(run_dir: str | Path, seed: int = 0, overrides: list[str] = ()) -> i
     times["eval"] = time.perf_counter() - start
     result = json.loads((root / "eval" / "eval.json").read_text())
 
-    # SPARK's first evaluation scores the warm start as policy, judge and reflector.
-    evals["sft"] = _evals(root / "spark")[0]
+    # SPARK's first evaluation (step 0) scores the warm start as policy, judge and reflector.
+    spark_evals = _evals(root / "spark")
+    evals = {"sft": spark_evals[0], "spark": spark_evals[-1]}
     summary = {
         "run_dir": str(root),
         "heldout": evals,

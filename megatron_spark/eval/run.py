@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -204,30 +205,26 @@ def run_generate(cfg: RunConfig, opts: GenerateOptions) -> list[dict]:
             f"--tts {opts.tts}: {src} was never trained on judge prompts (no SPARK run or judge warm "
             f"start wrote it), so its verdicts mean nothing; use a SPARK checkpoint or --tts none"
         )
-    import tempfile
-
-    scratch = tempfile.mkdtemp(prefix="megatron-spark-generate-")  # the session's config/summary
-    cfg = dataclasses.replace(
-        cfg,
-        run_dir=scratch,
-        model=dataclasses.replace(cfg.model, init=str(src)),
-        train=dataclasses.replace(cfg.train, eval_num_problems=0),
-    )
-    s = Session(cfg, "eval")
-    try:
-        gen, q = _generate_texts(s), list(opts.prompts)
-        mx, jmx, box = s.cfg.rollout.max_new_tokens, s.cfg.spark.max_new_tokens, s.cfg.task.verifier.box
-        if opts.tts == "self-reflect":
-            r = self_reflect(q, gen, s.tokenizer, opts.rounds, mx, jmx, box)
-            responses, gens = r.responses, r.generations
-        elif opts.tts == "best-of-n":
-            r = best_of_n(q, gen, s.tokenizer, opts.n, mx, jmx, seed=s.cfg.seed, box=box)
-            responses, gens = r.responses, r.generations
-        else:
-            responses, gens = s.greedy(q, mx), [1] * len(q)
-        return [{"prompt": p, "response": t, "generations": g} for p, t, g in zip(q, responses, gens)]
-    finally:
-        s.close()
-        import shutil
-
-        shutil.rmtree(scratch, ignore_errors=True)
+    # The session writes its config and summary into run_dir: a scratch one, gone afterwards.
+    with tempfile.TemporaryDirectory(prefix="megatron-spark-generate-") as scratch:
+        cfg = dataclasses.replace(
+            cfg,
+            run_dir=scratch,
+            model=dataclasses.replace(cfg.model, init=str(src)),
+            train=dataclasses.replace(cfg.train, eval_num_problems=0),
+        )
+        s = Session(cfg, "eval")
+        try:
+            gen, q = _generate_texts(s), list(opts.prompts)
+            mx, jmx, box = s.cfg.rollout.max_new_tokens, s.cfg.spark.max_new_tokens, s.cfg.task.verifier.box
+            if opts.tts == "self-reflect":
+                r = self_reflect(q, gen, s.tokenizer, opts.rounds, mx, jmx, box)
+                responses, gens = r.responses, r.generations
+            elif opts.tts == "best-of-n":
+                r = best_of_n(q, gen, s.tokenizer, opts.n, mx, jmx, seed=s.cfg.seed, box=box)
+                responses, gens = r.responses, r.generations
+            else:
+                responses, gens = s.greedy(q, mx), [1] * len(q)
+            return [{"prompt": p, "response": t, "generations": g} for p, t, g in zip(q, responses, gens)]
+        finally:
+            s.close()
