@@ -164,7 +164,7 @@ def mark_tensor_parallel_weights(model) -> None:
     initialising it, so a model built with ``perform_initialization=False`` (to load a checkpoint)
     has unmarked shards. Everything that asks "is this a TP duplicate?" then gets it wrong: the
     global gradient norm counted only TP rank 0's shards (TP=2 reported about half the norm,
-    clipped too little, and missed a non-finite gradient on rank 1's shards).
+    clipped too little, and could miss a non-finite gradient on rank 1's shards).
     """
     from megatron.core.tensor_parallel import layers
 
