@@ -12,8 +12,9 @@ How a call runs:
   rows that hit a stop token are dropped from the batch and the cache (``batch_select_indices``),
   and the loop ends when none is left;
 * sampling is inverse-CDF with one uniform per (sequence, step), drawn up front for the whole call
-  from ``params.seed``. So the tokens of a sequence depend only on its prompt, its index in the
-  call, the seed and the weights -- not on chunking or on which other prompts share the batch.
+  from ``params.seed``. So the tokens of a sequence depend only on its prompt, its row (index in
+  the call plus ``params.first_row``), the seed and the weights -- not on chunking, on which other
+  prompts share the batch, or on how a step's prompts were split across data-parallel replicas.
 
 Lifecycle (see the protocol): the engine starts without valid weights; ``update_weights`` must
 deliver every parameter before ``generate``. ``sleep`` frees the parameter storage (the trainer
@@ -191,9 +192,11 @@ class HFEngine:
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
         """Sample one completion per prompt; the same call (seed, weights) gives the same result."""
         self._check_ready(prompts, params.max_new_tokens)
-        # One uniform per (sequence, step), drawn once: results do not depend on chunking.
+        # One uniform per (sequence, step), drawn once: results do not depend on chunking. Rows
+        # before ``first_row`` are drawn and dropped, so a share of a batch samples as in one call.
         gen = torch.Generator().manual_seed(params.seed)
-        uniforms = torch.rand((len(prompts), params.max_new_tokens), generator=gen, dtype=torch.float64)
+        shape = (params.first_row + len(prompts), params.max_new_tokens)
+        uniforms = torch.rand(shape, generator=gen, dtype=torch.float64)[params.first_row :]
         out: list[Completion | None] = [None] * len(prompts)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         for start in range(0, len(order), self.max_batch_sequences):

@@ -53,6 +53,11 @@ class SamplingParams:
     """A sequence ends right after it emits one of these; the stop token is kept in the output."""
     seed: int = 0
     """Seeds the sampling: the same call with the same seed and weights gives the same tokens."""
+    first_row: int = 0
+    """Index of the call's first prompt in a wider batch that was split across calls (a
+    data-parallel replica's share of a step): prompt ``i`` is sampled exactly as row
+    ``first_row + i`` of one call over the whole batch with the same seed would be, so the
+    samples do not depend on how the batch was split."""
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:

@@ -28,7 +28,8 @@ Neither is "temperature applied, top-p not" (our convention). With ``top_p = 1``
 processed logprobs are exactly ours, so this engine requires ``top_p == 1`` and says so when it is
 not; there is no exact match in vLLM for ``top_p < 1``.
 
-Seeds. Every request gets its own seed derived from ``(params.seed, replica_index, row)``: equal
+Seeds. Every request gets its own seed derived from ``(params.seed, replica_index, row)``, the row
+counted from ``params.first_row``: equal
 prompts in one call (GRPO's n samples per prompt) draw independent samples, ranks of a TP group
 draw the same ones, and the same call repeats.
 """
@@ -247,7 +248,7 @@ class VLLMEngine:
                 top_p=1.0,
                 max_tokens=params.max_new_tokens,
                 stop_token_ids=list(params.stop_token_ids),
-                seed=request_seed(params.seed, self._replica, row),
+                seed=request_seed(params.seed, self._replica, params.first_row + row),
                 logprobs=0,  # only the sampled token's logprob
                 ignore_eos=True,  # end on our stop ids only, never on the config's eos
                 detokenize=False,

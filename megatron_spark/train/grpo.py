@@ -27,8 +27,12 @@ from megatron_spark.train.batch import LossCoefficients, Sample, build_micro_bat
 from megatron_spark.train.session import Session
 
 
-def sample_groups(s: Session, prompts: Sequence[str], n: int, max_new_tokens: int, purpose: int = 0):
-    """Completions of this rank's ``prompts`` (texts), ``n`` samples each, prompt-major."""
+def sample_groups(
+    s: Session, prompts: Sequence[str], n: int, max_new_tokens: int, purpose: int = 0, first: int = 0
+):
+    """Completions of this rank's ``prompts`` (texts), ``n`` samples each, prompt-major.
+    ``first``: the index of ``prompts[0]`` in the step-wide list this rank's share was cut from,
+    so that every sample is drawn as in a one-process run."""
     ids = [s.tokenizer.encode_prompt(p) for p in prompts]
     params = SamplingParams(
         temperature=s.cfg.rollout.temperature,
@@ -36,14 +40,18 @@ def sample_groups(s: Session, prompts: Sequence[str], n: int, max_new_tokens: in
         max_new_tokens=max_new_tokens,
         stop_token_ids=(s.tokenizer.eos_id,),
         seed=s.sampling_seed(purpose),
+        first_row=first * n,
     )
     return s.generate([p for p in ids for _ in range(n)], params)
 
 
-def rollout(s: Session, problems):
-    """``completions`` for this rank's problems, n samples each, prompt-major."""
+def rollout(s: Session, problems, first: int = 0):
+    """``completions`` for this rank's problems (``first``: see :func:`sample_groups`), n samples
+    each, prompt-major."""
     r = s.cfg.rollout
-    return sample_groups(s, [p.prompt for p in problems], r.num_samples_per_prompt, r.max_new_tokens)
+    return sample_groups(
+        s, [p.prompt for p in problems], r.num_samples_per_prompt, r.max_new_tokens, first=first
+    )
 
 
 def score(s: Session, problems, completions) -> tuple[torch.Tensor, int]:
@@ -123,7 +131,12 @@ def update(s: Session, groups: list[list[Sample]], ce_coef: float = 0.0) -> dict
     coef = LossCoefficients(kl=cfg.grpo.kl_coef, entropy=cfg.grpo.entropy_coef, ce=ce_coef)
     train: dict[str, float] = {}
     gap, gap_tokens = 0.0, 0.0
-    chunks = minibatches(groups, cfg.grpo.num_minibatches)
+    # Every DP rank must take the same number of optimizer steps (each one all-reduces the
+    # gradients): as many as the rank with the fewest groups can fill, at most num_minibatches.
+    k = s.min_over_replicas(min(cfg.grpo.num_minibatches, len(groups)))
+    if k < 1:
+        raise RuntimeError("update: a data-parallel rank has no samples (callers must give each one)")
+    chunks = minibatches(groups, k)
     plans = [build_micro_batches(chunk, cfg.train.micro_batch_tokens) for chunk in chunks]
     with s.timer("logprobs"):  # every chunk's old log-probs before the first update
         for mbs in plans:
@@ -208,7 +221,7 @@ def policy_phase(s: Session):
     cfg = s.cfg
     problems = s.my_share(s.sampler.next_batch(cfg.train.num_prompts_per_step))
     with s.timer("rollout"):
-        completions = rollout(s, problems)
+        completions = rollout(s, problems, first=s.share_bounds(cfg.train.num_prompts_per_step)[0])
     with s.timer("verify"):
         rewards, timeouts = score(s, problems, completions)
     return problems, completions, rewards, timeouts

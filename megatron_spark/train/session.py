@@ -163,13 +163,36 @@ class Session:
             self.engine.sleep()
 
     def sampling_seed(self, purpose: int = 0) -> int:
-        """Distinct per run seed, step, DP rank and purpose; the same on resume."""
-        return hash((self.cfg.seed, self.step, self.dp_rank, purpose)) & 0x7FFFFFFF
+        """Distinct per run seed, step and purpose, equal on every rank (each DP replica samples
+        its rows of the step-wide batch, ``SamplingParams.first_row``); the same on resume."""
+        # The 0 stands where the DP rank once was, so that recorded one-process runs reproduce.
+        return hash((self.cfg.seed, self.step, 0, purpose)) & 0x7FFFFFFF
+
+    def share_bounds(self, n: int) -> tuple[int, int]:
+        """``[start, stop)`` of this DP rank's contiguous share of ``n`` step-wide entries; the
+        shares differ in size by at most one and together cover all ``n``."""
+        return self.dp_rank * n // self.dp_size, (self.dp_rank + 1) * n // self.dp_size
 
     def my_share(self, items: Sequence) -> list:
-        """This DP rank's contiguous slice of a step-wide list."""
-        n = len(items) // self.dp_size
-        return list(items[self.dp_rank * n : (self.dp_rank + 1) * n])
+        """This DP rank's contiguous slice of a step-wide list (see :meth:`share_bounds`)."""
+        start, stop = self.share_bounds(len(items))
+        return list(items[start:stop])
+
+    def gather_replicas(self, obj) -> list:
+        """``obj`` of every DP replica, in DP-rank order (on every rank; ``[obj]`` without DP)."""
+        if self.dp_size == 1:
+            return [obj]
+        out = [None] * self.dp_size
+        dist.all_gather_object(out, obj, group=self.dp_group)
+        return out
+
+    def min_over_replicas(self, value: int) -> int:
+        """The smallest ``value`` over the DP replicas (every rank must call this)."""
+        if self.dp_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.dp_group)
+        return int(t.item())
 
     # ------------------------------------------------------------------ training
 

@@ -40,8 +40,8 @@ def sft_samples(s: Session, problems) -> list[Sample]:
 
 def sft_step(s: Session) -> dict[str, float]:
     start = time.perf_counter()
-    problems = s.my_share(s.sampler.next_batch(s.cfg.train.num_prompts_per_step))
-    samples = sft_samples(s, problems)
+    # Built for the whole step, then shared: the example mix does not depend on the DP size.
+    samples = s.my_share(sft_samples(s, s.sampler.next_batch(s.cfg.train.num_prompts_per_step)))
     with s.timer("train"):
         mbs = build_micro_batches(samples, s.cfg.train.micro_batch_tokens)
         stats = s.train_on(mbs, LossCoefficients(ce=1.0))

@@ -10,7 +10,13 @@ Joint schedule (default), one step::
 
 Alternating schedule (the paper's): a plain GRPO update on the task prompts, recycle, then pop
 items, roll them out with the updated policy and take a second update; two syncs per step. An
-empty queue skips the second phase (counted in ``spark/item_phase_skipped``), it is not an error.
+empty queue (with data parallelism: fewer items than DP ranks, which stay queued) skips the second
+phase (counted in ``spark/item_phase_skipped``); it is not an error.
+
+Data parallelism: every rank recycles the whole step's groups (gathered from all replicas) and so
+holds the same queue; each step's popped items are split across the replicas like the prompts,
+and every sample is drawn as in one process (``SamplingParams.first_row``). A run at DP=N thus
+trains on the same samples as the same run in one process.
 
 The optional teacher-forced verdict loss (``spark.judge_ce_weight``) adds, per judge item, the
 first sample's response up to its verdict box followed by the correct verdict, with cross-entropy
@@ -48,21 +54,34 @@ ITEM_PURPOSE = 1
 
 
 def recycle_step(s: Session, problems, completions, rewards: torch.Tensor) -> list[Item]:
-    """Items from this step's task groups; identical on every rank of a replica (same inputs,
-    same seeded generator), so no broadcast is needed."""
+    """Items from the task groups of the whole step, every DP replica's gathered in DP-rank order.
+
+    The result is identical on every rank (same groups, same seeded generator), so every rank
+    keeps the same queue, and the per-step caps and label balance apply to the step as in one
+    process, whatever the data-parallel size."""
     n = s.cfg.rollout.num_samples_per_prompt
     texts = [s.tokenizer.decode(c.token_ids) for c in completions]
-    groups = [ScoredGroup(p, texts[i * n : (i + 1) * n], rewards[i].tolist()) for i, p in enumerate(problems)]
+    mine = [(p, texts[i * n : (i + 1) * n], rewards[i].tolist()) for i, p in enumerate(problems)]
+    groups = [ScoredGroup(*g) for share in s.gather_replicas(mine) for g in share]
     rng = random.Random(s.sampling_seed(purpose=2))
     return recycle(groups, s.step, s.cfg.spark, s.cfg.task.verifier.box, rng)
 
 
-def roll_items(s: Session, items: list[Item]):
-    """Rollout and rewards ``[items, m]`` of ``items`` (judge: verdict vs label; reflection: the
-    task verifier vs the ground truth)."""
+def pop_items(s: Session) -> tuple[list[Item], list[Item], int]:
+    """``(popped, mine, first)``: the step's items (the same on every rank), this DP rank's
+    contiguous share of them and the index of its first item."""
+    popped = s.queue.pop(s.cfg.spark.items_per_step, s.step)
+    first, stop = s.share_bounds(len(popped))
+    return popped, popped[first:stop], first
+
+
+def roll_items(s: Session, items: list[Item], first: int = 0):
+    """Rollout and rewards ``[items, m]`` of this rank's ``items`` (judge: verdict vs label;
+    reflection: the task verifier vs the ground truth); ``first``: see :func:`pop_items`."""
     m = s.cfg.spark.num_samples_per_item
     with s.timer("item_rollout"):
-        completions = sample_groups(s, [x.prompt for x in items], m, s.cfg.spark.max_new_tokens, ITEM_PURPOSE)
+        prompts = [x.prompt for x in items]
+        completions = sample_groups(s, prompts, m, s.cfg.spark.max_new_tokens, ITEM_PURPOSE, first)
     with s.timer("item_verify"):
         targets = [(x.label, x.choices or None) for x in items for _ in range(m)]
         rewards, timeouts = score_with(s, completions, targets, m)
@@ -107,20 +126,23 @@ def verdict_ce_sample(s: Session, completions, item: Item) -> Sample | None:
 
 
 def item_metrics(s: Session, items: list[Item], built: list[Item], rewards: torch.Tensor) -> dict[str, float]:
-    """``judge/*``, ``reflection/*`` and ``spark/*`` of this step, summed over the world."""
+    """``judge/*``, ``reflection/*`` and ``spark/*`` of this step, summed over the world.
+    ``items`` and ``rewards`` are this rank's share; ``built`` and the queue are the same on
+    every rank and counted once."""
     mine = s.rank == s.mp_leader
+    once = mine and s.dp_rank == 0
     sums: dict[str, float] = {}
     for kind in ITEM_KINDS:
         rows = [i for i, x in enumerate(items) if x.kind == kind]
         sums[f"reward_{kind}"] = float(rewards[rows].sum()) if mine and rows else 0.0
         sums[f"samples_{kind}"] = float(rewards[rows].numel()) if mine and rows else 0.0
         sums[f"trained_{kind}"] = float(len(rows)) if mine else 0.0
-        sums[f"built_{kind}"] = float(sum(x.kind == kind for x in built)) if mine else 0.0
+        sums[f"built_{kind}"] = float(sum(x.kind == kind for x in built)) if once else 0.0
     point = [x for x in built if x.kind == "pointwise"]
-    sums["pos"] = float(sum(x.polarity == "correct" for x in point)) if mine else 0.0
-    sums["point"] = float(len(point)) if mine else 0.0
-    sums["queue"] = float(len(s.queue)) if mine else 0.0
-    sums["expired"] = float(s.queue.expired) if mine else 0.0
+    sums["pos"] = float(sum(x.polarity == "correct" for x in point)) if once else 0.0
+    sums["point"] = float(len(point)) if once else 0.0
+    sums["queue"] = float(len(s.queue)) if once else 0.0
+    sums["expired"] = float(s.queue.expired) if once else 0.0
     t = s.reduce(sums)
     out = {
         "judge/pointwise_accuracy": t["reward_pointwise"] / max(1.0, t["samples_pointwise"]),
@@ -136,19 +158,14 @@ def item_metrics(s: Session, items: list[Item], built: list[Item], rewards: torc
     return out
 
 
-def items_this_step(s: Session) -> int:
-    """This data-parallel rank's share of ``spark.items_per_step``."""
-    return max(1, s.cfg.spark.items_per_step // s.dp_size)
-
-
 def spark_step(s: Session) -> dict[str, float]:
     if s.cfg.spark.schedule == "alternating":
         return alternating_step(s)
     start = time.perf_counter()
-    items = s.queue.pop(items_this_step(s), s.step)
+    _, items, first = pop_items(s)
     problems, completions, rewards, timeouts = policy_phase(s)
     if items:
-        item_completions, item_rewards, item_timeouts = roll_items(s, items)
+        item_completions, item_rewards, item_timeouts = roll_items(s, items, first)
     else:
         item_completions, item_rewards, item_timeouts = [], torch.zeros(0, 1, dtype=torch.float64), 0
     s.release_engine()
@@ -181,12 +198,13 @@ def alternating_step(s: Session) -> dict[str, float]:
     t = update(s, groups)  # phase 1: the policy
     metrics = {**policy_metrics(s, completions, rewards, timeouts), **train_metrics(t)}
     samples = [x for g in groups for x in g]
-    items = s.queue.pop(items_this_step(s), s.step)
-    # Every DP rank must agree on whether phase 2 runs (it holds collectives).
-    run_items = s.reduce({"empty": 0.0 if items else 1.0})["empty"] == 0.0
+    popped, items, first = pop_items(s)
+    # Phase 2 holds collectives: it runs when every DP rank has a share (``popped`` is the same
+    # on every rank, so they all decide alike).
+    run_items = len(popped) >= s.dp_size
     item_rewards = torch.zeros(0, 1, dtype=torch.float64)
     if run_items:
-        item_completions, item_rewards, _ = roll_items(s, items)
+        item_completions, item_rewards, _ = roll_items(s, items, first)
         s.release_engine()
         item_groups = item_samples(s, items, item_completions, item_rewards)
         t2 = update(s, item_groups, ce_coef=s.cfg.spark.judge_ce_weight)  # phase 2: judge and reflection
@@ -195,7 +213,7 @@ def alternating_step(s: Session) -> dict[str, float]:
         }
         samples += [x for g in item_groups for x in g]
     else:
-        s.queue.requeue(items)  # a rank that did pop keeps its items for the next step
+        s.queue.requeue(popped)  # too few for every rank: kept for the next step
     metrics["spark/item_phase_skipped"] = 0.0 if run_items else 1.0
     metrics.update(item_metrics(s, items if run_items else [], built, item_rewards))
     metrics.update(throughput(s, samples, start))

@@ -241,28 +241,22 @@ def test_eval_and_self_reflection_on_the_warm_start(warm_start, tmp_path):
     assert row["prompt"] == "Compute 1+2+3." and 1 <= row["generations"] <= 3
 
 
-@pytest.mark.parametrize("layout", ["tensor_parallel_size", "pipeline_parallel_size"])
-def test_joint_schedule_at_tp2_and_pp2_equals_one_process(warm_start, tmp_path, layout):
-    """SPARK under torchrun: the same seed gives the same rollouts, items, rewards, losses and
-    gradient norms at TP=2 or PP=2 as in one process (float32: reduction order only)."""
-    args = [
-        SPARK,
-        f"model.init={warm_start}",
-        "train.num_steps=2",
-        "train.num_prompts_per_step=8",
-        "spark.items_per_step=8",
-        "train.eval_every_steps=2",
-        "train.eval_num_problems=16",
-        "train.save_every_steps=0",
-    ]
-    run_cli(["train", *args, f"run_dir={tmp_path / 'one'}"], check=True, timeout=600)
-    run_torchrun(
-        2, ["-m", "megatron_spark.cli", "train", *args, f"run_dir={tmp_path / 'two'}", f"parallel.{layout}=2"]
-    )
-    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+SHORT_RUN = [
+    "train.num_steps=2",
+    "train.num_prompts_per_step=8",
+    "spark.items_per_step=8",
+    "train.eval_every_steps=2",
+    "train.eval_num_problems=16",
+    "train.save_every_steps=0",
+]
+
+
+def assert_same_run(one, two):
+    """Same steps, counts, rewards and accuracies; training statistics equal up to float32
+    reduction order; and step 2 trained the items step 1 built."""
     assert [r["step"] for r in one] == [r["step"] for r in two] == [0, 1, 2]
     trained = sum(one[2][f"spark/items_trained/{k}"] for k in ("pointwise", "pairwise", "reflection"))
-    assert trained > 0  # step 2 trains the items step 1 built
+    assert trained > 0
     for a, b in zip(one, two):
         for key, value in a.items():
             if key.startswith(("time/", "perf/")):
@@ -271,3 +265,32 @@ def test_joint_schedule_at_tp2_and_pp2_equals_one_process(warm_start, tmp_path, 
                 assert b[key] == pytest.approx(value, rel=1e-4, abs=1e-7), (a["step"], key)
             else:  # counts, rewards, accuracies: exactly equal
                 assert b[key] == value, (a["step"], key)
+
+
+@pytest.mark.parametrize("layout", ["tensor_parallel_size", "pipeline_parallel_size"])
+def test_joint_schedule_at_tp2_and_pp2_equals_one_process(warm_start, tmp_path, layout):
+    """SPARK under torchrun: the same seed gives the same rollouts, items, rewards, losses and
+    gradient norms at TP=2 or PP=2 as in one process (float32: reduction order only)."""
+    args = [SPARK, f"model.init={warm_start}", *SHORT_RUN]
+    run_cli(["train", *args, f"run_dir={tmp_path / 'one'}"], check=True, timeout=600)
+    run_torchrun(
+        2, ["-m", "megatron_spark.cli", "train", *args, f"run_dir={tmp_path / 'two'}", f"parallel.{layout}=2"]
+    )
+    assert_same_run(metrics(tmp_path / "one"), metrics(tmp_path / "two"))
+
+
+@pytest.mark.parametrize("schedule", ["joint", "alternating"])
+def test_joint_and_alternating_at_dp2_equal_one_process(warm_start, tmp_path, schedule):
+    """Two data-parallel replicas train on exactly the samples of one process: each samples its
+    rows of the step-wide batch, both recycle the whole step's groups into the same queue and
+    split the popped items. (One optimizer step per update, so that it sees the same samples.)"""
+    args = [
+        SPARK,
+        f"model.init={warm_start}",
+        *SHORT_RUN,
+        f"spark.schedule={schedule}",
+        "grpo.num_minibatches=1",
+    ]
+    run_cli(["train", *args, f"run_dir={tmp_path / 'one'}"], check=True, timeout=600)
+    run_torchrun(2, ["-m", "megatron_spark.cli", "train", *args, f"run_dir={tmp_path / 'two'}"])
+    assert_same_run(metrics(tmp_path / "one"), metrics(tmp_path / "two"))

@@ -1,5 +1,7 @@
 """HFEngine: sampling logprobs equal a teacher-forced unpadded forward, and the protocol holds."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -88,6 +90,20 @@ def test_same_seed_repeats_and_other_seed_differs(engine):
     assert [c.token_ids for c in first] == [c.token_ids for c in again]
     assert [c.logprobs for c in first] == [c.logprobs for c in again]
     assert [c.token_ids for c in first] != [c.token_ids for c in other]
+
+
+def test_a_share_of_the_batch_samples_its_rows_as_the_whole_call_does(engine):
+    """A data-parallel replica generates its slice with ``first_row``: same tokens and log-probs
+    as those rows of one call over the whole batch; without it the rows differ."""
+    prompts = _prompts(seed=0) + _prompts(seed=1)  # 12 prompts
+    params = SamplingParams(max_new_tokens=10, seed=12)
+    whole = engine.generate(prompts, params)
+    share = engine.generate(prompts[5:11], dataclasses.replace(params, first_row=5))
+    assert len(share) == 6
+    assert [c.token_ids for c in share] == [c.token_ids for c in whole[5:11]]
+    assert [c.logprobs for c in share] == [c.logprobs for c in whole[5:11]]
+    unshifted = engine.generate(prompts[5:11], params)
+    assert [c.token_ids for c in unshifted] != [c.token_ids for c in whole[5:11]]
 
 
 def test_equal_prompts_draw_independent_samples(engine):

@@ -5,6 +5,7 @@ a vLLM keyword the contract test (run wherever vLLM is installed) does not check
 with those keywords is not tested here.
 """
 
+import dataclasses
 import json
 import random
 import subprocess
@@ -160,6 +161,9 @@ def test_completions_carry_the_sampled_logprobs_and_stop_reason(fake_vllm):
         assert (c.token_ids[-1] in stop) == (c.finish_reason == "stop")
     again = engine.generate(prompts, params)
     assert [c.token_ids for c in again] == [c.token_ids for c in completions]
+    # A share of the batch (a data-parallel replica's) draws its rows as the whole call did.
+    share = engine.generate(prompts[5:11], dataclasses.replace(params, first_row=5))
+    assert [c.token_ids for c in share] == [c.token_ids for c in completions[5:11]]
 
 
 def test_top_p_below_one_is_refused(fake_vllm):
