@@ -124,7 +124,19 @@ def run_torchrun(nproc: int, args: list[str], timeout: int = 600) -> subprocess.
         f"--master-port={free_port()}",
         *args,
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # SIGTERM: torchrun stops its workers (they run in their own sessions, and a hung one
+        # would otherwise keep the pipes open so that the wait never ended).
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+        raise AssertionError(
+            f"{' '.join(cmd)} timed out after {timeout} s:\n{out[-4000:]}\n{err[-8000:]}"
+        ) from None
     if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
-    return proc
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{out[-4000:]}\n{err[-8000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

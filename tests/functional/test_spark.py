@@ -294,3 +294,30 @@ def test_joint_and_alternating_at_dp2_equal_one_process(warm_start, tmp_path, sc
     run_cli(["train", *args, f"run_dir={tmp_path / 'one'}"], check=True, timeout=600)
     run_torchrun(2, ["-m", "megatron_spark.cli", "train", *args, f"run_dir={tmp_path / 'two'}"])
     assert_same_run(metrics(tmp_path / "one"), metrics(tmp_path / "two"))
+
+
+def test_alternating_at_dp2_with_uneven_item_shares_does_not_hang(warm_start, tmp_path):
+    """Few items per step split unevenly over two replicas (one gets 1 group, the other 2) with
+    two minibatches: both ranks must take the same number of optimizer steps, or the gradient
+    all-reduce waits forever (it did, when each rank kept its own queue). Fewer items than
+    ranks are kept for the next step."""
+    args = [
+        SPARK,
+        f"model.init={warm_start}",
+        "seed=1",
+        "train.num_steps=6",
+        "train.num_prompts_per_step=2",
+        "spark.items_per_step=4",
+        "spark.schedule=alternating",
+        "grpo.num_minibatches=2",
+        "train.eval_every_steps=0",
+        "train.save_every_steps=0",
+    ]
+    run_torchrun(2, ["-m", "megatron_spark.cli", "train", *args, f"run_dir={tmp_path}"], timeout=300)
+    steps = metrics(tmp_path)[1:]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
+    trained = [
+        sum(r[f"spark/items_trained/{k}"] for k in ("pointwise", "pairwise", "reflection")) for r in steps
+    ]
+    assert any(n % 2 == 1 for n in trained), trained  # an uneven split happened
+    assert all((n == 0) == (r["spark/item_phase_skipped"] == 1.0) for n, r in zip(trained, steps))
