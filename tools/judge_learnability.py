@@ -1,0 +1,157 @@
+"""Can the tiny model learn the judge's verdict at all? A supervised study, outside the trainer.
+
+Trains a fresh transformers Llama of the ``tiny-llama`` preset's shape on judge examples of the
+built-in arithmetic task with *correct* verdicts, and prints the teacher-forced accuracy of the
+verdict token (argmax over the whole vocabulary, the response before it given) on the held-out
+problems. It separates the skill from RL: if supervision cannot teach a verdict format in this
+budget, RL on recycled items will not either. Numbers: docs/experiments/tiny_arith.md.
+
+Formats (``--format``):
+  judge  the warm start's judge response (re-derivation, ``Mine: 6. Given: 7.``, verdict), half
+         pointwise (Yes/No or A/B), half pairwise;
+  marks  the same with a match mark per candidate before the verdict (``Check: x.``); phase 1
+         teaches the marks with coin-flip verdicts, ``--then-steps`` then trains the verdict;
+  bare   only ``Mine: X. Given: Y. \\boxed{Yes|No}``: equality of two numbers, nothing else.
+``--loss response`` trains every response token (as SFT does); ``verdict`` only the verdict.
+
+    python tools/judge_learnability.py --format judge --loss response --steps 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+import torch
+import transformers
+
+from megatron_spark.data.tasks import ArithmeticConfig, ArithmeticTask
+from megatron_spark.data.tokenizer import load_tokenizer
+from megatron_spark.model.config import PRESETS
+from megatron_spark.spark.perturb import perturb_answer
+from megatron_spark.spark.warmstart import warm_start_example
+
+TASK = ArithmeticConfig(min_operands=3, max_operands=4, max_digits=1, operators="+-", held_out_size=200)
+BATCH = 64
+MARK = {True: "=", False: "x"}
+"""The ``marks`` format's mark per candidate: equal to the judge's own result, or not."""
+
+
+def example(fmt: str, problem, rng: random.Random, verdicts: str):
+    """``(text, kind, shown)``: prompt + response (no eos), its kind and the candidates shown."""
+    if fmt == "bare":
+        shown = problem.answer if rng.random() < 0.5 else perturb_answer(problem.answer, rng)
+        verdict = "Yes" if shown == problem.answer else "No"
+        return "Compute.", f"Mine: {problem.answer}. Given: {shown}. \\boxed{{{verdict}}}", "bare"
+    kind = rng.choice(("pointwise", "pairwise"))
+    prompt, response = warm_start_example(problem, kind, rng, verdicts)
+    if fmt == "marks":
+        head, _, box = response.rpartition(" \\boxed{")
+        results = head.rsplit(" Mine: ", 1)[1]  # "6. Given: 7." or "6. A: 6. B: 7."
+        shown = [x.split(": ")[-1] for x in results.rstrip(".").split(". ")[1:]]
+        mark = "".join(MARK[s == problem.answer] for s in shown)
+        response = f"{head} Check: {mark}. \\boxed{{{box}"
+    return prompt, response, kind
+
+
+def encode(tok, prompt: str, response: str):
+    p, r = tok.encode_prompt(prompt), tok.encode(response) + [tok.eos_id]
+    ids = p + r
+    verdict = len(ids) - 3  # ... { VERDICT } eos
+    check = [i for i in range(len(p), verdict) if tok.decode([ids[i]]) == "Check"]
+    marks = (
+        [i for i in range(check[-1] + 1, verdict) if tok.decode([ids[i]]) in MARK.values()] if check else []
+    )
+    return ids, len(p), verdict, marks
+
+
+def batch(rows, loss: str):
+    width = max(len(r[0]) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    weight = torch.zeros(len(rows), width)
+    for i, (seq, start, verdict, _marks) in enumerate(rows):
+        ids[i, : len(seq)] = torch.tensor(seq)
+        if loss == "verdict":
+            weight[i, verdict] = 1.0
+        else:
+            weight[i, start : len(seq)] = 1.0
+    return ids, weight
+
+
+def weighted_ce(model, ids, weight):
+    logits = model(input_ids=ids).logits[:, :-1]
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+    return (ce * weight[:, 1:]).sum() / weight[:, 1:].sum()
+
+
+@torch.no_grad()
+def accuracy(model, rows, kinds) -> dict[str, float]:
+    model.eval()
+    ids, _ = batch(rows, "response")
+    pred = model(input_ids=ids).logits.argmax(-1)
+    model.train()
+    out = {}
+    for kind in sorted(set(kinds)):
+        sel = [i for i, k in enumerate(kinds) if k == kind]
+        out[f"{kind}_verdict"] = sum(
+            int(pred[i, rows[i][2] - 1] == rows[i][0][rows[i][2]]) for i in sel
+        ) / len(sel)
+        if rows[sel[0]][3]:
+            out[f"{kind}_marks"] = sum(
+                all(pred[i, m - 1] == rows[i][0][m] for m in rows[i][3]) for i in sel
+            ) / len(sel)
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--format", choices=("judge", "marks", "bare"), default="judge")
+    ap.add_argument("--loss", choices=("response", "verdict"), default="response")
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--then-steps", type=int, default=0, help="phase 2: verdict-only, correct verdicts")
+    ap.add_argument("--then-lr", type=float, default=5e-5)
+    ap.add_argument("--eval-every", type=int, default=50)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    tok = load_tokenizer("builtin:arith")
+    task = ArithmeticTask(TASK)
+    cfg = {k: v for k, v in PRESETS["tiny-llama"].items() if k not in ("architectures", "model_type")}
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg))
+    phase1_verdicts = "random" if args.format == "marks" else "correct"
+    held = [example(args.format, p, random.Random(i), "correct") for i, p in enumerate(task.held_out())]
+    held_rows = [encode(tok, p, r) for p, r, _ in held]
+    kinds = [k for _, _, k in held]
+    rng, start = random.Random(0), time.perf_counter()
+    phases = [
+        (args.steps, args.lr, args.loss, phase1_verdicts),
+        (args.then_steps, args.then_lr, "verdict", "correct"),
+    ]
+    step = 0
+    for phase, (steps, lr, loss, verdicts) in enumerate(phases):
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)  # fresh, like RL's
+        for i in range(1, steps + 1):
+            step += 1
+            problems = [task.train_problem(rng.randrange(10**6)) for _ in range(BATCH)]
+            rows = [encode(tok, *example(args.format, p, rng, verdicts)[:2]) for p in problems]
+            for group in opt.param_groups:
+                group["lr"] = lr * min(1.0, i / 20) if phase == 0 else lr  # warm-up in phase 1
+            value = weighted_ce(model, *batch(rows, loss))
+            opt.zero_grad()
+            value.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            if i % args.eval_every == 0:
+                elapsed = time.perf_counter() - start
+                print(
+                    step,
+                    f"loss={value.item():.4f}",
+                    accuracy(model, held_rows, kinds),
+                    f"{elapsed:.0f}s",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
