@@ -219,9 +219,9 @@ def finish(s: Session, metrics: dict[str, float], t: dict[str, float]) -> dict[s
 def policy_phase(s: Session):
     """Rollout, verify and group advantages of this step's task prompts."""
     cfg = s.cfg
-    problems = s.my_share(s.sampler.next_batch(cfg.train.num_prompts_per_step))
+    problems, first = s.my_slice(s.sampler.next_batch(cfg.train.num_prompts_per_step))
     with s.timer("rollout"):
-        completions = rollout(s, problems, first=s.share_bounds(cfg.train.num_prompts_per_step)[0])
+        completions = rollout(s, problems, first)
     with s.timer("verify"):
         rewards, timeouts = score(s, problems, completions)
     return problems, completions, rewards, timeouts

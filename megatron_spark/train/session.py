@@ -168,15 +168,16 @@ class Session:
         # The 0 stands where the DP rank once was, so that recorded one-process runs reproduce.
         return hash((self.cfg.seed, self.step, 0, purpose)) & 0x7FFFFFFF
 
-    def share_bounds(self, n: int) -> tuple[int, int]:
-        """``[start, stop)`` of this DP rank's contiguous share of ``n`` step-wide entries; the
-        shares differ in size by at most one and together cover all ``n``."""
-        return self.dp_rank * n // self.dp_size, (self.dp_rank + 1) * n // self.dp_size
+    def my_slice(self, items: Sequence) -> tuple[list, int]:
+        """This DP rank's contiguous share of a step-wide list and the index of its first entry;
+        the shares differ in size by at most one and together cover the whole list."""
+        n = len(items)
+        start, stop = self.dp_rank * n // self.dp_size, (self.dp_rank + 1) * n // self.dp_size
+        return list(items[start:stop]), start
 
     def my_share(self, items: Sequence) -> list:
-        """This DP rank's contiguous slice of a step-wide list (see :meth:`share_bounds`)."""
-        start, stop = self.share_bounds(len(items))
-        return list(items[start:stop])
+        """This DP rank's contiguous share of a step-wide list (see :meth:`my_slice`)."""
+        return self.my_slice(items)[0]
 
     def gather_replicas(self, obj) -> list:
         """``obj`` of every DP replica, in DP-rank order (on every rank; ``[obj]`` without DP)."""

@@ -71,8 +71,7 @@ def pop_items(s: Session) -> tuple[list[Item], list[Item], int]:
     """``(popped, mine, first)``: the step's items (the same on every rank), this DP rank's
     contiguous share of them and the index of its first item."""
     popped = s.queue.pop(s.cfg.spark.items_per_step, s.step)
-    first, stop = s.share_bounds(len(popped))
-    return popped, popped[first:stop], first
+    return popped, *s.my_slice(popped)
 
 
 def roll_items(s: Session, items: list[Item], first: int = 0):
