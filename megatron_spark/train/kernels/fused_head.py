@@ -175,6 +175,19 @@ def _triton_available() -> bool:
     return True
 
 
+def _half_on_cuda(x: torch.Tensor) -> bool:
+    """Half-precision CUDA operands: tile GEMMs run in that dtype with float32 accumulation and
+    output (cuBLAS), instead of upcasting the operands to float32 first."""
+    return x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
+
+
+def _logits_tile(xc: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
+    """float32 logits ``xc @ wt^T`` of one tile (half-precision CUDA operands multiply as they are)."""
+    if _half_on_cuda(xc):
+        return torch.mm(xc, wt.t(), out_dtype=torch.float32)
+    return xc.float() @ wt.float().t()
+
+
 def _stats(x, w, targets, cfg: HeadConfig, vocab_start: int) -> torch.Tensor:
     """Per-token [m, s, a, z_target] over this rank's vocabulary rows, float32 ``[T, 4]``:
     running max, sum e^(z-m), sum e^(z-m) (z-m), target logit (0 if not in this shard)."""
@@ -185,10 +198,10 @@ def _stats(x, w, targets, cfg: HeadConfig, vocab_start: int) -> torch.Tensor:
     out[1:].zero_()
     for t0 in range(0, t_total, cfg.token_chunk):
         sl = slice(t0, t0 + cfg.token_chunk)
-        xc = x[sl].float()
+        xc = x[sl] if _half_on_cuda(x) else x[sl].float()
         m, s, a, zy = (out[i, sl] for i in range(4))
         for v0 in range(0, v_local, cfg.vocab_chunk):
-            z = xc @ w[v0 : v0 + cfg.vocab_chunk].float().t()  # [Tc, Vc] float32 logits tile
+            z = _logits_tile(xc, w[v0 : v0 + cfg.vocab_chunk])  # [Tc, Vc] float32 logits tile
             tile_stats_(z, m, s, a, zy, targets[sl], vocab_start + v0, cfg.vocab_size)
     return out.t()
 
@@ -265,20 +278,32 @@ class _FusedHead(torch.autograd.Function):
         x, w, targets, lse, entropy, g, h = ctx.saved_tensors
         cfg, vocab_start, tp_group = ctx.cfg, ctx.vocab_start, ctx.tp_group
         g, h = g * grad_loss, h * grad_loss
+        half = _half_on_cuda(x)
         dx = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-        dw = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        # dW is accumulated in float32 one vocabulary tile at a time (vocabulary-outer loop), so a
+        # half-precision weight never needs a full float32 copy of its gradient.
+        dw = torch.empty(w.shape, dtype=w.dtype if half else torch.float32, device=w.device)
         _, tile_grad_ = _epilogues(cfg, x.device)
-        for t0 in range(0, x.shape[0], cfg.token_chunk):
-            sl = slice(t0, t0 + cfg.token_chunk)
-            xc = x[sl].float()
-            for v0 in range(0, w.shape[0], cfg.vocab_chunk):
-                wt = w[v0 : v0 + cfg.vocab_chunk].float()
-                z = xc @ wt.t()  # recomputed logits tile
+        for v0 in range(0, w.shape[0], cfg.vocab_chunk):
+            vs = slice(v0, v0 + cfg.vocab_chunk)
+            wt = w[vs] if half else w[vs].float()
+            dw_t = torch.zeros(wt.shape, dtype=torch.float32, device=w.device) if half else dw[vs].zero_()
+            for t0 in range(0, x.shape[0], cfg.token_chunk):
+                sl = slice(t0, t0 + cfg.token_chunk)
+                xc = x[sl] if half else x[sl].float()
+                z = _logits_tile(xc, wt)  # recomputed logits tile
                 dz = tile_grad_(
                     z, lse[sl], entropy[sl], g[sl], h[sl], targets[sl], vocab_start + v0, cfg.vocab_size
                 )
-                dx[sl].addmm_(dz, wt)  # [Tc, H] += [Tc, Vc] @ [Vc, H]
-                dw[v0 : v0 + cfg.vocab_chunk].addmm_(dz.t(), xc)  # [Vc, H] += [Vc, Tc] @ [Tc, H]
+                if half:  # dZ in the operands' dtype, as megatron's own logits gradient is
+                    dz = dz.to(x.dtype)
+                    torch.addmm(dx[sl], dz, wt, out_dtype=torch.float32, out=dx[sl])
+                    torch.addmm(dw_t, dz.t(), xc, out_dtype=torch.float32, out=dw_t)
+                else:
+                    dx[sl].addmm_(dz, wt)  # [Tc, H] += [Tc, Vc] @ [Vc, H]
+                    dw_t.addmm_(dz.t(), xc)  # [Vc, H] += [Vc, Tc] @ [Tc, H]
+            if half:
+                dw[vs] = dw_t
         if tp_group is not None and dist.get_world_size(tp_group) > 1:
             # dX sums the contributions of every rank's vocabulary rows (TP group).
             dist.all_reduce(dx, group=tp_group)
