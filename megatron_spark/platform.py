@@ -7,7 +7,8 @@ compatibility patches let megatron-core run unchanged (measured with megatron-co
    allocates buffers (RNG tracker, softmax offsets, parallel-state helpers).
 2. a TorchFunctionMode rewrites ``device="cuda"`` (and ``.cuda()`` / ``.to("cuda")``) to the CPU,
    for tensors that megatron creates with a hard-coded CUDA device.
-3. ``torch.cuda.synchronize()`` becomes a no-op.
+3. ``torch.cuda.synchronize()`` becomes a no-op, and ``torch.cuda.current_stream()`` answers a
+   stream whose waits are no-ops (megatron-core 0.19 waits on it before every gradient reduce).
 
 Call :func:`setup` once per process, before any megatron model is built. Code elsewhere asks this
 module for the device (:func:`device`) and never tests ``torch.cuda.is_available()`` itself.
@@ -82,11 +83,25 @@ class _CudaToCpuMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+class _CpuStream:
+    """What ``torch.cuda.current_stream()`` answers on the CPU: work is already in order."""
+
+    def wait_event(self, event) -> None:
+        pass
+
+    def wait_stream(self, stream) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+
 def _apply_cpu_patches() -> None:
     if _STATE["patched"]:
         return
     torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment]
     torch.cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]
+    torch.cuda.current_stream = lambda *a, **k: _CpuStream()  # type: ignore[assignment]
     mode = _CudaToCpuMode()
     mode.__enter__()  # stays active for the life of the process
     _STATE["mode"] = mode
@@ -158,9 +173,9 @@ def setup(parallel: ParallelConfig, seed: int = 1234) -> None:
     )
     torch.manual_seed(seed)
     if use_cuda():
-        # Megatron's RNG tracker keeps per-TP-rank CUDA generators (dropout, TP init). On the CPU
-        # weights are initialised on the CPU master copy and dropout is off, so the global CPU
-        # generator is all that is used.
+        # Megatron's RNG tracker keeps per-TP-rank CUDA generators (dropout, TP init). Fresh
+        # weights are drawn on the CPU on every device (model/builder.py) and dropout is off, so
+        # the global CPU generator is the one that matters, on the CPU and on CUDA alike.
         model_parallel_cuda_manual_seed(seed)
 
 

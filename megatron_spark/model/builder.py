@@ -102,7 +102,10 @@ def transformer_config(
         bias_dropout_fusion=False,
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
-        use_cpu_initialization=not platform.use_cuda(),
+        # Fresh weights are always drawn on the CPU (megatron draws each full weight, then keeps
+        # this rank's slice), so one seed gives the same initial model on CPU and CUDA and at
+        # every TP size. Weights that a checkpoint will fill are allocated on the GPU directly.
+        use_cpu_initialization=init_weights or not platform.use_cuda(),
         perform_initialization=init_weights,
         init_method_std=float(arch.hf_config.get("initializer_range", 0.02)),
         # Packed micro-batches differ in length; the PP schedule must exchange shapes.
