@@ -55,12 +55,20 @@ class OutputLayerBypass:
     megatron-core 0.16-0.19 compute the logits as ``self.output_layer(hidden, weight=...,
     runtime_gather_output=...)`` and return ``logits.transpose(0, 1)`` when no labels are given;
     the bypass replaces that one call on this model instance only. Under sequence parallelism the
-    hidden states are gathered over the TP group first (differentiable: reduce-scatter backward).
+    hidden states are gathered over the TP group first (differentiable: its backward
+    reduce-scatters, so the head must hand back its partial input gradient: see
+    :attr:`gathers_sequence`).
     """
 
     def __init__(self, model):
         self.layer = model.output_layer
         self.weight = None
+
+    @property
+    def gathers_sequence(self) -> bool:
+        """True under sequence parallelism: the gather's backward sums the input gradient over
+        the TP group."""
+        return bool(self.layer.sequence_parallel)
 
     def _forward(self, hidden_states, weight=None, runtime_gather_output=None):
         from megatron.core.tensor_parallel import gather_from_sequence_parallel_region

@@ -10,6 +10,8 @@ compatibility patches let megatron-core run unchanged (measured with megatron-co
 3. ``torch.cuda.synchronize()`` becomes a no-op, and ``torch.cuda.current_stream()`` answers a
    stream whose waits are no-ops (megatron-core 0.19 waits on it before every gradient reduce).
 
+and :func:`setup` makes the forks of megatron's CUDA RNG tracker no-ops (nothing to switch).
+
 Call :func:`setup` once per process, before any megatron model is built. Code elsewhere asks this
 module for the device (:func:`device`) and never tests ``torch.cuda.is_available()`` itself.
 """
@@ -39,6 +41,14 @@ class ParallelConfig:
     """Tensor-parallel ranks (splits attention heads, MLP width and the vocabulary)."""
     pipeline_parallel_size: int = 1
     """Pipeline stages (splits the layers)."""
+    sequence_parallel: bool = False
+    """Megatron sequence parallelism: the activations between the tensor-parallel blocks (norms,
+    residuals, dropout) are split along the sequence over the TP group instead of replicated.
+    Needs tensor_parallel_size > 1."""
+
+    def __post_init__(self) -> None:
+        if self.sequence_parallel and self.tensor_parallel_size < 2:
+            raise UserError("sequence_parallel needs tensor_parallel_size > 1")
 
 
 def use_cuda() -> bool:
@@ -177,6 +187,12 @@ def setup(parallel: ParallelConfig, seed: int = 1234) -> None:
         # weights are drawn on the CPU on every device (model/builder.py) and dropout is off, so
         # the global CPU generator is the one that matters, on the CPU and on CUDA alike.
         model_parallel_cuda_manual_seed(seed)
+    else:
+        # The tracker's CUDA generators do not exist on the CPU; its forks (around the embedding's
+        # dropout under sequence parallelism) have nothing to switch.
+        from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+        get_cuda_rng_tracker().fork = lambda *a, **k: contextlib.nullcontext()
 
 
 def teardown() -> None:

@@ -89,7 +89,7 @@ def transformer_config(
         attention_dropout=0.0,
         tensor_model_parallel_size=parallel.tensor_parallel_size,
         pipeline_model_parallel_size=parallel.pipeline_parallel_size,
-        sequence_parallel=False,
+        sequence_parallel=parallel.sequence_parallel,
         params_dtype=dtype,
         pipeline_dtype=dtype,
         bf16=dtype == torch.bfloat16,
@@ -117,8 +117,28 @@ def transformer_config(
     )
 
 
+class TorchNorm:
+    """megatron's local norm (torch ``RMSNorm`` / ``LayerNorm``), also under sequence parallelism.
+
+    megatron-core's own ``WrappedTorchNorm`` refuses sequence parallelism, although a norm is
+    per token and runs unchanged on a sequence shard: what SP needs is that the weight's
+    gradient, computed from this rank's tokens only, is summed over the TP group. megatron's
+    ``finalize_model_grads`` does that for parameters marked ``sequence_parallel``, as its apex
+    and Transformer Engine norms are.
+    """
+
+    def __new__(cls, config, hidden_size: int, eps: float = 1e-5, **_unused):
+        kinds = {"RMSNorm": torch.nn.RMSNorm, "LayerNorm": torch.nn.LayerNorm}
+        if config.normalization not in kinds:
+            raise ValueError(f"normalization {config.normalization!r} is not supported")
+        norm = kinds[config.normalization](normalized_shape=hidden_size, eps=eps)
+        for param in norm.parameters():
+            param.sequence_parallel = config.sequence_parallel
+        return norm
+
+
 def layer_spec(use_te: bool):
-    """Transformer layer ModuleSpec: TE layers, or local layers with our core attention."""
+    """Transformer layer ModuleSpec: TE layers, or local layers with our core attention and norm."""
     from megatron.core.models.gpt import gpt_layer_specs
 
     from megatron_spark.model.attention import SDPACoreAttention
@@ -127,7 +147,25 @@ def layer_spec(use_te: bool):
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
     spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
     spec.submodules.self_attention.submodules.core_attention = SDPACoreAttention
+    spec.submodules.input_layernorm = TorchNorm
+    spec.submodules.pre_mlp_layernorm = TorchNorm
     return spec
+
+
+def decoder_spec(config, use_te: bool):
+    """The decoder's spec: TE's layer spec as it is; local layers as a block whose final norm is
+    :class:`TorchNorm` too (megatron would pick its own for a layer spec)."""
+    from megatron.core.transformer.transformer_block import (
+        TransformerBlockSubmodules,
+        get_num_layers_to_build,
+    )
+
+    layer = layer_spec(use_te)
+    if use_te:
+        return layer
+    return TransformerBlockSubmodules(
+        layer_specs=[layer] * get_num_layers_to_build(config), layer_norm=TorchNorm
+    )
 
 
 def build_model(
@@ -143,7 +181,7 @@ def build_model(
     config = transformer_config(arch, parallel, precision, init_weights)
     model = GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(transformer_engine_available()),
+        transformer_layer_spec=decoder_spec(config, transformer_engine_available()),
         vocab_size=arch.padded_vocab_size,
         max_sequence_length=arch.max_position_embeddings,
         pre_process=parallel_state.is_pipeline_first_stage(),

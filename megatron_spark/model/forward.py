@@ -45,6 +45,18 @@ class PackedBatch:
         valid[self.cu_seqlens[1:] - 1] = False
         return torch.where(valid, targets, torch.zeros_like(targets)), valid
 
+    def padded_to(self, multiple: int) -> PackedBatch:
+        """This batch with one trailing pad sequence (token 0) so that its length is a multiple
+        of ``multiple`` (sequence parallelism splits the sequence evenly over the TP group). The
+        pad attends only to itself; callers drop its outputs."""
+        pad = -self.num_tokens % multiple
+        if pad == 0:
+            return self
+        return PackedBatch(
+            tokens=torch.cat([self.tokens, self.tokens.new_zeros(pad)]),
+            cu_seqlens=torch.cat([self.cu_seqlens, self.cu_seqlens[-1:] + pad]),
+        )
+
     def packed_seq_params(self):
         from megatron.core.packed_seq_params import PackedSeqParams
 
@@ -131,6 +143,8 @@ def run_packed(
     from megatron_spark.train.kernels.fused_head import WEIGHT_FIELDS, fused_head_loss
 
     dev = platform.device()
+    # Sequence parallelism splits each packed row evenly over the TP group: pad it to a multiple.
+    multiple = parallel_state.get_tensor_model_parallel_world_size() if model.config.sequence_parallel else 1
 
     def forward_step(data_iterator, model_chunk):
         batch: PackedBatch = next(data_iterator)
@@ -139,16 +153,18 @@ def run_packed(
         while hasattr(inner, "module"):  # DDP / mixed-precision wrappers
             inner = inner.module
         bypass = OutputLayerBypass(inner) if fused_head is not None and inner.post_process else None
+        run = batch.padded_to(multiple)
         with bypass or contextlib.nullcontext():
             output = model_chunk(
-                input_ids=batch.tokens.view(1, -1).to(dev),
-                position_ids=batch.position_ids().view(1, -1).to(dev),
+                input_ids=run.tokens.view(1, -1).to(dev),
+                position_ids=run.position_ids().view(1, -1).to(dev),
                 attention_mask=None,
-                packed_seq_params=batch.packed_seq_params(),
+                packed_seq_params=run.packed_seq_params(),
             )
 
         def loss_func(logits: torch.Tensor):
-            # logits [1, T, V_padded/tp] (vocab-parallel)
+            # logits [1, T (+ SP padding), V_padded/tp] (vocab-parallel)
+            logits = logits[:, : batch.num_tokens]
             if temperature != 1.0:
                 logits = logits / temperature
             logprobs = vocab_parallel_logprobs(logits[0], targets.to(dev), vocab_size)
@@ -158,7 +174,8 @@ def run_packed(
             return loss, num_tokens, {"loss": loss.detach(), "logprobs": logprobs.detach()}
 
         def fused_loss_func(hidden: torch.Tensor):
-            # hidden [1, T, H]; bypass.weight [V_padded/tp, H] (this rank's vocabulary rows)
+            # hidden [1, T (+ SP padding), H]; bypass.weight [V_padded/tp, H] (this rank's rows)
+            hidden = hidden[:, : batch.num_tokens]
             keep = valid.to(dev)
             given = fused_head.inputs(batch)
             fields = {f.name: getattr(given, f.name).to(dev) for f in dataclasses.fields(given)}
@@ -175,6 +192,7 @@ def run_packed(
                 dataclasses.replace(fused_head.config, vocab_size=vocab_size),
                 vocab_start=tp_rank * bypass.weight.shape[0],
                 tp_group=parallel_state.get_tensor_model_parallel_group(),
+                sum_dx=not bypass.gathers_sequence,
             )
             logprobs = out.logprobs * valid.to(dev)
             stats = {

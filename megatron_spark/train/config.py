@@ -37,6 +37,14 @@ class ParallelSection:
     """Tensor-parallel ranks."""
     pipeline_parallel_size: int = 1
     """Pipeline stages."""
+    sequence_parallel: bool = False
+    """Split the activations between tensor-parallel blocks along the sequence over the TP group
+    (megatron sequence parallelism; saves activation memory at TP > 1). Packed micro-batches are
+    padded to a multiple of tensor_parallel_size."""
+
+    def __post_init__(self) -> None:
+        if self.sequence_parallel and self.tensor_parallel_size < 2:
+            raise ValueError("sequence_parallel needs tensor_parallel_size > 1")
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ class Session:
         parallel = platform.ParallelConfig(
             tensor_parallel_size=cfg.parallel.tensor_parallel_size,
             pipeline_parallel_size=cfg.parallel.pipeline_parallel_size,
+            sequence_parallel=cfg.parallel.sequence_parallel,
         )
         platform.setup(parallel, seed=cfg.seed)
         self.rank = dist.get_rank()

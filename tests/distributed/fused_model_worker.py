@@ -2,7 +2,7 @@
 parameter gradient equal the unfused path's (each rank compares its own shards); rank 0 writes
 "ok" to --out.
 
-    torchrun --nproc-per-node TP*PP tests/distributed/fused_model_worker.py --tp T --pp P --hf DIR --out F
+    torchrun --nproc-per-node TP*PP tests/distributed/fused_model_worker.py --tp T --pp P [--sp] --hf DIR --out F
 """
 
 import argparse
@@ -25,14 +25,18 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--tp", type=int, required=True)
     p.add_argument("--pp", type=int, required=True)
+    p.add_argument("--sp", action="store_true", help="sequence parallelism")
     p.add_argument("--hf", required=True)
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    parallel = platform.ParallelConfig(tensor_parallel_size=args.tp, pipeline_parallel_size=args.pp)
+    parallel = platform.ParallelConfig(
+        tensor_parallel_size=args.tp, pipeline_parallel_size=args.pp, sequence_parallel=args.sp
+    )
     platform.setup(parallel)
     model, arch = load_pretrained(args.hf, parallel)
     gen = torch.Generator().manual_seed(8)
-    seqs = [torch.randint(0, arch.vocab_size, (n,), generator=gen).tolist() for n in (9, 3, 20, 6)]
+    # 12 and 27 tokens per micro-batch: under SP the second is padded to a multiple of TP.
+    seqs = [torch.randint(0, arch.vocab_size, (n,), generator=gen).tolist() for n in (9, 3, 21, 6)]
     batches = [pack(seqs[:2]), pack(seqs[2:])]
     inputs = {}
     for b in batches:  # identical draws on every rank

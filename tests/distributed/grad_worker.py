@@ -2,7 +2,7 @@
 loss through megatron's schedule (2 micro-batches), and save the log-probs and the gradients
 reassembled into full Hugging Face tensors (rank 0 writes them).
 
-    torchrun --nproc-per-node N tests/distributed/grad_worker.py --tp T --pp P --out F FAMILY=HF_DIR ...
+    torchrun --nproc-per-node N tests/distributed/grad_worker.py --tp T --pp P [--sp] --out F FAMILY=HF_DIR ...
 """
 
 import argparse
@@ -30,10 +30,13 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--tp", type=int, required=True)
     p.add_argument("--pp", type=int, required=True)
+    p.add_argument("--sp", action="store_true", help="sequence parallelism")
     p.add_argument("--out", required=True)
     p.add_argument("models", nargs="+")
     args = p.parse_args()
-    parallel = platform.ParallelConfig(tensor_parallel_size=args.tp, pipeline_parallel_size=args.pp)
+    parallel = platform.ParallelConfig(
+        tensor_parallel_size=args.tp, pipeline_parallel_size=args.pp, sequence_parallel=args.sp
+    )
     platform.setup(parallel)
     from megatron.core import parallel_state
 
@@ -53,6 +56,11 @@ def main() -> None:
             for r in run_packed(model, arch.vocab_size, batches, loss_fn=loss_fn, forward_only=False)
         ]
         logprobs = [lp for b, o in zip(batches, out) for lp in split_logprobs(o, b)] if out else None
+        for param in model.parameters():
+            if getattr(param, "sequence_parallel", False):
+                # A norm weight saw this rank's sequence shard only: sum over the TP group, as
+                # megatron's finalize_model_grads does in training (this model has no DDP wrapper).
+                dist.all_reduce(param.grad, group=parallel_state.get_tensor_model_parallel_group())
         grads = {
             n: t.clone()
             for n, t in export_hf_tensors(

@@ -13,9 +13,10 @@ def test_tp2_equals_tp1(tmp_path):
     assert out.read_text() == "ok\n"
 
 
-@pytest.mark.parametrize("tp,pp", [(2, 1), (2, 2)])
-def test_fused_head_in_model_equals_unfused(tp, pp, hf_models, tmp_path):
-    """Both families (untied / tied embeddings), the head inside the pipeline schedule."""
+@pytest.mark.parametrize("tp,pp,sp", [(2, 1, False), (2, 2, False), (2, 1, True)])
+def test_fused_head_in_model_equals_unfused(tp, pp, sp, hf_models, tmp_path):
+    """Both families (untied / tied embeddings), the head inside the pipeline schedule; with
+    sequence parallelism the head's input is gathered over TP and its gradient reduce-scattered."""
     for family, (hf_dir, _) in hf_models.items():
         out = tmp_path / f"{family}.ok"
         run_torchrun(
@@ -26,6 +27,7 @@ def test_fused_head_in_model_equals_unfused(tp, pp, hf_models, tmp_path):
                 str(tp),
                 "--pp",
                 str(pp),
+                *(["--sp"] if sp else []),
                 "--hf",
                 str(hf_dir),
                 "--out",

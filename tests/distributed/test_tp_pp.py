@@ -1,4 +1,5 @@
-"""TP/PP on gloo under torchrun: log-probs equal transformers', gradients equal TP=1/PP=1."""
+"""TP/PP (and sequence parallelism) on gloo under torchrun: log-probs equal transformers',
+gradients equal TP=1/PP=1."""
 
 import json
 
@@ -9,15 +10,17 @@ from tests.conftest import REPO, run_torchrun
 from tests.distributed.grad_worker import LENGTHS, problem
 
 pytestmark = pytest.mark.distributed
-LAYOUTS = [(1, 1), (2, 1), (1, 2), (2, 2)]
+# (TP, PP, sequence parallel). The packed micro-batches have 24 and 45 tokens: under SP the odd
+# one is padded to a multiple of TP.
+LAYOUTS = [(1, 1, False), (2, 1, False), (1, 2, False), (2, 2, False), (2, 1, True), (2, 2, True)]
 
 
 @pytest.fixture(scope="module")
 def worker_results(hf_models, tmp_path_factory):
     d = tmp_path_factory.mktemp("grads")
     out = {}
-    for tp, pp in LAYOUTS:
-        f = d / f"tp{tp}_pp{pp}.pt"
+    for tp, pp, sp in LAYOUTS:
+        f = d / f"tp{tp}_pp{pp}_sp{int(sp)}.pt"
         run_torchrun(
             tp * pp,
             [
@@ -26,12 +29,13 @@ def worker_results(hf_models, tmp_path_factory):
                 str(tp),
                 "--pp",
                 str(pp),
+                *(["--sp"] if sp else []),
                 "--out",
                 str(f),
                 *(f"{fam}={hf_dir}" for fam, (hf_dir, _) in hf_models.items()),
             ],
         )
-        out[(tp, pp)] = torch.load(f)
+        out[(tp, pp, sp)] = torch.load(f)
     return out
 
 
@@ -65,7 +69,7 @@ def assert_close_to_scale(got, want, rel, msg):
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_logprobs_and_gradients_match(family, hf_models, worker_results):
     ref_lp, ref_grads = reference(hf_models[family][1], 300)
-    base = worker_results[(1, 1)][family]["grads"]
+    base = worker_results[(1, 1, False)][family]["grads"]
     assert base.keys() == ref_grads.keys()
     for name, g in base.items():  # TP=1 fp32 against a float64 reference
         assert_close_to_scale(g, ref_grads[name], 1e-5, name)
@@ -80,7 +84,7 @@ def test_logprobs_and_gradients_match(family, hf_models, worker_results):
             assert_close_to_scale(g, base[name], 1e-5, f"{layout} {name}")
 
 
-@pytest.mark.parametrize("tp,pp", LAYOUTS)
+@pytest.mark.parametrize("tp,pp", [(tp, pp) for tp, pp, sp in LAYOUTS if not sp])
 def test_logprobs_cli_under_torchrun(tp, pp, hf_models, megatron_ckpts, tmp_path):
     """The user's command with 4 gloo processes (DP = 4 / (TP*PP)); llama from the converted
     checkpoint (dist-checkpoint resharding), qwen2 straight from safetensors."""

@@ -267,15 +267,22 @@ def assert_same_run(one, two):
                 assert b[key] == value, (a["step"], key)
 
 
-@pytest.mark.parametrize("layout", ["tensor_parallel_size", "pipeline_parallel_size"])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        ["parallel.tensor_parallel_size=2"],
+        ["parallel.pipeline_parallel_size=2"],
+        ["parallel.tensor_parallel_size=2", "parallel.sequence_parallel=true"],
+    ],
+    ids=["tp2", "pp2", "tp2_sp"],
+)
 def test_joint_schedule_at_tp2_and_pp2_equals_one_process(warm_start, tmp_path, layout):
     """SPARK under torchrun: the same seed gives the same rollouts, items, rewards, losses and
-    gradient norms at TP=2 or PP=2 as in one process (float32: reduction order only)."""
+    gradient norms at TP=2 (with or without sequence parallelism) or PP=2 as in one process
+    (float32: reduction order only)."""
     args = [SPARK, f"model.init={warm_start}", *SHORT_RUN]
     run_cli(["train", *args, f"run_dir={tmp_path / 'one'}"], check=True, timeout=600)
-    run_torchrun(
-        2, ["-m", "megatron_spark.cli", "train", *args, f"run_dir={tmp_path / 'two'}", f"parallel.{layout}=2"]
-    )
+    run_torchrun(2, ["-m", "megatron_spark.cli", "train", *args, f"run_dir={tmp_path / 'two'}", *layout])
     assert_same_run(metrics(tmp_path / "one"), metrics(tmp_path / "two"))
 
 

@@ -168,6 +168,7 @@ def build_cases(root: Path) -> dict[str, Case]:
         case("wrong_type_int", "train.num_steps=2.5"),
         case("nan_lr", "optim.lr=nan"),
         case("bad_choice", "grpo.advantage=foo"),
+        case("sp_without_tp", "parallel.sequence_parallel=true"),
         case("not_yaml", cfg=not_yaml),
         case("long_prompt", "task.max_prompt_tokens=4"),
         case("beyond_context", "rollout.max_new_tokens=600"),
@@ -246,6 +247,14 @@ def test_wrong_type_names_key_and_type(outcomes, name, needles):
 def test_literal_lists_the_choices(outcomes):
     line = failure_line(outcomes, "bad_choice")
     assert_names(line, "grpo.advantage='foo'", "'std'", "'mean'")
+
+
+def test_sequence_parallel_needs_tensor_parallelism(outcomes):
+    assert_names(
+        failure_line(outcomes, "sp_without_tp"),
+        "tiny.yaml",
+        "sequence_parallel needs tensor_parallel_size > 1",
+    )
 
 
 def test_config_that_is_not_yaml(outcomes):

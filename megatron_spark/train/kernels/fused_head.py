@@ -257,7 +257,7 @@ def token_objective(logp, inp: TokenInputs, cfg: HeadConfig):
 
 class _FusedHead(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, inp: TokenInputs, cfg: HeadConfig, vocab_start: int, tp_group):
+    def forward(ctx, x, w, inp: TokenInputs, cfg: HeadConfig, vocab_start: int, tp_group, sum_dx: bool):
         stats = _stats(x, w, inp.targets, cfg, vocab_start)
         lse, zy, entropy = _combine(stats, tp_group)
         logp = zy - lse
@@ -269,7 +269,7 @@ class _FusedHead(torch.autograd.Function):
         rl_tokens = inputs.rl_weight != 0
         clip_fraction = (clipped & rl_tokens).sum() / rl_tokens.sum().clamp(min=1)
         ctx.save_for_backward(x, w, inp.targets, lse, entropy, g, h)
-        ctx.cfg, ctx.vocab_start, ctx.tp_group = cfg, vocab_start, tp_group
+        ctx.cfg, ctx.vocab_start, ctx.tp_group, ctx.sum_dx = cfg, vocab_start, tp_group, sum_dx
         ctx.mark_non_differentiable(logp, entropy, clip_fraction)
         return loss, logp, entropy, clip_fraction
 
@@ -304,10 +304,10 @@ class _FusedHead(torch.autograd.Function):
                     dw_t.addmm_(dz.t(), xc)  # [Vc, H] += [Vc, Tc] @ [Tc, H]
             if half:
                 dw[vs] = dw_t
-        if tp_group is not None and dist.get_world_size(tp_group) > 1:
+        if ctx.sum_dx and tp_group is not None and dist.get_world_size(tp_group) > 1:
             # dX sums the contributions of every rank's vocabulary rows (TP group).
             dist.all_reduce(dx, group=tp_group)
-        return dx.to(x.dtype), dw.to(w.dtype), None, None, None, None
+        return dx.to(x.dtype), dw.to(w.dtype), None, None, None, None, None
 
 
 def fused_head_loss(
@@ -317,13 +317,17 @@ def fused_head_loss(
     cfg: HeadConfig = HeadConfig(),
     vocab_start: int = 0,
     tp_group=None,
+    sum_dx: bool = True,
 ) -> HeadOutput:
     """The loss head for one packed micro-batch.
 
     ``hidden`` ``[T, H]`` (all tokens; gather sequence-parallel shards first), ``weight``
     ``[V/tp, H]`` holding vocabulary rows ``vocab_start ..``, per-token ``inputs`` of length T.
+    ``sum_dx``: all-reduce dX over the TP group in backward. False when the caller's autograd
+    sums it already: the sequence-parallel gather in front of the head reduce-scatters its
+    gradient, as megatron's output layer does with its partial input gradient.
     """
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} do not fit")
-    loss, logp, ent, clip = _FusedHead.apply(hidden, weight, inputs, cfg, vocab_start, tp_group)
+    loss, logp, ent, clip = _FusedHead.apply(hidden, weight, inputs, cfg, vocab_start, tp_group, sum_dx)
     return HeadOutput(loss=loss, logprobs=logp, entropy=ent, clip_fraction=clip)
