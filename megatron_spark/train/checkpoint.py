@@ -104,12 +104,16 @@ def latest(root: Path) -> Path | None:
     return path if path.is_dir() else None
 
 
+LAYOUT_DEFAULTS = {"distributed_optimizer": 0}
+"""Layout keys added after the first checkpoints were written, with the value those had."""
+
+
 def load_train_state(ckpt: Path, layout: dict[str, int]) -> dict[str, Any]:
     """This rank's train state; the run must use the layout the checkpoint was written with."""
     meta_path = ckpt / "train_state" / "meta.json"
     if not meta_path.is_file():
         raise UserError(f"{ckpt}: not a training checkpoint (no train_state/meta.json)")
-    meta = json.loads(meta_path.read_text())
+    meta = {**LAYOUT_DEFAULTS, **json.loads(meta_path.read_text())}
     want = {"world_size": dist.get_world_size(), **layout}
     for key, value in want.items():
         if meta.get(key) != value:

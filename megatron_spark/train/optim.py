@@ -10,6 +10,13 @@ both devices.
 
 A step whose gradient norm is not finite is skipped (no parameter or optimizer-state change) and
 reported; the trainer decides when too many in a row is an error.
+
+``distributed: true`` shards the optimizer over the data-parallel ranks (ZeRO-1, what megatron's
+DistributedOptimizer does): megatron DDP is built with ``use_distributed_optimizer``, so its
+gradient sync reduce-scatters each bucket and every DP rank owns one contiguous shard of it. A rank
+keeps float32 masters and Adam moments for the parameter elements of its shards only, updates
+them, and megatron's parameter all-gather (``start_param_sync``) hands the updated shards to the
+other replicas. The arithmetic is elementwise, so the result equals the replicated optimizer's.
 """
 
 from __future__ import annotations
@@ -42,6 +49,10 @@ class OptimConfig:
     clip_grad_norm: float = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping (the norm is still
     reported)."""
+    distributed: bool = False
+    """Shard the master weights and Adam moments over the data-parallel ranks (ZeRO-1): each
+    rank holds 1/DP of the optimizer state. Same updates as unsharded; a checkpoint resumes only
+    with the same setting and world size."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -73,17 +84,52 @@ def _counts_for_norm(param) -> bool:
     return param_is_not_shared(param) and param_is_not_tensor_parallel_duplicate(param)
 
 
+def _shard_slices(model) -> list[tuple[torch.nn.Parameter, int, int]]:
+    """``(param, lo, hi)``: the flat element ranges of parameters inside this rank's shard of
+    every gradient bucket of a DDP model built with ``use_distributed_optimizer``."""
+    slices = []
+    for group in model.bucket_groups:
+        rank, size = (
+            group.intra_distributed_optimizer_instance_rank,
+            group.intra_distributed_optimizer_instance_size,
+        )
+        for bucket in group.buckets:
+            n = bucket.grad_data.numel()  # padded by megatron to a multiple of the group size
+            s0, s1 = rank * n // size, (rank + 1) * n // size
+            for param in bucket.params_list:
+                start, end = bucket.param_to_index[param]
+                lo, hi = max(start, s0), min(end, s1)
+                if lo < hi:
+                    slices.append((param, lo - start, hi - start))
+    return slices
+
+
 class Optimizer:
-    """AdamW over this rank's parameters of a megatron-DDP-wrapped model."""
+    """AdamW over this rank's parameters of a megatron-DDP-wrapped model (or over this rank's
+    shards of them, with ``cfg.distributed``)."""
 
     def __init__(self, model, cfg: OptimConfig, total_steps: int, model_parallel_group=None):
         self.model = model
         self.cfg = cfg
         self.total_steps = total_steps
         self.group = model_parallel_group
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.shard_group = None
+        if cfg.distributed:
+            if not model.ddp_config.use_distributed_optimizer:
+                raise ValueError("optim.distributed needs megatron DDP built with use_distributed_optimizer")
+            slices = [(p, lo, hi) for p, lo, hi in _shard_slices(model) if p.requires_grad]
+            self.params = [p for p, _, _ in slices]
+            self.ranges = [(lo, hi) for _, lo, hi in slices]
+            self.shard_group = model.bucket_groups[0].intra_distributed_optimizer_instance_group
+        else:
+            self.params = [p for p in model.parameters() if p.requires_grad]
+            self.ranges = [None] * len(self.params)
+        # What the masters update: whole parameters, or this rank's flat slices of them.
+        self.views = [
+            p if r is None else p.data.view(-1)[r[0] : r[1]] for p, r in zip(self.params, self.ranges)
+        ]
         # float32 master copies only where the model computes in lower precision.
-        self.masters = [p if p.dtype == torch.float32 else p.detach().float() for p in self.params]
+        self.masters = [v if v.dtype == torch.float32 else v.detach().float() for v in self.views]
         decay = [m for p, m in zip(self.params, self.masters) if p.dim() >= 2]
         no_decay = [m for p, m in zip(self.params, self.masters) if p.dim() < 2]
         self.adam = torch.optim.AdamW(
@@ -105,7 +151,9 @@ class Optimizer:
             p.grad = None
 
     def _grads(self) -> list[torch.Tensor]:
-        return [p.main_grad if getattr(p, "main_grad", None) is not None else p.grad for p in self.params]
+        grads = [p.main_grad if getattr(p, "main_grad", None) is not None else p.grad for p in self.params]
+        # With shards, only this rank's slice of each gradient is reduced: use nothing else.
+        return [g if r is None or g is None else g.view(-1)[r[0] : r[1]] for g, r in zip(grads, self.ranges)]
 
     def grad_norm(self) -> float:
         """Global L2 norm of the gradients (collective over the model-parallel group)."""
@@ -113,6 +161,9 @@ class Optimizer:
         for p, g in zip(self.params, self._grads()):
             if g is not None and _counts_for_norm(p):
                 local += g.detach().double().pow(2).sum()
+        if self.shard_group is not None and dist.get_world_size(self.shard_group) > 1:
+            # Each DP rank holds the reduced gradient of its shards only: sum the shards.
+            dist.all_reduce(local, group=self.shard_group)
         if self.group is not None and dist.get_world_size(self.group) > 1:
             # Sum of squares over every TP and PP rank of this replica (model-parallel group).
             dist.all_reduce(local, group=self.group)
@@ -135,10 +186,12 @@ class Optimizer:
             m.grad = None if g is None else (g.float() * scale if scale != 1.0 else g.float())
         self.adam.step()
         with torch.no_grad():
-            for p, m in zip(self.params, self.masters):
-                if m is not p:
-                    p.copy_(m)
+            for v, m in zip(self.views, self.masters):
+                if m is not v:
+                    v.copy_(m)
                 m.grad = None
+        if self.shard_group is not None:
+            self.model.start_param_sync(force_sync=True)  # all-gather the updated shards
         self.num_steps += 1
         self.zero_grad()
         return norm, True
@@ -151,15 +204,15 @@ class Optimizer:
         return {
             "adam": self.adam.state_dict(),
             # float32 parameters are their own masters (saved with the model).
-            "masters": [m.detach().clone() for p, m in zip(self.params, self.masters) if m is not p],
+            "masters": [m.detach().clone() for v, m in zip(self.views, self.masters) if m is not v],
             "num_steps": self.num_steps,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.adam.load_state_dict(state["adam"])
         with torch.no_grad():
-            lowp = [(p, m) for p, m in zip(self.params, self.masters) if m is not p]
-            for (p, m), saved in zip(lowp, state["masters"]):
+            lowp = [(v, m) for v, m in zip(self.views, self.masters) if m is not v]
+            for (v, m), saved in zip(lowp, state["masters"]):
                 m.copy_(saved)
-                p.copy_(m)
+                v.copy_(m)
         self.num_steps = int(state["num_steps"])

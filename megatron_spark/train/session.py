@@ -65,6 +65,8 @@ class Session:
         self.layout = {
             "tensor_parallel_size": parallel.tensor_parallel_size,
             "pipeline_parallel_size": parallel.pipeline_parallel_size,
+            # Each rank's optimizer state covers its shards only: resume with the same setting.
+            "distributed_optimizer": int(cfg.optim.distributed),
         }
         if cfg.train.num_prompts_per_step % self.dp_size:
             raise UserError(

@@ -81,18 +81,27 @@ def _load(cfg: RunConfig, tokenizer, parallel: platform.ParallelConfig):
 def build_policy(cfg: RunConfig, tokenizer, parallel: platform.ParallelConfig):
     """The trainable policy wrapped in megatron DDP; also returns the arch and tokenizer files."""
     model, arch = _load(cfg, tokenizer, parallel)
-    return wrap_ddp(model), arch, _tokenizer_files(cfg.model.tokenizer)
+    return (
+        wrap_ddp(model, distributed_optimizer=cfg.optim.distributed),
+        arch,
+        _tokenizer_files(cfg.model.tokenizer),
+    )
 
 
-def wrap_ddp(model):
-    """Megatron DDP (float32 ``main_grad`` buffers) with the gradient finalisation we need."""
+def wrap_ddp(model, distributed_optimizer: bool = False):
+    """Megatron DDP (float32 ``main_grad`` buffers) with the gradient finalisation we need. With
+    ``distributed_optimizer`` the gradient sync reduce-scatters each bucket over the DP ranks
+    (each keeps the shard its optimizer owns) and parameters live in buffers that
+    ``start_param_sync`` all-gathers."""
     from megatron.core.distributed import (
         DistributedDataParallel,
         DistributedDataParallelConfig,
         finalize_model_grads,
     )
 
-    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False)
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True, overlap_grad_reduce=False, use_distributed_optimizer=distributed_optimizer
+    )
     model = DistributedDataParallel(model.config, ddp_config, model)
     # After the last backward: DP all-reduce (a sum: calculate_per_token_loss) and the tied
     # embedding's first/last-stage all-reduce. No division by megatron's token count: our
