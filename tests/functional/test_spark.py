@@ -269,17 +269,19 @@ def assert_same_run(one, two):
 
 @pytest.mark.parametrize(
     "layout",
+    # TP=2 runs with sequence parallelism, which adds to plain TP=2 the sequence padding, the SP
+    # norm-gradient sum and the fused head behind the SP gather (plain TP=2 is covered at the
+    # model level in tests/distributed; one run fewer keeps CI time down).
     [
-        ["parallel.tensor_parallel_size=2"],
         ["parallel.pipeline_parallel_size=2"],
         ["parallel.tensor_parallel_size=2", "parallel.sequence_parallel=true"],
     ],
-    ids=["tp2", "pp2", "tp2_sp"],
+    ids=["pp2", "tp2_sp"],
 )
 def test_joint_schedule_at_tp2_and_pp2_equals_one_process(warm_start, tmp_path, layout):
     """SPARK under torchrun: the same seed gives the same rollouts, items, rewards, losses and
-    gradient norms at TP=2 (with or without sequence parallelism) or PP=2 as in one process
-    (float32: reduction order only)."""
+    gradient norms at TP=2 (with sequence parallelism) or PP=2 as in one process (float32:
+    reduction order only)."""
     args = [SPARK, f"model.init={warm_start}", *SHORT_RUN]
     run_cli(["train", *args, f"run_dir={tmp_path / 'one'}"], check=True, timeout=600)
     run_torchrun(2, ["-m", "megatron_spark.cli", "train", *args, f"run_dir={tmp_path / 'two'}", *layout])
