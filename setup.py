@@ -24,8 +24,9 @@ setup(
         "numpy>=1.26",
         "pyyaml>=6",
         "rich>=13",
-        # answer checking for math tasks (with its LaTeX parser backend)
-        "math-verify[antlr4_13_2]>=0.9",
+        # answer checking for math tasks; its LaTeX parser (latex2sympy2_extended) brings the
+        # antlr4 runtime (math-verify 0.9 has no antlr4_13_2 extra: pip warned on every install)
+        "math-verify>=0.9",
         "pyarrow>=14",  # parquet datasets
         "tensorboard>=2.14",
         "matplotlib>=3.8",  # evaluation report plots
