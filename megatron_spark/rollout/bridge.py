@@ -4,14 +4,20 @@ One model replica (its TP x PP ranks) syncs its own engine ranks; data-parallel 
 same weights and never talk to each other here. For every pipeline stage, in order, bucket by
 bucket (a bucket holds whole parameters, at most ``bucket_bytes`` unless one parameter is larger):
 
-1. every TP rank of the owner stage sends its shard of each TP-split parameter, point to point, to
-   the TP ranks that need full tensors (those with an engine somewhere in their PP group);
+1. every TP rank of the owner stage sends its pieces of each TP-split parameter (its part of each
+   HF tensor: QKV per query group, gate and up, the real vocabulary rows), point to point, to the
+   TP ranks that need full tensors (those with an engine somewhere in their PP group);
    replicated parameters need no traffic;
-2. a rank that needs them writes every rank's shard straight into its place in the bucket, already
-   in the HF layout (QKV per query group, gate/up, vocabulary padding stripped, tied output copy
-   skipped): TP rank r's part of an HF tensor is block r along the parameter's TP dimension;
+2. a rank that needs them receives every peer's piece straight into its place in the bucket,
+   already in the HF layout (TP rank r's part of an HF tensor is block r along the parameter's TP
+   dimension; only the column blocks of row-parallel matrices go through a receive buffer), and
+   copies its own pieces there; the tied output copy is skipped;
 3. the bucket goes to every engine rank of other stages that shares the owner's TP index (a
    point-to-point send inside the PP group); engine ranks of the owner stage use it in place.
+
+An engine in the same process that offers its own weights (``weight_targets``, the HF engine)
+takes the place of the bucket for its own stage: the pieces land in the engine's weights and
+nothing is copied twice.
 
 Engine ranks receive the whole model as a stream of ``(hf_name, tensor)`` that they hand to
 ``engine.update_weights``; every other rank runs the same loop to take part in the transfers.
@@ -22,8 +28,8 @@ Why not :func:`~megatron_spark.checkpoint.mapping.export_hf_tensors` (an all-gat
 ``torch.cat``, then a copy into a fresh bucket): measured on the CPU with gloo
 (tools/bench_bridge.py), its all-gather moved bytes ~7x slower than send/recv of the same shard,
 every TP rank received every byte though usually one hosts the engine, and every fresh
-multi-MiB tensor paid page faults worth about two copies. Here one bucket buffer and one receive
-buffer per TP peer are reused for the whole sync.
+multi-MiB tensor paid page faults worth about two copies. Here the bucket and receive buffers are
+reused for the whole sync.
 """
 
 from __future__ import annotations
@@ -52,6 +58,10 @@ ParamPlan = tuple[Rule, list[tuple[str, Shape]]]
 class BridgeConfig:
     bucket_mb: float = 256.0
     """Largest transfer bucket, MiB (bounds the extra memory of a sync on every rank)."""
+    write_in_place: bool = True
+    """Write this stage's tensors straight into the engine's own weights when the engine offers
+    them (``engine.weight_targets()``, the HF engine does; vLLM's loaders do not): no bucket and
+    no engine-side copy. False always goes through buckets (for comparison and debugging)."""
 
 
 def unwrap(model):
@@ -124,15 +134,24 @@ def _shard_pieces(arch: ModelArch, rule: Rule, shard: torch.Tensor, tp_rank: int
     return [t for _, t in full_to_hf(arch, rule, shard)]
 
 
-def _place(dst: torch.Tensor, pieces: list[torch.Tensor], dim: int) -> None:
-    """Copy every rank's piece into its block of ``dst`` along ``dim``, in rank order."""
-    offset = 0
+def _blocks(dst: torch.Tensor, pieces: list[torch.Tensor], dim: int) -> list[torch.Tensor]:
+    """The block of ``dst`` along ``dim`` that each rank's piece (in rank order) fills, shaped as
+    the piece where the block is contiguous (a QKV piece is ``[groups, rows per group, *tail]``).
+    ``pieces`` may be meta tensors: only their shapes are read."""
+    blocks, offset = [], 0
     for piece in pieces:
         n = piece.numel() * dst.shape[dim] // max(dst.numel(), 1)
         block = dst.narrow(dim, offset, n)
-        # A QKV piece is [groups, rows per group, *tail]; its dim-0 block is contiguous.
-        (block if block.shape == piece.shape else block.view(piece.shape)).copy_(piece)
+        blocks.append(block if block.shape == piece.shape else block.view(piece.shape))
         offset += n
+    return blocks
+
+
+def _target(targets: dict, name: str, shape: Shape, dtype: torch.dtype) -> torch.Tensor | None:
+    """The engine's tensor ``name`` if the bridge can write into it as is, else None."""
+    t = targets.get(name)
+    ok = t is not None and tuple(t.shape) == tuple(shape) and t.dtype == dtype and t.is_contiguous()
+    return t if ok else None
 
 
 def _reuse(buf: torch.Tensor | None, numel: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -164,6 +183,7 @@ class WeightBridge:
         self.arch = arch
         self.receive = receive
         self.dtype = dtype
+        self.config = config
         self.tp_group = tp_group
         self.pp_group = pp_group
         self.tp_size = dist.get_world_size(tp_group) if tp_group is not None else 1
@@ -191,11 +211,14 @@ class WeightBridge:
     def _global(self, group, rank: int) -> int:
         return dist.get_global_rank(group, rank) if group is not None else rank
 
-    def stream(self) -> Iterator[tuple[str, torch.Tensor]]:
+    def stream(self, targets: dict[str, torch.Tensor] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield every HF tensor on engine ranks; other ranks must still exhaust the iterator.
 
         A yielded tensor is a view into a buffer that the next bucket overwrites: copy it before
-        asking for more (``engine.update_weights`` does).
+        asking for more (``engine.update_weights`` does). ``targets`` (engine ranks): the engine's
+        own weights by HF name; this stage's tensors are written straight into them when every
+        tensor of a bucket has its target (same shape and dtype) and no other stage needs the
+        bucket, and the target itself is yielded (an engine skips copying a tensor onto itself).
         """
         device = next(self.model.parameters()).device
         bucket_buf, scratch = None, {}
@@ -205,11 +228,15 @@ class WeightBridge:
                 continue
             params = _owned_params(self.model, self.arch) if own else None
             fill = own and self.needs_full[self.tp_rank]
+            forward = own and any(recv and peer != stage for peer, recv in enumerate(self.receivers))
             for bucket in buckets:
                 names = [hf for _, tensors in bucket for hf in tensors]
                 sizes = [_numel(shape) for _, shape in names]
                 views = None
-                if fill or self.receive:
+                if fill and self.receive and not forward and targets is not None:
+                    views = [_target(targets, name, shape, self.dtype) for name, shape in names]
+                    views = None if any(v is None for v in views) else views
+                if views is None and (fill or self.receive):
                     bucket_buf = _reuse(bucket_buf, sum(sizes), self.dtype, device)
                     flat = bucket_buf[: sum(sizes)]
                     views = [c.view(shape) for c, (_, shape) in zip(flat.split(sizes), names)]
@@ -234,41 +261,58 @@ class WeightBridge:
             got, param = next(params)
             assert got == rule, (got.megatron_name, rule.megatron_name)
             local = param.detach()
-            split = self.tp_size > 1 and rule.tp_dim is not None
-            shards = self._gather(local, scratch) if split else [local]
-            if views is not None:
-                parts = [_shard_pieces(self.arch, rule, s, r, len(shards)) for r, s in enumerate(shards)]
-                dim = rule.tp_dim if split else 0
-                for j, dst in enumerate(views[i : i + len(tensors)]):
-                    _place(dst, [p[j] for p in parts], dim)
+            dsts = views[i : i + len(tensors)] if views is not None else None
+            if self.tp_size > 1 and rule.tp_dim is not None:
+                self._exchange(rule, local, dsts, scratch)
+            elif dsts is not None:
+                for dst, piece in zip(dsts, _shard_pieces(self.arch, rule, local, 0, 1)):
+                    _blocks(dst, [piece], 0)[0].copy_(piece)
             i += len(tensors)
 
-    def _gather(self, local: torch.Tensor, scratch: dict) -> list[torch.Tensor] | None:
-        """Every TP rank's shard of one TP-split parameter, in rank order, on the TP ranks that
-        need full tensors (received into reused ``scratch`` buffers); None elsewhere."""
-        works, shards = [], None
-        if self.needs_full[self.tp_rank]:
-            shards = []
-            for r in range(self.tp_size):
-                if r == self.tp_rank:
-                    shards.append(local)
-                    continue
-                scratch[r] = _reuse(scratch.get(r), local.numel(), local.dtype, local.device)
-                shards.append(scratch[r][: local.numel()].view(local.shape))
-                # TP peer r's shard of this parameter (TP group).
-                works.append(dist.irecv(shards[-1], src=self._global(self.tp_group, r), group=self.tp_group))
+    def _exchange(self, rule: Rule, local: torch.Tensor, dsts: list | None, scratch: dict) -> None:
+        """One TP-split parameter: send this rank's pieces to the TP peers that need full tensors
+        and, where ``dsts`` (the HF tensors) is given, fill every rank's block of them. A peer's
+        piece is received straight into its block when the block is contiguous (rows: QKV groups,
+        gate/up, vocabulary, column-parallel) and through a reused ``scratch`` buffer otherwise
+        (columns of a row-parallel matrix); the local pieces are copied while the peers send."""
+        me, tp, dim = self.tp_rank, self.tp_size, rule.tp_dim
+        mine = _shard_pieces(self.arch, rule, local, me, tp)
+        works, keep, staged = [], [], []
+        if dsts is not None:
+            meta = local.to("meta")
+            pieces = [mine if r == me else _shard_pieces(self.arch, rule, meta, r, tp) for r in range(tp)]
+            blocks = [_blocks(dst, [p[j] for p in pieces], dim) for j, dst in enumerate(dsts)]
+            for r in range(tp):
+                for j, block in enumerate(b[r] for b in blocks):
+                    if r == me or block.numel() == 0:
+                        continue
+                    if not block.is_contiguous():
+                        buf = _reuse(scratch.get((r, j)), block.numel(), block.dtype, block.device)
+                        scratch[(r, j)] = buf
+                        staged.append((block, buf[: block.numel()].view(block.shape)))
+                        block = staged[-1][1]
+                    # TP peer r's piece j of this parameter (TP group).
+                    works.append(dist.irecv(block, src=self._global(self.tp_group, r), group=self.tp_group))
         for r, need in enumerate(self.needs_full):
-            if need and r != self.tp_rank:
-                # Our shard to TP peer r, which needs full tensors (TP group).
-                works.append(dist.isend(local, dst=self._global(self.tp_group, r), group=self.tp_group))
+            if need and r != me:
+                for piece in mine:
+                    if piece.numel():
+                        keep.append(piece.contiguous())
+                        # Our piece to TP peer r, which needs full tensors (TP group).
+                        works.append(dist.isend(keep[-1], dst=self._global(self.tp_group, r), group=self.tp_group))
+        if dsts is not None:
+            for b, piece in zip(blocks, mine):
+                b[me].copy_(piece)
         for w in works:
             w.wait()
-        return shards
+        for block, buf in staged:
+            block.copy_(buf)
 
     def sync(self, engine=None) -> int:
         """Push the current weights into ``engine`` (None on ranks without one). Returns bytes sent
         to this rank's engine (0 elsewhere)."""
-        stream = self.stream()
+        offer = getattr(engine, "weight_targets", None) if self.config.write_in_place else None
+        stream = self.stream(offer() if offer is not None else None)
         received = 0
 
         def counted():

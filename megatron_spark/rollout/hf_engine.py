@@ -136,7 +136,7 @@ class HFEngine:
         with torch.no_grad():
             for name, tensor in named_tensors:
                 target = self._check_incoming(name, tensor, received)
-                if target is not None:
+                if target is not None and not _same_memory(target, tensor):  # not written in place
                     target.copy_(tensor)
                 received.add(name)
         missing = sorted(set(self._params) - received)
@@ -169,6 +169,15 @@ class HFEngine:
                 f"update_weights: tensor '{name}' has dtype {tensor.dtype}, expected {self.dtype}"
             )
         return target
+
+    def weight_targets(self) -> dict[str, torch.Tensor]:
+        """This engine's parameters by HF name, for a weight bridge in the same process to write
+        into directly (see the protocol); the tied ``lm_head.weight`` is not among them. Brings
+        the storage back after ``sleep``. The weights count as valid only after the
+        ``update_weights`` call that streams them."""
+        if self._storage_freed:
+            self._allocate_storage()
+        return {name: p.data for name, p in self._params.items()}
 
     def _allocate_storage(self) -> None:
         for name, p in self._params.items():
@@ -299,3 +308,8 @@ class HFEngine:
                 first = width - len(seq) + prompt_lens[start + row]  # first completion column
                 out.append(lp[row, first - 1 :].tolist())
         return out
+
+
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``a`` and ``b`` are the same elements (a tensor streamed back after being written in place)."""
+    return a.data_ptr() == b.data_ptr() and a.stride() == b.stride() and a.shape == b.shape

@@ -18,6 +18,11 @@ Lifecycle, once per training step::
     engine.wake()
     completions = engine.generate(...)
 
+An engine that runs in the trainer's process may also offer ``weight_targets() -> dict[str,
+Tensor]``: its own full HF-layout weights, which a weight bridge then fills in place (no bucket,
+no second copy) before streaming those same tensors to ``update_weights`` (which must not copy a
+tensor onto itself). The HF engine does; vLLM's weight loaders need the stream.
+
 ``update_weights`` may be called asleep or awake (an engine wakes only what loading needs, so the
 KV cache need not coexist with the incoming tensors). After ``sleep`` the weights count as
 discarded: ``generate`` raises until ``update_weights`` has delivered a complete set again.

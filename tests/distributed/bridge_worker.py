@@ -55,6 +55,7 @@ def main() -> None:
     p.add_argument("--hf", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--bucket-mb", type=float, default=0.05)
+    p.add_argument("--bucketed", action="store_true", help="never write into the engine in place")
     args = p.parse_args()
     parallel = platform.ParallelConfig(tensor_parallel_size=args.tp, pipeline_parallel_size=args.pp)
     platform.setup(parallel)
@@ -68,7 +69,7 @@ def main() -> None:
         model,
         arch,
         receive=host,
-        config=BridgeConfig(bucket_mb=args.bucket_mb),  # many small buckets
+        config=BridgeConfig(bucket_mb=args.bucket_mb, write_in_place=not args.bucketed),  # many small buckets
         tp_group=ps.get_tensor_model_parallel_group(),
         pp_group=ps.get_pipeline_model_parallel_group(),
     )

@@ -10,11 +10,15 @@ from tests.conftest import REPO, run_torchrun
 pytestmark = pytest.mark.distributed
 
 
-@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1), (1, 2), (2, 2)])
-def test_engine_matches_trainer_after_sync(tp, pp, hf_models, tmp_path):
+# The HF engine offers its weights, so the engine rank's own stage is written in place; the
+# buckets are still used by every stage without an engine (PP=2) and, everywhere, with --bucketed
+# (the path of engines that only take the stream, like vLLM).
+@pytest.mark.parametrize("tp,pp,bucketed", [(1, 1, False), (1, 2, False), (2, 2, False), (2, 1, True)])
+def test_engine_matches_trainer_after_sync(tp, pp, bucketed, hf_models, tmp_path):
     for family, (hf_dir, _) in hf_models.items():
         out = tmp_path / f"{family}.json"
         args = ["--tp", str(tp), "--pp", str(pp), "--hf", str(hf_dir), "--out", str(out)]
+        args += ["--bucketed"] if bucketed else []
         run_torchrun(tp * pp, [str(REPO / "tests/distributed/bridge_worker.py"), *args])
         report = json.loads(out.read_text())
         assert report["applied"], report

@@ -237,6 +237,26 @@ def test_sleep_discards_weights_until_the_next_update(reference, family):
     assert [c.token_ids for c in after] == [c.token_ids for c in before]
 
 
+def test_weights_written_in_place_after_sleep(reference, family):
+    """A bridge may fill ``weight_targets()`` and stream those same tensors back: after a sleep
+    the targets are fresh storage, and the engine then samples exactly as after a copied stream."""
+    eng = HFEngine(FAMILIES[family])
+    eng.update_weights(reference.state_dict().items())
+    params = SamplingParams(max_new_tokens=5, seed=11)
+    before = eng.generate(_prompts(), params)
+    eng.sleep()
+    targets = eng.weight_targets()
+    assert all(t.numel() > 0 for t in targets.values())
+    source = reference.state_dict()
+    for name, t in targets.items():
+        t.copy_(source[name])
+    eng.update_weights(iter(targets.items()))
+    eng.wake()
+    assert [c.token_ids for c in eng.generate(_prompts(), params)] == [c.token_ids for c in before]
+    with pytest.raises(UserError, match="not sent"):  # in place or not, every tensor is streamed
+        eng.update_weights(list(targets.items())[1:])
+
+
 def test_bad_sampling_params_are_rejected():
     for kwargs in ({"temperature": 0.0}, {"top_p": 0.0}, {"top_p": 1.5}, {"max_new_tokens": 0}):
         with pytest.raises(ValueError):
