@@ -84,7 +84,9 @@ def test_logprobs_and_gradients_match(family, hf_models, worker_results):
             assert_close_to_scale(g, base[name], 1e-5, f"{layout} {name}")
 
 
-@pytest.mark.parametrize("tp,pp", [(tp, pp) for tp, pp, sp in LAYOUTS if not sp])
+# Every layout's numbers are checked above through grad_worker; the CLI runs at the two ends (DP=4
+# alone, TP x PP with DP=1) to keep CI's time down.
+@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 2)])
 def test_logprobs_cli_under_torchrun(tp, pp, hf_models, megatron_ckpts, tmp_path):
     """The user's command with 4 gloo processes (DP = 4 / (TP*PP)); llama from the converted
     checkpoint (dist-checkpoint resharding), qwen2 straight from safetensors."""
