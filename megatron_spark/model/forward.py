@@ -154,7 +154,7 @@ def run_packed(
             inner = inner.module
         bypass = OutputLayerBypass(inner) if fused_head is not None and inner.post_process else None
         run = batch.padded_to(multiple)
-        with bypass or contextlib.nullcontext():
+        with bypass or contextlib.nullcontext(), platform.unpatched_ops():
             output = model_chunk(
                 input_ids=run.tokens.view(1, -1).to(dev),
                 position_ids=run.position_ids().view(1, -1).to(dev),

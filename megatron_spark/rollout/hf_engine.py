@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from megatron_spark import platform
 from megatron_spark.errors import UserError
 from megatron_spark.rollout.protocol import Completion, SamplingParams
 
@@ -251,6 +252,7 @@ class HFEngine:
         return out.logits[:, -1]
 
     @torch.inference_mode()
+    @platform.unpatched_ops()  # transformers' model never asks for CUDA here
     def _generate_chunk(
         self, prompts: list[list[int]], uniforms: torch.Tensor, params: SamplingParams
     ) -> tuple[list[list[int]], list[list[float]], list[int], list[bool]]:
@@ -290,6 +292,7 @@ class HFEngine:
     # ---- scoring -------------------------------------------------------------------------------
 
     @torch.inference_mode()
+    @platform.unpatched_ops()
     def logprobs(
         self, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int], temperature: float = 1.0
     ) -> list[list[float]]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from megatron_spark import platform
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -182,14 +183,15 @@ class Optimizer:
         lr = lr_at(self.cfg, self.num_steps, self.total_steps)
         for group in self.adam.param_groups:
             group["lr"] = lr
-        for m, g in zip(self.masters, self._grads()):
-            m.grad = None if g is None else (g.float() * scale if scale != 1.0 else g.float())
-        self.adam.step()
-        with torch.no_grad():
-            for v, m in zip(self.views, self.masters):
-                if m is not v:
-                    v.copy_(m)
-                m.grad = None
+        with platform.unpatched_ops():  # plain tensor arithmetic on the parameters' own device
+            for m, g in zip(self.masters, self._grads()):
+                m.grad = None if g is None else (g.float() * scale if scale != 1.0 else g.float())
+            self.adam.step()
+            with torch.no_grad():
+                for v, m in zip(self.views, self.masters):
+                    if m is not v:
+                        v.copy_(m)
+                    m.grad = None
         if self.shard_group is not None:
             self.model.start_param_sync(force_sync=True)  # all-gather the updated shards
         self.num_steps += 1
