@@ -11,7 +11,11 @@ Formats (``--format``):
          pointwise (Yes/No or A/B), half pairwise;
   marks  the same with a match mark per candidate before the verdict (``Check: x.``); phase 1
          teaches the marks with coin-flip verdicts, ``--then-steps`` then trains the verdict;
-  bare   only ``Mine: X. Given: Y. \\boxed{Yes|No}``: equality of two numbers, nothing else.
+  bare   only ``Mine: X. Given: Y. \\boxed{Yes|No}``: equality of two numbers, nothing else;
+  same   like marks, but every candidate gets the same local check, pointwise and pairwise alike
+         (``Mine: 6. Given: 7. Check: x.``, twice for a pair); ``--aux F`` makes a share F of
+         each batch bare checks of two numbers (``Mine: X. Given: Y. Check: =.``) to teach the
+         comparison densely.
 ``--loss response`` trains every response token (as SFT does); ``verdict`` only the verdict.
 
     python tools/judge_learnability.py --format judge --loss response --steps 600
@@ -29,7 +33,7 @@ import transformers
 from megatron_spark.data.tasks import ArithmeticConfig, ArithmeticTask
 from megatron_spark.data.tokenizer import load_tokenizer
 from megatron_spark.model.config import PRESETS
-from megatron_spark.spark.perturb import perturb_answer
+from megatron_spark.spark.perturb import OFFSETS, perturb_answer
 from megatron_spark.spark.warmstart import warm_start_example
 
 TASK = ArithmeticConfig(min_operands=3, max_operands=4, max_digits=1, operators="+-", held_out_size=200)
@@ -38,14 +42,24 @@ MARK = {True: "=", False: "x"}
 """The ``marks`` format's mark per candidate: equal to the judge's own result, or not."""
 
 
-def example(fmt: str, problem, rng: random.Random, verdicts: str):
+def example(fmt: str, problem, rng: random.Random, verdicts: str, aux: float = 0.0):
     """``(text, kind, shown)``: prompt + response (no eos), its kind and the candidates shown."""
     if fmt == "bare":
         shown = problem.answer if rng.random() < 0.5 else perturb_answer(problem.answer, rng)
         verdict = "Yes" if shown == problem.answer else "No"
         return "Compute.", f"Mine: {problem.answer}. Given: {shown}. \\boxed{{{verdict}}}", "bare"
+    if fmt == "same" and rng.random() < aux:
+        x = rng.randint(-30, 40)
+        y = x if rng.random() < 0.5 else x + rng.choice(OFFSETS)
+        return "Compare.", f"Mine: {x}. Given: {y}. Check: {MARK[x == y]}.", "aux"
     kind = rng.choice(("pointwise", "pairwise"))
     prompt, response = warm_start_example(problem, kind, rng, verdicts)
+    if fmt == "same":
+        head, _, box = response.rpartition(" \\boxed{")
+        steps, _, results = head.rpartition(" Mine: ")
+        shown = [x.split(": ")[-1] for x in results.rstrip(".").split(". ")[1:]]
+        checks = "".join(f" Mine: {problem.answer}. Given: {s}. Check: {MARK[s == problem.answer]}." for s in shown)
+        return prompt, f"{steps}{checks} \\boxed{{{box}", kind
     if fmt == "marks":
         head, _, box = response.rpartition(" \\boxed{")
         results = head.rsplit(" Mine: ", 1)[1]  # "6. Given: 7." or "6. A: 6. B: 7."
@@ -59,10 +73,10 @@ def encode(tok, prompt: str, response: str):
     p, r = tok.encode_prompt(prompt), tok.encode(response) + [tok.eos_id]
     ids = p + r
     verdict = len(ids) - 3  # ... { VERDICT } eos
-    check = [i for i in range(len(p), verdict) if tok.decode([ids[i]]) == "Check"]
-    marks = (
-        [i for i in range(check[-1] + 1, verdict) if tok.decode([ids[i]]) in MARK.values()] if check else []
-    )
+    marks = []
+    for c in (i for i in range(len(p), verdict) if tok.decode([ids[i]]) == "Check"):
+        end = next(i for i in range(c, len(ids)) if tok.decode([ids[i]]) == ".")
+        marks += [i for i in range(c + 1, end) if tok.decode([ids[i]]) in MARK.values()]
     return ids, len(p), verdict, marks
 
 
@@ -106,12 +120,13 @@ def accuracy(model, rows, kinds) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--format", choices=("judge", "marks", "bare"), default="judge")
+    ap.add_argument("--format", choices=("judge", "marks", "bare", "same"), default="judge")
     ap.add_argument("--loss", choices=("response", "verdict"), default="response")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--then-steps", type=int, default=0, help="phase 2: verdict-only, correct verdicts")
     ap.add_argument("--then-lr", type=float, default=5e-5)
+    ap.add_argument("--aux", type=float, default=0.0, help="format same: share of bare checks")
     ap.add_argument("--eval-every", type=int, default=50)
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -119,7 +134,7 @@ def main() -> None:
     task = ArithmeticTask(TASK)
     cfg = {k: v for k, v in PRESETS["tiny-llama"].items() if k not in ("architectures", "model_type")}
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg))
-    phase1_verdicts = "random" if args.format == "marks" else "correct"
+    phase1_verdicts = "random" if args.format in ("marks", "same") else "correct"
     held = [example(args.format, p, random.Random(i), "correct") for i, p in enumerate(task.held_out())]
     held_rows = [encode(tok, p, r) for p, r, _ in held]
     kinds = [k for _, _, k in held]
@@ -134,7 +149,7 @@ def main() -> None:
         for i in range(1, steps + 1):
             step += 1
             problems = [task.train_problem(rng.randrange(10**6)) for _ in range(BATCH)]
-            rows = [encode(tok, *example(args.format, p, rng, verdicts)[:2]) for p in problems]
+            rows = [encode(tok, *example(args.format, p, rng, verdicts, args.aux)[:2]) for p in problems]
             for group in opt.param_groups:
                 group["lr"] = lr * min(1.0, i / 20) if phase == 0 else lr  # warm-up in phase 1
             value = weighted_ce(model, *batch(rows, loss))
