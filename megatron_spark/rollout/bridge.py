@@ -277,7 +277,7 @@ class WeightBridge:
         (columns of a row-parallel matrix); the local pieces are copied while the peers send."""
         me, tp, dim = self.tp_rank, self.tp_size, rule.tp_dim
         mine = _shard_pieces(self.arch, rule, local, me, tp)
-        works, keep, staged = [], [], []
+        works, staged = [], []
         if dsts is not None:
             meta = local.to("meta")
             pieces = [mine if r == me else _shard_pieces(self.arch, rule, meta, r, tp) for r in range(tp)]
@@ -293,13 +293,12 @@ class WeightBridge:
                         block = staged[-1][1]
                     # TP peer r's piece j of this parameter (TP group).
                     works.append(dist.irecv(block, src=self._global(self.tp_group, r), group=self.tp_group))
-        for r, need in enumerate(self.needs_full):
-            if need and r != me:
-                for piece in mine:
-                    if piece.numel():
-                        keep.append(piece.contiguous())
-                        # Our piece to TP peer r, which needs full tensors (TP group).
-                        works.append(dist.isend(keep[-1], dst=self._global(self.tp_group, r), group=self.tp_group))
+        peers = [r for r, need in enumerate(self.needs_full) if need and r != me]
+        outgoing = [p.contiguous() for p in mine if p.numel()] if peers else []
+        for r in peers:
+            for piece in outgoing:
+                # Our piece to TP peer r, which needs full tensors (TP group).
+                works.append(dist.isend(piece, dst=self._global(self.tp_group, r), group=self.tp_group))
         if dsts is not None:
             for b, piece in zip(blocks, mine):
                 b[me].copy_(piece)
