@@ -126,6 +126,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--then-steps", type=int, default=0, help="phase 2: verdict-only, correct verdicts")
     ap.add_argument("--then-lr", type=float, default=5e-5)
+    ap.add_argument("--layers", type=int, default=0, help="layers (0: the preset's)")
+    ap.add_argument("--width", type=int, default=0, help="hidden size (0: the preset's)")
     ap.add_argument("--aux", type=float, default=0.0, help="format same: share of bare checks")
     ap.add_argument("--eval-every", type=int, default=50)
     args = ap.parse_args()
@@ -133,7 +135,17 @@ def main() -> None:
     tok = load_tokenizer("builtin:arith")
     task = ArithmeticTask(TASK)
     cfg = {k: v for k, v in PRESETS["tiny-llama"].items() if k not in ("architectures", "model_type")}
+    if args.width:  # a wider model of the same proportions (head_dim 16, 2 query heads per group)
+        heads = args.width // cfg["head_dim"]
+        cfg.update(
+            hidden_size=args.width,
+            intermediate_size=args.width * cfg["intermediate_size"] // cfg["hidden_size"],
+            num_attention_heads=heads,
+            num_key_value_heads=heads // 2,
+        )
+    cfg["num_hidden_layers"] = args.layers or cfg["num_hidden_layers"]
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg))
+    print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
     phase1_verdicts = "random" if args.format in ("marks", "same") else "correct"
     held = [example(args.format, p, random.Random(i), "correct") for i, p in enumerate(task.held_out())]
     held_rows = [encode(tok, p, r) for p, r, _ in held]
