@@ -121,9 +121,10 @@ def _apply_cpu_patches() -> None:
 @contextlib.contextmanager
 def unpatched_ops():
     """Run torch calls inside without the CPU patches' device rewriting (a no-op where they are not
-    applied), for code that never asks for a CUDA device: the rollout engine and the model's
-    own layers. The rewriting is a Python call on every torch function; a tiny model on the CPU
-    spends ~20% of its decoding time in it. Code inside must not create CUDA tensors."""
+    applied), for code that never asks for a CUDA device: the rollout engine, the model's own
+    layers and the optimizer's update. The rewriting is a Python call on every torch function; a
+    tiny model on the CPU spent a quarter to a third of its decoding time in it
+    (docs/performance.md). Code inside must not create CUDA tensors."""
     if not _STATE["patched"]:
         yield
         return

@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 from megatron_spark import platform
 
+
 @dataclass(frozen=True)
 class OptimConfig:
     """AdamW and its learning-rate schedule."""
