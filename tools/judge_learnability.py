@@ -58,7 +58,9 @@ def example(fmt: str, problem, rng: random.Random, verdicts: str, aux: float = 0
         head, _, box = response.rpartition(" \\boxed{")
         steps, _, results = head.rpartition(" Mine: ")
         shown = [x.split(": ")[-1] for x in results.rstrip(".").split(". ")[1:]]
-        checks = "".join(f" Mine: {problem.answer}. Given: {s}. Check: {MARK[s == problem.answer]}." for s in shown)
+        checks = "".join(
+            f" Mine: {problem.answer}. Given: {s}. Check: {MARK[s == problem.answer]}." for s in shown
+        )
         return prompt, f"{steps}{checks} \\boxed{{{box}", kind
     if fmt == "marks":
         head, _, box = response.rpartition(" \\boxed{")
