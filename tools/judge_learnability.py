@@ -16,6 +16,10 @@ Formats (``--format``):
          (``Mine: 6. Given: 7. Check: x.``, twice for a pair); ``--aux F`` makes a share F of
          each batch bare checks of two numbers (``Mine: X. Given: Y. Check: =.``) to teach the
          comparison densely.
+  diff   the judge checks each candidate with one more arithmetic step, its result minus the
+         candidate (``6-7=-1.``; pairwise ``A: 6-6=0. B: 6-7=-1.``), as the trainer's warm start
+         now does; phase 1 teaches the steps with coin-flip verdicts (``zero``: the teacher-forced
+         step says 0 exactly when the candidate is right), ``--then-steps`` trains the verdict.
 ``--loss response`` trains every response token (as SFT does); ``verdict`` only the verdict.
 
     python tools/judge_learnability.py --format judge --loss response --steps 600
@@ -24,6 +28,7 @@ Formats (``--format``):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import time
 
@@ -33,13 +38,33 @@ import transformers
 from megatron_spark.data.tasks import ArithmeticConfig, ArithmeticTask
 from megatron_spark.data.tokenizer import load_tokenizer
 from megatron_spark.model.config import PRESETS
+from megatron_spark.spark import templates
 from megatron_spark.spark.perturb import OFFSETS, perturb_answer
 from megatron_spark.spark.warmstart import warm_start_example
 
 TASK = ArithmeticConfig(min_operands=3, max_operands=4, max_digits=1, operators="+-", held_out_size=200)
 BATCH = 64
 MARK = {True: "=", False: "x"}
+DIFF = False
+ZERO: list[int] = []
 """The ``marks`` format's mark per candidate: equal to the judge's own result, or not."""
+
+
+def _compare(steps: str, own: str, shown, verdict: str) -> str:
+    """The earlier judge format, results side by side: ``3+5-2=6. Mine: 6. Given: 7. \\boxed{No}``."""
+    if len(shown) == 1:
+        return f"{steps} Mine: {own}. Given: {shown[0]}. \\boxed{{{verdict}}}"
+    return f"{steps} Mine: {own}. A: {shown[0]}. B: {shown[1]}. \\boxed{{{verdict}}}"
+
+
+@contextlib.contextmanager
+def _compare_format():
+    """The warm start's examples in the earlier format, which ``judge``, ``marks`` and ``same`` build on."""
+    saved, templates.judge_response = templates.judge_response, _compare
+    try:
+        yield
+    finally:
+        templates.judge_response = saved
 
 
 def example(fmt: str, problem, rng: random.Random, verdicts: str, aux: float = 0.0):
@@ -53,7 +78,11 @@ def example(fmt: str, problem, rng: random.Random, verdicts: str, aux: float = 0
         y = x if rng.random() < 0.5 else x + rng.choice(OFFSETS)
         return "Compare.", f"Mine: {x}. Given: {y}. Check: {MARK[x == y]}.", "aux"
     kind = rng.choice(("pointwise", "pairwise"))
-    prompt, response = warm_start_example(problem, kind, rng, verdicts)
+    if fmt == "diff":  # the package's own judge format (templates.judge_response)
+        prompt, response = warm_start_example(problem, kind, rng, verdicts)
+        return prompt, response, kind
+    with _compare_format():
+        prompt, response = warm_start_example(problem, kind, rng, verdicts)
     if fmt == "same":
         head, _, box = response.rpartition(" \\boxed{")
         steps, _, results = head.rpartition(" Mine: ")
@@ -76,6 +105,10 @@ def encode(tok, prompt: str, response: str):
     ids = p + r
     verdict = len(ids) - 3  # ... { VERDICT } eos
     marks = []
+    if DIFF:  # each check's "=" (or "=-") token: "=" then "0" exactly when the candidate is right
+        eq = [i for i in range(len(p), verdict) if tok.decode([ids[i]]).startswith("=")]
+        n = 2 if " B: " in tok.decode(ids[len(p) : verdict]) else 1
+        return ids, len(p), verdict, eq[-n:]
     for c in (i for i in range(len(p), verdict) if tok.decode([ids[i]]) == "Check"):
         end = next(i for i in range(c, len(ids)) if tok.decode([ids[i]]) == ".")
         marks += [i for i in range(c + 1, end) if tok.decode([ids[i]]) in MARK.values()]
@@ -101,6 +134,11 @@ def weighted_ce(model, ids, weight):
     return (ce * weight[:, 1:]).sum() / weight[:, 1:].sum()
 
 
+def _is_zero(seq, m: int, shift: int = 0) -> bool:
+    """Whether tokens ``m``, ``m + 1`` of ``seq`` (moved back by ``shift``: predictions) are ``=0``."""
+    return bool(seq[m - shift] == ZERO[0] and seq[m + 1 - shift] == ZERO[1])
+
+
 @torch.no_grad()
 def accuracy(model, rows, kinds) -> dict[str, float]:
     model.eval()
@@ -113,7 +151,11 @@ def accuracy(model, rows, kinds) -> dict[str, float]:
         out[f"{kind}_verdict"] = sum(
             int(pred[i, rows[i][2] - 1] == rows[i][0][rows[i][2]]) for i in sel
         ) / len(sel)
-        if rows[sel[0]][3]:
+        if rows[sel[0]][3] and DIFF:
+            out[f"{kind}_zero"] = sum(
+                all(_is_zero(pred[i], m, 1) == _is_zero(rows[i][0], m) for m in rows[i][3]) for i in sel
+            ) / len(sel)
+        if rows[sel[0]][3] and not DIFF:
             out[f"{kind}_marks"] = sum(
                 all(pred[i, m - 1] == rows[i][0][m] for m in rows[i][3]) for i in sel
             ) / len(sel)
@@ -122,12 +164,13 @@ def accuracy(model, rows, kinds) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--format", choices=("judge", "marks", "bare", "same"), default="judge")
+    ap.add_argument("--format", choices=("judge", "marks", "bare", "same", "diff"), default="judge")
     ap.add_argument("--loss", choices=("response", "verdict"), default="response")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--then-steps", type=int, default=0, help="phase 2: verdict-only, correct verdicts")
     ap.add_argument("--then-lr", type=float, default=5e-5)
+    ap.add_argument("--then-batch", type=int, default=BATCH, help="phase 2: examples per step")
     ap.add_argument("--layers", type=int, default=0, help="layers (0: the preset's)")
     ap.add_argument("--width", type=int, default=0, help="hidden size (0: the preset's)")
     ap.add_argument("--aux", type=float, default=0.0, help="format same: share of bare checks")
@@ -135,6 +178,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     tok = load_tokenizer("builtin:arith")
+    global DIFF
+    DIFF = args.format == "diff"
+    ZERO[:] = tok.encode("=0")[-2:]
     task = ArithmeticTask(TASK)
     cfg = {k: v for k, v in PRESETS["tiny-llama"].items() if k not in ("architectures", "model_type")}
     if args.width:  # a wider model of the same proportions (head_dim 16, 2 query heads per group)
@@ -148,21 +194,21 @@ def main() -> None:
     cfg["num_hidden_layers"] = args.layers or cfg["num_hidden_layers"]
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg))
     print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
-    phase1_verdicts = "random" if args.format in ("marks", "same") else "correct"
+    phase1_verdicts = "random" if args.format in ("marks", "same", "diff") else "correct"
     held = [example(args.format, p, random.Random(i), "correct") for i, p in enumerate(task.held_out())]
     held_rows = [encode(tok, p, r) for p, r, _ in held]
     kinds = [k for _, _, k in held]
     rng, start = random.Random(0), time.perf_counter()
     phases = [
-        (args.steps, args.lr, args.loss, phase1_verdicts),
-        (args.then_steps, args.then_lr, "verdict", "correct"),
+        (args.steps, args.lr, args.loss, phase1_verdicts, BATCH),
+        (args.then_steps, args.then_lr, "verdict", "correct", args.then_batch),
     ]
     step = 0
-    for phase, (steps, lr, loss, verdicts) in enumerate(phases):
+    for phase, (steps, lr, loss, verdicts, size) in enumerate(phases):
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)  # fresh, like RL's
         for i in range(1, steps + 1):
             step += 1
-            problems = [task.train_problem(rng.randrange(10**6)) for _ in range(BATCH)]
+            problems = [task.train_problem(rng.randrange(10**6)) for _ in range(size)]
             rows = [encode(tok, *example(args.format, p, rng, verdicts, args.aux)[:2]) for p in problems]
             for group in opt.param_groups:
                 group["lr"] = lr * min(1.0, i / 20) if phase == 0 else lr  # warm-up in phase 1

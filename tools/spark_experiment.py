@@ -35,8 +35,8 @@ RUNS: dict[str, list[str]] = {
 }
 """The issue's six runs (the default)."""
 EXTRA_RUNS: dict[str, list[str]] = {
-    # SPARK joint plus teacher-forced verdict cross-entropy.
-    "spark_joint_verdict_ce": ["spark.judge_ce_weight=0.1"],
+    # SPARK joint with the judge trained by its RL reward alone (the recipe adds verdict CE).
+    "spark_joint_rl_only_judge": ["spark.judge_ce_weight=0"],
 }
 """Runs done only when asked for with ``--runs``."""
 ALL_RUNS = RUNS | EXTRA_RUNS

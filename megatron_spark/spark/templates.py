@@ -16,10 +16,15 @@ new solution see the operands at the same offsets as the policy's solution and r
 its policy answers: measured, see docs/experiments/tiny_arith.md.)
 
 ``judge_response`` writes the judge's *response* for the supervised warm start on the tiny
-arithmetic task: the judge re-derives the answer, then writes its own result next to each
-candidate (``Mine: 6. Given: 7.``), then the verdict. Putting the two results side by side makes
-the comparison a local one that a tiny model can make; the verdict itself is then learnt by RL
-through its reward only.
+arithmetic task: the judge re-derives the answer, then checks each candidate with one more step of
+the same arithmetic, its own result minus the candidate (``6-7=-1.``), then the verdict. The
+candidate is right exactly when that step gives 0. The check reuses the skill the policy trains
+on every step (``a-b=c.``, operands just before the result), where a comparison of two numbers
+written apart (``Mine: 6. Given: 7.``) was not learnt by a tiny model even when supervised
+(docs/experiments/tiny_arith.md). A pairwise reply checks slot B first and slot A last, so that
+every A/B verdict follows one rule, the last check's result: 0 means A (pointwise: A = correct),
+anything else B; and Yes/No: 0 means Yes. The verdict itself is then learnt by RL through its
+reward only.
 """
 
 from __future__ import annotations
@@ -151,17 +156,31 @@ def reflection_prompt(question: str, attempt: str, show: Show, tone: Tone, templ
     return text.format(question=question, attempt=attempt)
 
 
+def check_step(own: int, shown: int) -> str:
+    """``own`` minus ``shown`` as one arithmetic step; a negative candidate is added back, so the
+    step keeps the task's form (a non-negative right operand): ``check_step(6, -7) == "6+7=13."``."""
+    return f"{own}{'-' if shown >= 0 else '+'}{abs(shown)}={own - shown}."
+
+
 def judge_response(steps: str, own: str, shown: Sequence[str], verdict: str) -> str:
-    r"""A judge response for the tiny-task warm start: re-derivation, results side by side, verdict.
+    r"""A judge response for the tiny-task warm start: re-derivation, a check step per candidate,
+    verdict.
 
-    ``steps`` is the worked solution without its final box, ``own`` its result, ``shown`` the one
-    (pointwise) or two (pairwise, slots A and B) candidate answers from the prompt::
+    ``steps`` is the worked solution without its final box, ``own`` its (integer) result,
+    ``shown`` the one (pointwise) or two (pairwise, slots A and B) integer candidates from the
+    prompt::
 
-        judge_response("3+5-2=6.", "6", ["7"], "No")
-        == "3+5-2=6. Mine: 6. Given: 7. \boxed{No}"
+        judge_response("3+5-2=6.", "6", ["7"], "No") == "3+5-2=6. 6-7=-1. \boxed{No}"
+        judge_response("3+5-2=6.", "6", ["-7", "6"], "B")
+        == "3+5-2=6. B: 6-6=0. A: 6+7=13. \boxed{B}"
     """
-    if len(shown) == 1:
-        return f"{steps} Mine: {own}. Given: {shown[0]}. \\boxed{{{verdict}}}"
-    if len(shown) == 2:
-        return f"{steps} Mine: {own}. A: {shown[0]}. B: {shown[1]}. \\boxed{{{verdict}}}"
-    raise ValueError(f"judge_response shows one or two answers, got {len(shown)}")
+    if len(shown) not in (1, 2):
+        raise ValueError(f"judge_response shows one or two answers, got {len(shown)}")
+    try:
+        mine, given = int(own), [int(s) for s in shown]
+    except ValueError:
+        raise ValueError(f"judge_response checks integer answers, got {own!r} and {list(shown)!r}") from None
+    checks = [check_step(mine, s) for s in given]
+    if len(checks) == 2:  # B first: the last check decides every A/B verdict alike
+        checks = [f"B: {checks[1]}", f"A: {checks[0]}"]
+    return f"{steps} {' '.join(checks)} \\boxed{{{verdict}}}"

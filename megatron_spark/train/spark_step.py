@@ -107,7 +107,9 @@ def verdict_ce_sample(s: Session, completions, item: Item) -> Sample | None:
     """The first completion that boxes something, cut before its last box, + the right verdict.
 
     The cut is made at a token boundary at or before the box, and the rest is re-encoded with the
-    right verdict, so the trained tokens are split the way the model itself writes them."""
+    right verdict, so the tokens are split the way the model itself writes them. Only the verdict's
+    tokens are trained: the re-encoded ``\\boxed{`` before them is context, and nothing follows
+    them (the closing brace and eos would only dilute the verdict's share of the loss)."""
     tok = s.tokenizer
     for c in completions:
         ids = list(c.token_ids)
@@ -118,9 +120,11 @@ def verdict_ce_sample(s: Session, completions, item: Item) -> Sample | None:
         k = 0  # tokens kept from the sample: their text must end at or before the box
         while k < len(ids) and len(tok.decode(ids[: k + 1])) <= at:
             k += 1
-        rest = text[len(tok.decode(ids[:k])) : at]
-        prompt = list(c.prompt_ids) + ids[:k]
-        return Sample(prompt, tok.encode(f"{rest}\\boxed{{{item.label}}}") + [tok.eos_id], objective="ce")
+        rest = text[len(tok.decode(ids[:k])) : at] + "\\boxed{"
+        head, full = tok.encode(rest), tok.encode(rest + item.label)
+        if full[: len(head)] != head or len(full) == len(head):  # the verdict merged into the brace
+            head = []
+        return Sample(list(c.prompt_ids) + ids[:k] + head, full[len(head) :], objective="ce")
     return None
 
 

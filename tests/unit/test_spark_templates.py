@@ -128,8 +128,12 @@ def test_bad_vocab_show_or_tone_raises():
 
 
 def test_judge_response_format():
-    assert judge_response("3+5-2=6.", "6", ["7"], "No") == "3+5-2=6. Mine: 6. Given: 7. \\boxed{No}"
-    assert judge_response("3+5-2=6.", "6", ("6", "7"), "A") == "3+5-2=6. Mine: 6. A: 6. B: 7. \\boxed{A}"
+    assert judge_response("3+5-2=6.", "6", ["7"], "No") == "3+5-2=6. 6-7=-1. \\boxed{No}"
+    assert judge_response("3+5-2=6.", "6", ["6"], "Yes") == "3+5-2=6. 6-6=0. \\boxed{Yes}"
+    assert judge_response("1-9=-8.", "-8", ("-8", "3"), "A") == "1-9=-8. B: -8-3=-11. A: -8+8=0. \\boxed{A}"
+    assert judge_response("3+5-2=6.", "6", ("-7", "6"), "B") == "3+5-2=6. B: 6-6=0. A: 6+7=13. \\boxed{B}"
+    with pytest.raises(ValueError, match="integer"):
+        judge_response("3+5-2=6.", "6", ["1/2"], "No")
     with pytest.raises(ValueError):
         judge_response("3+5-2=6.", "6", [], "A")
     with pytest.raises(ValueError):
