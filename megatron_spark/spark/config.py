@@ -58,7 +58,8 @@ class SparkConfig:
     reflection_weight: float = 1.0
     """Loss weight of reflection samples (joint schedule)."""
     judge_ce_weight: float = 0.0
-    """Teacher-forced cross-entropy on the correct verdict of each judge item (0 disables)."""
+    """Weight of teacher-forced cross-entropy on the correct verdict of each judge item, after the
+    first sample's own reasoning; averaged over the step's verdict tokens (0 disables)."""
 
     def __post_init__(self) -> None:
         for name in ("pairwise_fraction", "reflection_full_fraction", "reflection_wrong_tone_fraction"):
