@@ -92,6 +92,8 @@ def test_alternating_schedule_runs_both_phases(warm_start, tmp_path):
             "train.num_steps=3",
             "train.num_prompts_per_step=8",
             "spark.items_per_step=8",
+            "optim.lr=5e-5",
+            "optim.warmup_steps=10",
             "train.eval_num_problems=0",
             "train.eval_judge=false",
         ],
@@ -106,7 +108,7 @@ def test_alternating_schedule_runs_both_phases(warm_start, tmp_path):
         sum(r[f"spark/items_trained/{k}"] for k in ("pointwise", "pairwise", "reflection")) > 0 for r in steps
     )
     # The LR schedule counts both phases' optimizer steps (2 phases x 2 minibatches per step):
-    # spark.yaml warms up linearly over 10 optimizer steps to 5e-5, and train/lr is the mean rate
+    # the run warms up linearly over 10 optimizer steps to 5e-5, and train/lr is the mean rate
     # of the step's 4 optimizer steps, so step k covers optimizer steps 4(k-1)+1 .. 4k.
     lr = [r["train/lr"] for r in steps]
     expected = [5e-5 * sum(min(1.0, (4 * k + j + 1) / 10) for j in range(4)) / 4 for k in range(3)]
