@@ -7,6 +7,8 @@ derivation, then a check step per candidate, its result minus the candidate (``6
 
 * ``format``: replies whose check steps parse;
 * ``own_right``: the check's left operand (the judge's own result) is the true answer;
+* ``copy_right``: every check step's candidate is the one the prompt shows in its slot (pairwise:
+  B's step checks B's answer and A's step A's);
 * ``step_right``: every check step's arithmetic is right (``a-b`` really is its result);
 * ``zero_right``: every check step is 0 exactly when its candidate is right;
 * ``last_right``: the last check step is (the evidence every verdict should follow: pointwise
@@ -27,6 +29,8 @@ import argparse
 import dataclasses
 import json
 import re
+import string
+from functools import cache
 
 from megatron_spark.config import load_config
 from megatron_spark.spark.verdict import parse_verdict
@@ -35,6 +39,43 @@ from megatron_spark.train.config import RunConfig
 STEP = r"(-?\d+)([+-])(\d+)=(-?\d+)\."
 POINTWISE = re.compile(STEP + r"\s*\\boxed")
 PAIRWISE = re.compile(r"B: " + STEP + r" A: " + STEP + r"\s*\\boxed")
+
+
+@cache
+def _template_patterns(kind: str) -> tuple[re.Pattern, ...]:
+    """One regex per prompt template of ``kind``, capturing the candidates by placeholder name."""
+    from megatron_spark.spark import templates
+
+    pool = (
+        [t for ts in templates._POINTWISE.values() for t in ts]
+        if kind == "pointwise"
+        else templates._PAIRWISE
+    )
+    out = []
+    for text in pool:
+        parts = []
+        for literal, field, _, _ in string.Formatter().parse(text):
+            parts.append(re.escape(literal))
+            if field == "question":
+                parts.append(".*")
+            elif field:
+                parts.append(f"(?P<{field}>.+?)")
+        out.append(re.compile("".join(parts) + "$", re.S))
+    return tuple(out)
+
+
+def _candidates(prompt: str, kind: str) -> list[int] | None:
+    """The prompt's candidates in check order (pointwise: the answer; pairwise: B, then A)."""
+    for pattern in _template_patterns(kind):
+        m = pattern.match(prompt)
+        if m:
+            d = m.groupdict()
+            shown = [d["answer"]] if kind == "pointwise" else [d["answer_b"], d["answer_a"]]
+            try:
+                return [int(x) for x in shown]
+            except ValueError:  # a pool answer that is not an integer: no check step can copy it
+                return None
+    return None
 
 
 def _steps(text: str, kind: str) -> list[tuple[int, int, int]] | None:
@@ -63,6 +104,7 @@ def probe(items, texts, answers) -> dict[str, dict[str, float]]:
                     "items",
                     "format",
                     "own_right",
+                    "copy_right",
                     "step_right",
                     "zero_right",
                     "last_right",
@@ -81,6 +123,8 @@ def probe(items, texts, answers) -> dict[str, dict[str, float]]:
             continue
         c["format"] += 1
         c["own_right"] += steps[0][0] == int(answer)
+        shown = _candidates(it.prompt, it.kind)
+        c["copy_right"] += shown is not None and [cand for _, cand, _ in steps] == shown
         c["step_right"] += all(own - cand == res for own, cand, res in steps)
         # per check step, whether its candidate is right (a pairwise reply checks slot B first)
         right = [it.polarity == "correct"] if it.kind == "pointwise" else [it.label == "B", it.label == "A"]
