@@ -112,8 +112,26 @@ def fill_logprobs(s: Session, micro_batches) -> None:
             mb.ref_logprobs = lp
 
 
-def minibatches(groups: list[list[Sample]], k: int) -> list[list[Sample]]:
-    """Split whole groups into ``k`` near-equal chunks, in order."""
+def minibatches(groups: list[list[Sample]], k: int, kinds: Sequence[str] | None = None) -> list[list[Sample]]:
+    """Split whole groups into ``k`` near-equal chunks, in order.
+
+    With ``kinds`` (one per group), the groups are first interleaved so that each kind is spread
+    evenly over the order (a group at position ``i`` of ``n`` in its kind goes to ``(i + 0.5) / n``),
+    so every optimizer step sees its share of each kind. The loss normalises each objective by its
+    token count in the step: a chunk holding all the policy groups and two verdict cross-entropy
+    samples would give those two samples' few tokens the whole cross-entropy weight of that step.
+    Either way there are ``min(k, len(groups))`` chunks, which data-parallel ranks rely on.
+    """
+    if kinds is not None:
+        if len(kinds) != len(groups):
+            raise ValueError(f"minibatches: {len(kinds)} kinds for {len(groups)} groups")
+        total = {kind: kinds.count(kind) for kind in set(kinds)}
+        seen: dict[str, int] = {}
+        where = []
+        for kind in kinds:
+            i = seen[kind] = seen.get(kind, -1) + 1
+            where.append((i + 0.5) / total[kind])
+        groups = [groups[j] for j in sorted(range(len(groups)), key=lambda j: where[j])]
     bounds = [round(j * len(groups) / k) for j in range(k + 1)]
     return [[x for g in groups[a:b] for x in g] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
@@ -122,9 +140,13 @@ def groups_of(samples: list[Sample], group_size: int) -> list[list[Sample]]:
     return [samples[i : i + group_size] for i in range(0, len(samples), group_size)]
 
 
-def update(s: Session, groups: list[list[Sample]], ce_coef: float = 0.0) -> dict[str, float]:
+def update(
+    s: Session, groups: list[list[Sample]], ce_coef: float = 0.0, kinds: Sequence[str] | None = None
+) -> dict[str, float]:
     """``grpo.num_minibatches`` optimizer steps on the groups' samples, then the weight sync.
     ``ce`` samples (teacher-forced) are weighed by ``ce_coef`` over their own token count.
+    ``kinds`` (one per group) spreads each kind of group evenly over the optimizer steps
+    (:func:`minibatches`).
     Returns the world-summed training statistics (``t_*``), the rollout/train log-prob gap
     before the first update, and the number of optimizer steps taken and applied."""
     cfg = s.cfg
@@ -136,7 +158,7 @@ def update(s: Session, groups: list[list[Sample]], ce_coef: float = 0.0) -> dict
     k = s.min_over_replicas(min(cfg.grpo.num_minibatches, len(groups)))
     if k < 1:
         raise RuntimeError("update: a data-parallel rank has no samples (callers must give each one)")
-    chunks = minibatches(groups, k)
+    chunks = minibatches(groups, k, kinds)
     plans = [build_micro_batches(chunk, cfg.train.micro_batch_tokens) for chunk in chunks]
     with s.timer("logprobs"):  # every chunk's old log-probs before the first update
         for mbs in plans:
