@@ -6,7 +6,8 @@ Joint schedule (default), one step::
     verify    task verifier                          boxed verdict vs label / verifier vs truth
     recycle   this step's task groups -> new items -> queue (served from the next step on)
     update    one pass of ``grpo.num_minibatches`` optimizer steps over all groups together,
-              each sample weighed by its role (``spark.*_weight``); one weight sync
+              each sample weighed by its role (``spark.*_weight``), each step holding its share
+              of every role; one weight sync
 
 Alternating schedule (the paper's): a plain GRPO update on the task prompts, recycle, then pop
 items, roll them out with the updated policy and take a second update; two syncs per step. An
@@ -87,20 +88,25 @@ def roll_items(s: Session, items: list[Item], first: int = 0):
     return completions, rewards, timeouts
 
 
-def item_samples(s: Session, items: list[Item], completions, rewards: torch.Tensor) -> list[list[Sample]]:
-    """One group of RL samples per item, weighed by its role, plus the verdict CE samples."""
+def item_samples(
+    s: Session, items: list[Item], completions, rewards: torch.Tensor
+) -> tuple[list[list[Sample]], list[str]]:
+    """One group of RL samples per item, weighed by its role, plus the verdict CE samples; and
+    each group's kind (the item's, or ``verdict_ce``) for :func:`~megatron_spark.train.grpo.update`."""
     sp, m = s.cfg.spark, s.cfg.spark.num_samples_per_item
     weight = {"pointwise": sp.judge_weight, "pairwise": sp.judge_weight, "reflection": sp.reflection_weight}
     adv = group_advantages(rewards, s.cfg.grpo.advantage)
-    groups = []
+    groups, kinds = [], []
     for i, item in enumerate(items):
         cs = completions[i * m : (i + 1) * m]
         groups.append(to_samples(cs, adv[i], rewards[i], weight[item.kind]))
+        kinds.append(item.kind)
         if sp.judge_ce_weight > 0 and item.choices:
             ce = verdict_ce_sample(s, cs, item)
             if ce is not None:
                 groups.append([ce])
-    return groups
+                kinds.append("verdict_ce")
+    return groups, kinds
 
 
 def verdict_ce_sample(s: Session, completions, item: Item) -> Sample | None:
@@ -179,9 +185,12 @@ def spark_step(s: Session) -> dict[str, float]:
         n = s.cfg.rollout.num_samples_per_prompt
         adv = group_advantages(rewards, s.cfg.grpo.advantage)
         groups = groups_of(to_samples(completions, adv, rewards, s.cfg.spark.policy_weight), n)
+        kinds = ["policy"] * len(groups)
         if items:
-            groups += item_samples(s, items, item_completions, item_rewards)
-    t = update(s, groups, ce_coef=s.cfg.spark.judge_ce_weight)
+            item_groups, item_kinds = item_samples(s, items, item_completions, item_rewards)
+            groups, kinds = groups + item_groups, kinds + item_kinds
+    # Each optimizer step takes its share of every kind (policy, each item kind, verdict CE).
+    t = update(s, groups, ce_coef=s.cfg.spark.judge_ce_weight, kinds=kinds)
     metrics = {**policy_metrics(s, completions, rewards, timeouts + item_timeouts), **train_metrics(t)}
     metrics.update(item_metrics(s, items, built, item_rewards))
     metrics.update(throughput(s, [x for g in groups for x in g], start))
@@ -199,7 +208,7 @@ def alternating_step(s: Session) -> dict[str, float]:
         adv = group_advantages(rewards, s.cfg.grpo.advantage)
         groups = groups_of(to_samples(completions, adv, rewards), s.cfg.rollout.num_samples_per_prompt)
     t = update(s, groups)  # phase 1: the policy
-    metrics = {**policy_metrics(s, completions, rewards, timeouts), **train_metrics(t)}
+    metrics = policy_metrics(s, completions, rewards, timeouts)
     samples = [x for g in groups for x in g]
     popped, items, first = pop_items(s)
     # Phase 2 holds collectives: it runs when every DP rank has a share (``popped`` is the same
@@ -209,14 +218,15 @@ def alternating_step(s: Session) -> dict[str, float]:
     if run_items:
         item_completions, item_rewards, _ = roll_items(s, items, first)
         s.release_engine()
-        item_groups = item_samples(s, items, item_completions, item_rewards)
-        t2 = update(s, item_groups, ce_coef=s.cfg.spark.judge_ce_weight)  # phase 2: judge and reflection
-        t = {k: t[k] + t2[k] for k in ("steps", "applied", "grad_norm", "lr")} | {
-            k: v for k, v in t.items() if k not in ("steps", "applied", "grad_norm", "lr")
-        }
+        item_groups, item_kinds = item_samples(s, items, item_completions, item_rewards)
+        # phase 2: judge and reflection
+        t2 = update(s, item_groups, ce_coef=s.cfg.spark.judge_ce_weight, kinds=item_kinds)
+        # train/* over both phases' optimizer steps (the log-prob gap: before phase 1's first)
+        t = {k: v + t2[k] if k not in ("gap", "gap_tokens") else v for k, v in t.items()}
         samples += [x for g in item_groups for x in g]
     else:
         s.queue.requeue(popped)  # too few for every rank: kept for the next step
+    metrics.update(train_metrics(t))
     metrics["spark/item_phase_skipped"] = 0.0 if run_items else 1.0
     metrics.update(item_metrics(s, items if run_items else [], built, item_rewards))
     metrics.update(throughput(s, samples, start))
