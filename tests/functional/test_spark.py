@@ -1,7 +1,7 @@
 """SPARK end to end on the tiny task: judge items are built, rolled out, rewarded and trained, and
 the held-out judge gets better; the alternating schedule runs; bad input to ``eval``/``generate``.
 
-One module-scoped warm start (the demo's judge-format SFT, shortened) serves every test.
+One module-scoped warm start (the demo's judge-format SFT) serves every test.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ def warm_start(tmp_path_factory):
             str(REPO / "examples/tiny_arith/sft_spark.yaml"),
             f"run_dir={run_dir}",
             "train.eval_num_problems=50",
-            "train.num_steps=220",  # the recipe's 400 steps teach the check better; CI needs the formats
         ],
         check=True,
         timeout=900,
     )
-    return run_dir / "checkpoints" / "step_000220"
+    checkpoints = run_dir / "checkpoints"
+    return checkpoints / (checkpoints / "latest").read_text().strip()
 
 
 def test_joint_schedule_builds_rolls_out_rewards_and_trains_items(warm_start, tmp_path):
@@ -44,12 +44,10 @@ def test_joint_schedule_builds_rolls_out_rewards_and_trains_items(warm_start, tm
             SPARK,
             f"run_dir={run_dir}",
             f"model.init={warm_start}",
-            "train.num_steps=5",
-            "train.num_prompts_per_step=16",
-            "spark.items_per_step=16",
-            "spark.judge_ce_weight=0.1",
-            "train.eval_every_steps=0",
-            "train.eval_num_problems=40",
+            "train.num_steps=16",
+            "optim.lr=2e-4",  # the recipe's 1e-4 takes ~24 steps to move the held-out judge
+            "train.eval_every_steps=8",
+            "train.eval_num_problems=100",
             "train.save_every_steps=0",
         ],
         check=True,
@@ -57,7 +55,7 @@ def test_joint_schedule_builds_rolls_out_rewards_and_trains_items(warm_start, tm
     )
     rows = metrics(run_dir)
     steps = [r for r in rows if "spark/queue_size" in r]
-    assert len(steps) == 5
+    assert len(steps) == 16
     for kind in ("pointwise", "pairwise", "reflection"):
         assert sum(r[f"spark/items_built/{kind}"] for r in steps) > 0, kind
         assert sum(r[f"spark/items_trained/{kind}"] for r in steps) > 0, kind
@@ -75,9 +73,17 @@ def test_joint_schedule_builds_rolls_out_rewards_and_trains_items(warm_start, tm
     assert judge and 0.0 < sum(judge) / len(judge) < 1.0
     refl = [r["reflection/accuracy"] for r in steps[1:] if r["spark/items_trained/reflection"] > 0]
     assert refl and 0.0 < sum(refl) / len(refl) < 1.0
-    # Held-out judge and reflection accuracy were measured at the start and at the end.
+    # The held-out judge learnt: the warm start's verdicts are coin flips (50% on balanced items);
+    # 16 steps of recycled items move both judges (measured: 69% pointwise and 72% pairwise, on
+    # 100 items each).
     evals = [r for r in rows if "eval/judge_pointwise_accuracy" in r]
-    assert [r["step"] for r in evals] == [0, 5]
+    assert [r["step"] for r in evals] == [0, 8, 16]
+    first, last = evals[0], evals[-1]
+    gains = [
+        last[f"eval/judge_{k}_accuracy"] - first[f"eval/judge_{k}_accuracy"]
+        for k in ("pointwise", "pairwise")
+    ]
+    assert all(g > 0 for g in gains) and sum(gains) / 2 >= 0.1, (first, last)
 
 
 def test_alternating_schedule_runs_both_phases(warm_start, tmp_path):
