@@ -72,4 +72,7 @@ def test_packed_and_unpacked_gradients_are_equal(family, hf_models):
     unpacked = _grads(model, arch.vocab_size, seqs, weights, one_batch=False)
     for name, g in packed.items():
         assert g.abs().sum() > 0, name
-        torch.testing.assert_close(g, unpacked[name], rtol=1e-5, atol=1e-6, msg=name)
+        # float32: the embedding's backward sums its rows' token gradients in another order when
+        # packed (one element of the Llama embedding was 2.2e-6 apart at |g| = 3.4e-3 on one CPU);
+        # a leak across packed sequences moves gradients by orders of magnitude more.
+        torch.testing.assert_close(g, unpacked[name], rtol=1e-5, atol=1e-5, msg=name)
