@@ -27,8 +27,12 @@ def _evals(run_dir: Path) -> list[dict[str, float]]:
 
 
 def _latest_checkpoint(run_dir: Path) -> Path:
-    root = run_dir / "checkpoints"
-    return root / (root / "latest").read_text().strip()
+    from megatron_spark.train.checkpoint import latest
+
+    path = latest(run_dir / "checkpoints")
+    if path is None:
+        raise UserError(f"{run_dir}: the stage finished without a complete checkpoint")
+    return path
 
 
 def run_demo(run_dir: str | Path, seed: int = 0, overrides: list[str] = ()) -> int:

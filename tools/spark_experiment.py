@@ -11,7 +11,7 @@ balanced held-out judge items from one frozen answer pool, reflection, self-refl
 
 Writes OUT/<run>/ (training run and eval/), OUT/results.json, and regenerates
 docs/experiments/tiny_arith.md (keeping its hand-written "## Analysis" section) with comparison
-plots in docs/experiments/tiny_arith/.
+plots and a copy of results.json in docs/experiments/tiny_arith/.
 """
 
 from __future__ import annotations
@@ -58,8 +58,12 @@ def _get(d: dict, path: tuple[str, ...]):
 
 
 def _latest(run_dir: Path) -> Path:
-    root = run_dir / "checkpoints"
-    return root / (root / "latest").read_text().strip()
+    from megatron_spark.train.checkpoint import latest
+
+    path = latest(run_dir / "checkpoints")
+    if path is None:
+        raise SystemExit(f"{run_dir}: no complete checkpoint")
+    return path
 
 
 def run_one(name: str, out: Path, warm: Path, common: list[str]) -> dict:
@@ -86,6 +90,9 @@ def write_doc(results: dict, out: Path, args, warm_eval: dict) -> None:
 
     figs = DOC.parent / "tiny_arith"
     figs.mkdir(parents=True, exist_ok=True)
+    # The measured numbers beside the doc, checkpoint paths relative to the experiment directory.
+    kept = json.loads(json.dumps(results).replace(f"{out}/", ""))
+    (figs / "results.json").write_text(json.dumps(kept, indent=2) + "\n")
     curves = {n: read_curves(out / n / "metrics.jsonl") for n in results}
     plots = []
     for metric, title in (

@@ -16,6 +16,7 @@ Departures from the GRPO paper, and why:
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
@@ -125,7 +126,7 @@ def minibatches(groups: list[list[Sample]], k: int, kinds: Sequence[str] | None 
     if kinds is not None:
         if len(kinds) != len(groups):
             raise ValueError(f"minibatches: {len(kinds)} kinds for {len(groups)} groups")
-        total = {kind: kinds.count(kind) for kind in set(kinds)}
+        total = Counter(kinds)
         seen: dict[str, int] = {}
         where = []
         for kind in kinds:

@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from megatron_spark.train.checkpoint import latest
 from tests.conftest import REPO, run_cli, run_torchrun
 
 SPARK = str(REPO / "examples/tiny_arith/spark.yaml")
@@ -32,8 +33,7 @@ def warm_start(tmp_path_factory):
         check=True,
         timeout=900,
     )
-    checkpoints = run_dir / "checkpoints"
-    return checkpoints / (checkpoints / "latest").read_text().strip()
+    return latest(run_dir / "checkpoints")
 
 
 def test_joint_schedule_builds_rolls_out_rewards_and_trains_items(warm_start, tmp_path):
