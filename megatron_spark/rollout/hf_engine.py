@@ -8,7 +8,10 @@ How a call runs:
 * prompts are sorted by length and cut into chunks of ``max_batch_sequences`` (less padding);
 * each chunk is left-padded; the attention mask and explicit position ids (0 at the first real
   token) make a padded row compute the same numbers as the prompt alone;
-* prefill fills a ``DynamicCache``; each decode step feeds one token per unfinished row;
+* prefill runs once per distinct prompt of the chunk and fills a ``DynamicCache``, whose rows are
+  then repeated for every copy of that prompt (GRPO samples each prompt n times: the prompt's
+  keys and values are computed once, as a prefix cache does);
+* each decode step feeds one token per unfinished row;
   rows that hit a stop token are dropped from the batch and the cache (``batch_select_indices``),
   and the loop ends when none is left;
 * sampling is inverse-CDF with one uniform per (sequence, step), drawn up front for the whole call
@@ -197,6 +200,10 @@ class HFEngine:
         """Make the engine usable again; parameter storage returns with ``update_weights``."""
         self._awake = True
 
+    def close(self) -> None:
+        """Free the weights for good (this engine holds no process groups)."""
+        self.sleep()
+
     # ---- generation ----------------------------------------------------------------------------
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
@@ -261,7 +268,9 @@ class HFEngine:
 
         steps = params.max_new_tokens
         n = len(prompts)
-        ids, mask, positions = left_pad(prompts, self.device)
+        distinct: dict[tuple[int, ...], int] = {}
+        copy_of = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompts])
+        ids, mask, positions = left_pad([list(p) for p in distinct], self.device)
         cache = DynamicCache(config=self.model.config)
         tokens_out = torch.zeros((n, steps), dtype=torch.long)
         logprobs_out = torch.zeros((n, steps), dtype=torch.float32)
@@ -269,8 +278,12 @@ class HFEngine:
         stopped = torch.zeros(n, dtype=torch.bool)
         stop_ids = torch.tensor(params.stop_token_ids, dtype=torch.long, device=self.device)
         live = torch.arange(n)  # chunk rows still decoding, in cache order
-        next_pos = positions[:, -1] + 1  # [live]
         logits = self._forward(ids, mask, positions, cache)
+        if len(distinct) < n:  # one row per prompt copy
+            rows = copy_of.to(self.device)
+            cache.batch_select_indices(rows)
+            logits, mask, positions = logits[rows], mask[rows], positions[rows]
+        next_pos = positions[:, -1] + 1  # [live]
         for step in range(steps):
             tok, lp = sample_tokens(logits, uniforms[live, step], params.temperature, params.top_p)
             tokens_out[live, step] = tok.cpu()

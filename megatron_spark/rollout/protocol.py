@@ -109,3 +109,7 @@ class RolloutEngine(Protocol):
     def wake(self) -> None:
         """Take the memory back before ``generate``."""
         ...
+
+    def close(self) -> None:
+        """Release the engine for good, before the trainer destroys its process groups."""
+        ...

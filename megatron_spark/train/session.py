@@ -361,6 +361,8 @@ class Session:
 
     def close(self) -> None:
         self.metrics.close()
+        if self.engine is not None:
+            self.engine.close()
         if self.rank == 0:
             summary = {"run_dir": str(self.run_dir), "step": self.step}
             (self.run_dir / "summary.json").write_text(json.dumps(summary) + "\n")

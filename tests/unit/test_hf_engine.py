@@ -74,6 +74,20 @@ def test_logprobs_equal_unpadded_teacher_forced_forward(engine, reference):
     _assert_logprobs_match(reference, completions)
 
 
+def test_repeated_prompts_share_one_prefill_and_still_match(engine, reference):
+    """GRPO's n copies of a prompt are prefilled once and their cache rows repeated: every copy's
+    log-probs still equal the unpadded forward, also after rows stop and leave the batch."""
+    prompts = [p for p in _prompts() for _ in range(3)]
+    prompts = prompts[::2] + prompts[1::2]  # copies apart, not side by side
+    stop = sorted({t for p in prompts for t in p})[:40]  # frequent enough that rows drop early
+    params = SamplingParams(max_new_tokens=12, seed=3, stop_token_ids=stop)
+    completions = engine.generate(prompts, params)
+    assert [c.prompt_ids for c in completions] == prompts
+    assert any(c.finish_reason == "stop" for c in completions)
+    assert any(c.finish_reason == "length" for c in completions)
+    _assert_logprobs_match(reference, completions)
+
+
 def test_temperature_is_applied_to_logprobs(engine, reference):
     completions = engine.generate(_prompts(), SamplingParams(temperature=0.7, max_new_tokens=8, seed=2))
     for c in completions:
