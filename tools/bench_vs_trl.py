@@ -12,15 +12,21 @@ engine), not model loading. Target: our samples/s >= 2x TRL's.
 
 What is matched, and where the sides differ:
 
-* weights: ours ``model.init=preset:tiny-llama`` (megatron's init), TRL a saved random
-  transformers model of the same config (std 0.02); both sample near-uniformly at first, so
-  almost every completion runs to ``--max-new-tokens``. The completion-token columns show it;
+* weights (``--init``): ``random``: ours ``model.init=preset:tiny-llama`` (megatron's init), TRL a
+  saved random transformers model of the same config (std 0.02); both sample near-uniformly, so
+  almost every completion runs to ``--max-new-tokens`` and neither side has padding to skip.
+  ``sft`` (or a checkpoint directory): both start from the same trained weights (the tiny
+  recipe's SFT warm start, exported to Hugging Face format for TRL), so completions end at EOS
+  with lengths that vary as in a real run. The completion-token columns show it;
+* task and reward: the tiny GRPO recipe's arithmetic task (``examples/tiny_arith/grpo.yaml``);
+  the reward is the last ``\boxed{}`` equal to the answer as a string on both sides (ours
+  ``task.verifier.kind=exact``, not the recipe's math-verify);
 * tokenizer: ours the builtin sentencepiece model, TRL the same ``.model`` file loaded by
   transformers' ``LlamaTokenizer`` (same ids for the prompts' digits and operators; the same
   prompt lengths);
-* prompts: the first step's problems of our sampler (seed ``--seed``); TRL's side
-  (tools/trl_side.py) takes one step's prompts as its dataset and cycles them, ours draws new ones
-  every step from the same task;
+* prompts: the problems our sampler draws over the run (seed ``--seed``); TRL's side
+  (tools/trl_side.py) takes them as its dataset and walks them in its own shuffled order, one
+  step's worth per step;
 * loss: token-level clipped surrogate (TRL's ``dapo``, ours), no KL, one optimizer step per
   rollout batch. Our old log-probs are the engine's (``grpo.old_logprobs=rollout``), as on-policy
   TRL uses the current ones without an extra forward (``--old-logprobs recompute`` adds that
@@ -53,29 +59,69 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing it (e.g. from TRL's venv)
 PRESET = "tiny-llama"
+RECIPE = REPO / "examples" / "tiny_arith" / "grpo.yaml"
+SFT_RECIPE = REPO / "examples" / "tiny_arith" / "sft.yaml"
+
+
+def recipe_task():
+    """The arithmetic task of the tiny GRPO recipe (the one its SFT warm start was trained on)."""
+    from megatron_spark.config import load_config
+    from megatron_spark.data.tasks import ArithmeticTask
+    from megatron_spark.train.config import RunConfig
+
+    return ArithmeticTask(load_config(RunConfig, RECIPE, []).task.arithmetic)
 
 
 def problems_for(num_prompts: int, seed: int):
-    """The problems our sampler draws first (the default arithmetic task, seeded as a run is)."""
-    from megatron_spark.data.tasks import ArithmeticConfig, ArithmeticTask, ProblemSampler
+    """The problems our sampler draws first (the recipe's task, seeded as a run is)."""
+    from megatron_spark.data.tasks import ProblemSampler
 
-    return ProblemSampler(ArithmeticTask(ArithmeticConfig()), seed=seed).next_batch(num_prompts)
+    return ProblemSampler(recipe_task(), seed=seed).next_batch(num_prompts)
 
 
-def write_hf_side(out: Path, seed: int) -> None:
-    """The preset's transformers model sized to our tokenizer, and that tokenizer as an HF one."""
+def warm_start(work: Path, threads: int) -> Path:
+    """Train the tiny recipe's SFT warm start (examples/tiny_arith/sft.yaml) in ``work``; its
+    checkpoint. This is where the recipe's GRPO starts."""
+    run_dir = work / "sft"
+    cmd = [sys.executable, "-m", "megatron_spark.cli", "sft", str(SFT_RECIPE), f"run_dir={run_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    if proc.returncode != 0 or ckpt is None:
+        raise SystemExit(f"the SFT warm start failed:\n{proc.stderr[-6000:]}")
+    return ckpt
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    from megatron_spark.train.checkpoint import latest
+
+    return latest(root)
+
+
+def write_hf_side(out: Path, seed: int, init: Path | None) -> None:
+    """TRL's model: ``init`` exported to Hugging Face format, or (None) the preset's random
+    transformers model sized to our tokenizer; and our tokenizer as an HF one."""
     import copy
 
     from megatron_spark.data.tokenizer import ARITH_MODEL_PATH, load_tokenizer
     from megatron_spark.model.config import PRESETS
     from megatron_spark.model.hf_reference import make_random_hf_model
 
-    tok = load_tokenizer("builtin:arith")
-    cfg = copy.deepcopy(PRESETS[PRESET])
-    cfg.update(vocab_size=tok.vocab_size, eos_token_id=tok.eos_id, bos_token_id=tok.bos_id)
-    cfg["pad_token_id"] = tok.pad_id
-    make_random_hf_model(cfg, out, seed=seed, std=0.02)
+    if init is not None:
+        cmd = [sys.executable, str(REPO / "tools" / "convert_megatron_to_hf.py"), "--ckpt", str(init)]
+        proc = subprocess.run(
+            [*cmd, "--out", str(out), "--overwrite"], cwd=REPO, capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            raise SystemExit(f"exporting {init} to Hugging Face format failed:\n{proc.stderr[-3000:]}")
+    else:
+        tok = load_tokenizer("builtin:arith")
+        cfg = copy.deepcopy(PRESETS[PRESET])
+        cfg.update(vocab_size=tok.vocab_size, eos_token_id=tok.eos_id, bos_token_id=tok.bos_id)
+        cfg["pad_token_id"] = tok.pad_id
+        make_random_hf_model(cfg, out, seed=seed, std=0.02)
     shutil.copyfile(ARITH_MODEL_PATH, out / "tokenizer.model")
     special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
     config = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False}
@@ -90,7 +136,8 @@ def run_trl(args: argparse.Namespace, work: Path) -> dict:
     from trl_side import run_trl_grpo
 
     torch.set_num_threads(args.threads)
-    problems = problems_for(args.num_prompts, args.seed)
+    # Every step's problems of our run: TRL walks them in its own order, one step's worth at a time.
+    problems = problems_for(args.num_prompts * args.num_steps, args.seed)
     # Our SentencePieceTokenizer.encode_prompt is bos + text + "\n": TRL's tokenizer adds the bos.
     prompts = [p.prompt + "\n" for p in problems]
     tok = AutoTokenizer.from_pretrained(work / "hf")
@@ -99,6 +146,7 @@ def run_trl(args: argparse.Namespace, work: Path) -> dict:
         str(work / "hf"),
         prompts,
         [p.answer for p in problems],
+        prompts_per_step=args.num_prompts,
         num_generations=args.num_samples,
         max_new_tokens=args.max_new_tokens,
         num_steps=args.num_steps,
@@ -121,11 +169,13 @@ def run_ours(args: argparse.Namespace, work: Path) -> dict:
     from megatron_spark.train.session import Session
 
     torch.set_num_threads(args.threads)
+    init = (work / "init.txt").read_text().strip() if (work / "init.txt").is_file() else f"preset:{PRESET}"
     overrides = [
         f"run_dir={tempfile.mkdtemp(prefix='ours_', dir=work)}",
         f"seed={args.seed}",
-        f"model.init=preset:{PRESET}",
+        f"model.init={init}",
         "model.tokenizer=builtin:arith",
+        "task.verifier.kind=exact",  # TRL's side scores with the same string match
         "precision.params_dtype=float32",
         f"train.num_steps={args.num_steps}",
         f"train.num_prompts_per_step={args.num_prompts}",
@@ -141,11 +191,10 @@ def run_ours(args: argparse.Namespace, work: Path) -> dict:
         "grpo.num_minibatches=1",
         f"grpo.old_logprobs={args.old_logprobs}",
     ]
-    cfg = load_config(RunConfig, None, overrides)
+    cfg = load_config(RunConfig, RECIPE, overrides)
     s = Session(cfg, "train")
-    prompt_tokens = [
-        len(s.tokenizer.encode_prompt(p.prompt)) for p in problems_for(args.num_prompts, args.seed)
-    ]
+    problems = problems_for(args.num_prompts * args.num_steps, args.seed)
+    prompt_tokens = [len(s.tokenizer.encode_prompt(p.prompt)) for p in problems]
     step_seconds, tokens, samples, stages = [], 0, 0, {}
     try:
         for _ in range(args.num_steps):
@@ -244,6 +293,14 @@ def main() -> None:
         "--old-logprobs", default="rollout", choices=["rollout", "recompute"], help="our grpo.old_logprobs"
     )
     p.add_argument("--rounds", type=int, default=2, help="alternations TRL, ours (a shared CPU drifts)")
+    p.add_argument(
+        "--init",
+        default="random",
+        help="weights both sides start from: 'random' (the preset, near-uniform sampling: every "
+        "completion runs to --max-new-tokens), 'sft' (train the tiny recipe's SFT warm start "
+        "first, about a minute; completions end at EOS as in a real run) or a megatron_spark "
+        "checkpoint directory",
+    )
     p.add_argument("--side", choices=["trl", "ours"], help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -254,8 +311,16 @@ def main() -> None:
         return
     work = Path(tempfile.mkdtemp(prefix="bench_vs_trl_"))
     try:
-        (work / "hf").mkdir()
-        write_hf_side(work / "hf", args.seed)
+        init = None
+        if args.init == "sft":
+            init = warm_start(work, args.threads)
+        elif args.init != "random":
+            init = Path(args.init).resolve()
+            if not (init / "model").is_dir():
+                raise SystemExit(f"--init {args.init}: not a megatron_spark checkpoint directory (no model/)")
+        if init is not None:
+            (work / "init.txt").write_text(str(init))
+        write_hf_side(work / "hf", args.seed, init)
         runs: dict[str, list[dict]] = {"trl": [], "ours": []}
         for _ in range(args.rounds):
             for side in runs:

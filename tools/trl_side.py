@@ -87,10 +87,13 @@ def run_trl_grpo(
     max_new_tokens: int,
     num_steps: int,
     seed: int,
+    prompts_per_step: int | None = None,
     **grpo_overrides,
 ) -> dict:
     """Train ``num_steps`` GRPO steps with TRL and time them.
 
+    Each step takes ``prompts_per_step`` of ``prompts`` (default: all of them) in TRL's shuffled
+    order, ``num_generations`` completions each.
     ``grpo_overrides`` go to ``GRPOConfig`` (e.g. ``beta=0.04``, ``loss_type="grpo"``, ``bf16=True``).
     Defaults: dapo loss, beta 0 (no reference model), float32 on the CPU, bf16 autocast on CUDA, and
     TRL's own ``gradient_checkpointing=True`` (about 20% of the step on the tiny CPU model).
@@ -102,6 +105,7 @@ def run_trl_grpo(
     """
     if len(prompts) != len(answers) or not prompts:
         raise ValueError(f"need as many answers as prompts (>0), got {len(prompts)} and {len(answers)}")
+    per_step = prompts_per_step or len(prompts)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -122,7 +126,7 @@ def run_trl_grpo(
             "bf16": cuda,
             "seed": seed,
             "max_steps": num_steps,
-            "per_device_train_batch_size": len(prompts) * num_generations,  # completions per step
+            "per_device_train_batch_size": per_step * num_generations,  # completions per step
             "gradient_accumulation_steps": 1,
             "num_generations": num_generations,
             "max_completion_length": max_new_tokens,
@@ -146,7 +150,7 @@ def run_trl_grpo(
         trainer.train()
 
     return {
-        "samples": num_steps * len(prompts) * num_generations,
+        "samples": num_steps * per_step * num_generations,
         "completion_tokens": completion_tokens,
         "seconds": sum(clock.step_seconds),
         "step_seconds": clock.step_seconds,
