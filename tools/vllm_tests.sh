@@ -7,8 +7,8 @@
 #
 # What runs: the contract (every vLLM call and keyword we use exists), the engine against float64
 # transformers forwards (tests/unit/test_vllm_engine.py), and GRPO with rollout.engine=vllm fed by
-# the weight bridge (tests/functional/test_grpo_vllm.py). Not covered here: CUDA, sleep mode (the
-# CPU build has none), tensor parallelism inside vLLM.
+# the weight bridge, in one process and under torchrun at TP=2 and DP=2
+# (tests/functional/test_grpo_vllm.py). Not covered here: CUDA, sleep mode (the CPU build has none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VLLM_VENV:-.venv-vllm}"

@@ -1,8 +1,8 @@
 """Rollout engine on vLLM, colocated with the trainer in every torchrun process.
 
 Run and tested against vLLM 0.32.0's CPU build (``tools/vllm_tests.sh``: contract, log-probs
-against float64 transformers, GRPO fed by the weight bridge); NOT run on CUDA, where sleep mode
-and tensor parallelism inside vLLM come into play (docs/rollout.md). Read from vLLM's source:
+against float64 transformers, GRPO fed by the weight bridge at TP 1 and 2 and DP 2); NOT run on
+CUDA, where sleep mode comes into play (docs/rollout.md). Read from vLLM's source:
 ``vllm/entrypoints/llm.py`` (``LLM``, ``generate``, ``sleep``, ``wake_up(tags)``,
 ``collective_rpc``, ``reset_prefix_cache``), ``model_executor/model_loader/reload`` (in-place
 reload), ``v1/sample`` (what ``logprobs_mode`` returns) and ``v1/executor/uniproc_executor.py``

@@ -13,9 +13,7 @@ import pytest
 
 from megatron_spark.rollout.vllm_engine import VLLM_CALLS
 
-vllm = pytest.importorskip(
-    "vllm", reason="vLLM is not installed (docs/rollout.md: running the tests in a vLLM venv)"
-)
+vllm = pytest.importorskip("vllm", reason="vLLM is not installed (bash tools/vllm_tests.sh runs these tests)")
 from vllm.engine.arg_utils import EngineArgs  # noqa: E402
 
 

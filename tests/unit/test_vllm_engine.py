@@ -1,7 +1,7 @@
 """VLLMEngine on a real vLLM: its sampling log-probs equal a float64 teacher-forced forward.
 
 Runs wherever vLLM is installed. On these CPU machines that is vLLM's CPU build in its own
-virtual environment (docs/rollout.md, "Running the vLLM tests here"); elsewhere it is skipped.
+virtual environment (`bash tools/vllm_tests.sh`; docs/rollout.md); elsewhere it is skipped.
 The CPU build has no sleep mode, so ``sleep`` keeps the weights there; on GPUs sleep mode is on
 and is not exercised by this file.
 """
@@ -18,9 +18,7 @@ from megatron_spark.rollout import RolloutEngine, SamplingParams
 from megatron_spark.rollout.protocol import GREEDY_TOP_P
 from tests.conftest import FAMILIES, sample_sequences
 
-vllm = pytest.importorskip(
-    "vllm", reason="vLLM is not installed (docs/rollout.md: running the vLLM tests in their own venv)"
-)
+vllm = pytest.importorskip("vllm", reason="vLLM is not installed (bash tools/vllm_tests.sh runs these tests)")
 from vllm.platforms import current_platform  # noqa: E402
 
 from megatron_spark.rollout.vllm_engine import VLLMConfig, VLLMEngine  # noqa: E402
