@@ -35,7 +35,7 @@ setup(
     extras_require={
         # triton runs the fused-head kernels on the CPU under TRITON_INTERPRET=1 in the tests.
         "test": ["pytest>=8", "ruff>=0.6", "triton>=3.2"],
-        "gpu": ["transformer-engine[pytorch]>=2.4", "vllm>=0.10", "nvidia-modelopt>=0.33"],
+        "gpu": ["transformer-engine[pytorch]>=2.4", "vllm>=0.32", "nvidia-modelopt>=0.33"],
     },
     entry_points={"console_scripts": ["megatron-spark=megatron_spark.cli:main"]},
 )

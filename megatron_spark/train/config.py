@@ -88,7 +88,8 @@ class RolloutConfig:
 
     engine: Literal["hf", "vllm"] = "hf"
     """``hf``: transformers on this process's device (one engine per data-parallel replica);
-    ``vllm``: vLLM colocated on every rank (CUDA only; untested on our CPU machines)."""
+    ``vllm``: vLLM colocated on every rank (CUDA, or vLLM's CPU build: tested here on the CPU,
+    not on GPUs)."""
     num_samples_per_prompt: int = 8
     """Group size n of GRPO."""
     temperature: float = 1.0
