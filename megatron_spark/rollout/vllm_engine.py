@@ -320,10 +320,12 @@ class VLLMEngine:
     def close(self) -> None:
         """Shut vLLM down: drop the engine, then destroy vLLM's process groups and the default one
         it shares with the trainer (vLLM would otherwise destroy them at exit, after the trainer
-        has, and fail)."""
+        has, and fail). A second call does nothing."""
         from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
 
-        del self.llm
+        if self.llm is None:
+            return
+        self.llm = None
         destroy_model_parallel()
         destroy_distributed_environment()
         self._weights_valid = False

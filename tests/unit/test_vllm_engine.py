@@ -54,7 +54,10 @@ def engine(reference):
     config = VLLMConfig(dtype="float32", enforce_eager=True, sleep_mode=not current_platform.is_cpu())
     eng = VLLMEngine(CONFIGS["qwen2"], config)
     eng.update_weights(_weights(reference))
-    return eng
+    yield eng
+    eng.close()  # vLLM's process groups go with it, the default one included
+    assert not torch.distributed.is_initialized()
+    eng.close()  # a second call does nothing
 
 
 def _weights(model):
