@@ -153,6 +153,7 @@ def run_trl(args: argparse.Namespace, work: Path) -> dict:
         seed=args.seed,
         learning_rate=args.lr,
         gradient_checkpointing=args.trl_gradient_checkpointing,
+        bf16=args.dtype == "bfloat16",  # Trainer's bf16 autocast (on the CPU too)
     )
     res["prompt_tokens_mean"] = sum(len(tok(p)["input_ids"]) for p in prompts) / len(prompts)
     res["threads"] = torch.get_num_threads()
@@ -176,7 +177,7 @@ def run_ours(args: argparse.Namespace, work: Path) -> dict:
         f"model.init={init}",
         "model.tokenizer=builtin:arith",
         "task.verifier.kind=exact",  # TRL's side scores with the same string match
-        "precision.params_dtype=float32",
+        f"precision.params_dtype={args.dtype}",
         f"train.num_steps={args.num_steps}",
         f"train.num_prompts_per_step={args.num_prompts}",
         f"rollout.num_samples_per_prompt={args.num_samples}",
@@ -247,7 +248,7 @@ def print_table(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
     first = runs["trl"][0]
     print(
         f"{args.num_steps} GRPO steps x {args.num_prompts} prompts x {args.num_samples} samples, "
-        f"<= {args.max_new_tokens} new tokens, float32, {first['threads']} thread(s), lr {args.lr:g}, "
+        f"<= {args.max_new_tokens} new tokens, {args.dtype}, {first['threads']} thread(s), lr {args.lr:g}, "
         f"TRL gradient checkpointing {'on' if args.trl_gradient_checkpointing else 'off'}, "
         f"our old log-probs: {args.old_logprobs}; {args.rounds} round(s), TRL then ours in each"
     )
@@ -288,6 +289,13 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads on both sides")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="bfloat16: ours with bf16 parameters (float32 master weights in the optimizer), TRL "
+        "with the Trainer's bf16 autocast",
+    )
     p.add_argument("--trl-gradient-checkpointing", action="store_true", help="TRL's default; off here")
     p.add_argument(
         "--old-logprobs", default="rollout", choices=["rollout", "recompute"], help="our grpo.old_logprobs"
