@@ -1,8 +1,10 @@
-"""VLLMEngine's own logic against a stand-in ``vllm`` module (vLLM cannot be installed here).
+"""VLLMEngine's own logic against a stand-in ``vllm`` module, in the main environment (where vLLM
+is not installed) and in the vLLM one.
 
 The stand-in accepts only the keywords listed in ``VLLM_CALLS``, so the engine cannot start using
-a vLLM keyword the contract test (run wherever vLLM is installed) does not check. What vLLM does
-with those keywords is not tested here.
+a vLLM keyword the contract test does not check. It also shows the GPU lifecycle (sleep level 2,
+waking the weights before a load and the KV cache after) that vLLM's CPU build, which has no
+sleep mode, cannot; what a real vLLM does is tested by test_vllm_engine.py (tools/vllm_tests.sh).
 """
 
 import dataclasses
