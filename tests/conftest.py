@@ -140,3 +140,48 @@ def run_torchrun(nproc: int, args: list[str], timeout: int = 600) -> subprocess.
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{out[-4000:]}\n{err[-8000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """``RUN_DIR/metrics.jsonl``, one dict per line."""
+    import json
+
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+
+
+FIXED_TASK = [
+    "task.arithmetic.min_operands=3",
+    "task.arithmetic.max_operands=3",
+    "task.arithmetic.max_digits=1",
+]
+"""Overrides for the small arithmetic task of the learning tests (3 one-digit operands)."""
+
+
+def fixed_set_grpo_args(tmp_path: Path, run_dir: Path, init: Path, num_steps: int) -> list[str]:
+    """``megatron-spark train`` arguments for GRPO from ``init`` on 8 fixed problems of
+    ``FIXED_TASK``, written as a jsonl file (so the dataset path is exercised): revisited every
+    step, their reward climbs within a few steps."""
+    import json
+
+    from megatron_spark.data.tasks import ArithmeticConfig, ArithmeticTask
+
+    task = ArithmeticTask(ArithmeticConfig(min_operands=3, max_operands=3, max_digits=1))
+    data = tmp_path / "fixed.jsonl"
+    data.write_text(
+        "".join(json.dumps({"q": p.prompt, "a": p.answer}) + "\n" for p in map(task.train_problem, range(8)))
+    )
+    return [
+        "train",
+        str(REPO / "examples/tiny_arith/grpo.yaml"),
+        f"run_dir={run_dir}",
+        f"model.init={init}",
+        "task.kind=file",
+        f"task.file={{train_path: {data}, held_out_fraction: 0.0, prompt_key: q, answer_key: a}}",
+        f"train.num_steps={num_steps}",
+        "train.num_prompts_per_step=8",
+        "train.eval_every_steps=0",
+        "train.eval_num_problems=8",
+        "train.save_every_steps=0",
+        "optim.lr=3e-4",
+        "optim.warmup_steps=3",
+    ]

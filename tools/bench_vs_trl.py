@@ -84,20 +84,16 @@ def problems_for(num_prompts: int, seed: int):
 def warm_start(work: Path, threads: int) -> Path:
     """Train the tiny recipe's SFT warm start (examples/tiny_arith/sft.yaml) in ``work``; its
     checkpoint. This is where the recipe's GRPO starts."""
+    from megatron_spark.train.checkpoint import latest
+
     run_dir = work / "sft"
     cmd = [sys.executable, "-m", "megatron_spark.cli", "sft", str(SFT_RECIPE), f"run_dir={run_dir}"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
-    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    ckpt = latest(run_dir / "checkpoints")
     if proc.returncode != 0 or ckpt is None:
         raise SystemExit(f"the SFT warm start failed:\n{proc.stderr[-6000:]}")
     return ckpt
-
-
-def latest_checkpoint(root: Path) -> Path | None:
-    from megatron_spark.train.checkpoint import latest
-
-    return latest(root)
 
 
 def write_hf_side(out: Path, seed: int, init: Path | None) -> None:

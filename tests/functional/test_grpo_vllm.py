@@ -8,21 +8,13 @@ takes head sizes from 32 up, so the model is the tiny Llama preset with 4 heads 
 """
 
 import copy
-import json
 import os
 
 import pytest
 
-from megatron_spark.data.tasks import ArithmeticConfig, ArithmeticTask
-from tests.conftest import REPO, run_cli, run_torchrun
+from tests.conftest import FIXED_TASK, REPO, fixed_set_grpo_args, read_metrics, run_cli, run_torchrun
 
 pytest.importorskip("vllm", reason="vLLM is not installed (bash tools/vllm_tests.sh runs these tests)")
-
-TASK = ["task.arithmetic.min_operands=3", "task.arithmetic.max_operands=3", "task.arithmetic.max_digits=1"]
-
-
-def metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +39,7 @@ def warm_start(tmp_path_factory):
             "train.num_steps=100",
             "train.eval_every_steps=0",
             "train.eval_num_problems=50",
-            *TASK,
+            *FIXED_TASK,
         ],
         check=True,
         timeout=600,
@@ -65,34 +57,7 @@ def small_kv_cache():
         os.environ.pop("VLLM_CPU_KVCACHE_SPACE")
 
 
-def grpo_args(run_dir, init, data, num_steps):
-    return [
-        "train",
-        str(REPO / "examples/tiny_arith/grpo.yaml"),
-        f"run_dir={run_dir}",
-        f"model.init={init}",
-        "rollout.engine=vllm",
-        "rollout.top_p=1.0",
-        "task.kind=file",
-        f"task.file={{train_path: {data}, held_out_fraction: 0.0, prompt_key: q, answer_key: a}}",
-        f"train.num_steps={num_steps}",
-        "train.num_prompts_per_step=8",
-        "train.eval_every_steps=0",
-        "train.eval_num_problems=8",
-        "train.save_every_steps=0",
-        "optim.lr=3e-4",
-        "optim.warmup_steps=3",
-    ]
-
-
-def fixed_problems(tmp_path):
-    problems = [
-        ArithmeticTask(ArithmeticConfig(min_operands=3, max_operands=3, max_digits=1)).train_problem(i)
-        for i in range(8)
-    ]
-    data = tmp_path / "fixed.jsonl"
-    data.write_text("".join(json.dumps({"q": p.prompt, "a": p.answer}) + "\n" for p in problems))
-    return data
+VLLM = ["rollout.engine=vllm", "rollout.top_p=1.0"]
 
 
 def assert_engine_followed_the_trainer(steps):
@@ -105,8 +70,8 @@ def assert_engine_followed_the_trainer(steps):
 
 def test_grpo_with_vllm_keeps_engine_and_trainer_in_step_and_learns(tmp_path, warm_start):
     grpo = tmp_path / "grpo"
-    run_cli(grpo_args(grpo, warm_start, fixed_problems(tmp_path), 12), check=True, timeout=900)
-    steps = [m for m in metrics(grpo) if "policy/reward_mean" in m]
+    run_cli([*fixed_set_grpo_args(tmp_path, grpo, warm_start, num_steps=12), *VLLM], check=True, timeout=900)
+    steps = [m for m in read_metrics(grpo) if "policy/reward_mean" in m]
     assert len(steps) == 12
     assert_engine_followed_the_trainer(steps)
     rewards = [m["policy/reward_mean"] for m in steps]
@@ -119,9 +84,8 @@ def test_grpo_with_vllm_under_torchrun(tmp_path, warm_start, layout):
     """TP=2: one vLLM engine split over both ranks (vLLM's own tensor parallelism, fed full
     tensors by the bridge on every rank). DP=2: an engine per rank, each sampling its half."""
     grpo = tmp_path / "grpo"
-    run_torchrun(
-        2, ["-m", "megatron_spark.cli", *grpo_args(grpo, warm_start, fixed_problems(tmp_path), 3), *layout]
-    )
-    steps = [m for m in metrics(grpo) if "policy/reward_mean" in m]
+    args = [*fixed_set_grpo_args(tmp_path, grpo, warm_start, num_steps=3), *VLLM, *layout]
+    run_torchrun(2, ["-m", "megatron_spark.cli", *args])
+    steps = [m for m in read_metrics(grpo) if "policy/reward_mean" in m]
     assert len(steps) == 3
     assert_engine_followed_the_trainer(steps)

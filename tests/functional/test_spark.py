@@ -11,13 +11,9 @@ import json
 import pytest
 
 from megatron_spark.train.checkpoint import latest
-from tests.conftest import REPO, run_cli, run_torchrun
+from tests.conftest import REPO, read_metrics, run_cli, run_torchrun
 
 SPARK = str(REPO / "examples/tiny_arith/spark.yaml")
-
-
-def metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +49,7 @@ def test_joint_schedule_builds_rolls_out_rewards_and_trains_items(warm_start, tm
         check=True,
         timeout=1200,
     )
-    rows = metrics(run_dir)
+    rows = read_metrics(run_dir)
     steps = [r for r in rows if "spark/queue_size" in r]
     assert len(steps) == 16
     for kind in ("pointwise", "pairwise", "reflection"):
@@ -106,7 +102,7 @@ def test_alternating_schedule_runs_both_phases(warm_start, tmp_path):
         check=True,
         timeout=600,
     )
-    steps = [r for r in metrics(run_dir) if "spark/queue_size" in r]
+    steps = [r for r in read_metrics(run_dir) if "spark/queue_size" in r]
     assert len(steps) == 3
     # Phase 2 pops the items phase 1 just built: every step trains items.
     assert all(r["spark/item_phase_skipped"] == 0.0 for r in steps)
@@ -140,7 +136,7 @@ def test_alternating_schedule_survives_an_empty_queue(warm_start, tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
-    steps = [r for r in metrics(run_dir) if "spark/queue_size" in r]
+    steps = [r for r in read_metrics(run_dir) if "spark/queue_size" in r]
     assert [r["spark/item_phase_skipped"] for r in steps] == [1.0, 1.0]
     assert (run_dir / "checkpoints" / "step_000002").is_dir()
 
@@ -294,7 +290,7 @@ def test_joint_schedule_at_tp2_and_pp2_equals_one_process(warm_start, tmp_path, 
     args = [SPARK, f"model.init={warm_start}", *SHORT_RUN]
     run_cli(["train", *args, f"run_dir={tmp_path / 'one'}"], check=True, timeout=600)
     run_torchrun(2, ["-m", "megatron_spark.cli", "train", *args, f"run_dir={tmp_path / 'two'}", *layout])
-    assert_same_run(metrics(tmp_path / "one"), metrics(tmp_path / "two"))
+    assert_same_run(read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two"))
 
 
 @pytest.mark.parametrize("schedule", ["joint", "alternating"])
@@ -311,7 +307,7 @@ def test_joint_and_alternating_at_dp2_equal_one_process(warm_start, tmp_path, sc
     ]
     run_cli(["train", *args, f"run_dir={tmp_path / 'one'}"], check=True, timeout=600)
     run_torchrun(2, ["-m", "megatron_spark.cli", "train", *args, f"run_dir={tmp_path / 'two'}"])
-    assert_same_run(metrics(tmp_path / "one"), metrics(tmp_path / "two"))
+    assert_same_run(read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two"))
 
 
 def test_alternating_at_dp2_with_uneven_item_shares_does_not_hang(warm_start, tmp_path):
@@ -332,7 +328,7 @@ def test_alternating_at_dp2_with_uneven_item_shares_does_not_hang(warm_start, tm
         "train.save_every_steps=0",
     ]
     run_torchrun(2, ["-m", "megatron_spark.cli", "train", *args, f"run_dir={tmp_path}"], timeout=300)
-    steps = metrics(tmp_path)[1:]
+    steps = read_metrics(tmp_path)[1:]
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
     trained = [
         sum(r[f"spark/items_trained/{k}"] for k in ("pointwise", "pairwise", "reflection")) for r in steps
