@@ -85,3 +85,34 @@ class OutputLayerBypass:
     def __exit__(self, *exc):
         del self.layer.forward  # back to the class's forward
         return False
+
+
+class PositionRotary:
+    """While active, ``GPTModel``'s rotary embedding gives every packed token the angle of its own
+    position (``positions`` ``[T]``, e.g. :meth:`PackedBatch.position_ids`) instead of restarting
+    at every packed sequence, so a continuation of a shared prefix is numbered on from the prefix.
+
+    ``GPTModel`` asks ``self.rotary_pos_emb(seq_len, packed_seq=...)`` for the table of the first
+    ``seq_len`` positions; the answer here is that table, from the module's own forward, indexed by
+    ``positions`` (``[T, 1, 1, d]``). megatron's unfused packed RoPE (``_apply_rotary_pos_emb_thd``,
+    megatron-core 0.16) applies a table whose length equals the packed length token by token at its
+    packed offset. Transformer Engine's fused RoPE does not: the builder turns fusion off.
+    """
+
+    def __init__(self, model, positions):
+        if not hasattr(model, "rotary_pos_emb"):
+            raise ValueError("per-token positions need a model with rotary position embeddings")
+        self.module = model.rotary_pos_emb
+        self.positions = positions
+
+    def _forward(self, *args, **kwargs):
+        table = type(self.module).forward(self.module, int(self.positions.max()) + 1)
+        return table[self.positions.to(table.device)]
+
+    def __enter__(self):
+        self.module.forward = self._forward
+        return self
+
+    def __exit__(self, *exc):
+        del self.module.forward
+        return False

@@ -8,7 +8,9 @@ in the layout megatron expects:
 * unpacked (sbhd): query ``[s, b, np, hn]``, key/value ``[s, b, ng, hn]`` -> ``[s, b, np*hn]``
 * packed (thd, ``packed_seq_params.qkv_format == "thd"``): query ``[t, np, hn]``, key/value
   ``[t, ng, hn]`` -> ``[t, np*hn]``; attention is causal *within* each sequence delimited by
-  ``cu_seqlens_q`` and never crosses a sequence boundary.
+  ``cu_seqlens_q`` and never crosses a sequence boundary, except into a shared prefix: when the
+  params carry ``prefix_of`` (:class:`~megatron_spark.model.forward.PackedBatch`), a continuation
+  attends to all of its prefix's tokens, then causally to its own.
 
 Grouped-query attention is handled by ``scaled_dot_product_attention(enable_gqa=True)``; the math
 runs in float32 for half-precision inputs when ``attention_softmax_in_fp32`` is set.
@@ -17,6 +19,7 @@ runs in float32 for half-precision inputs when ``attention_softmax_in_fp32`` is 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -79,43 +82,80 @@ class SDPACoreAttention(MegatronModule):
         if attention_bias is not None:
             raise ValueError("SDPACoreAttention does not support an attention bias")
         if packed_seq_params is not None and packed_seq_params.qkv_format == "thd":
-            return self._forward_thd(query, key, value, packed_seq_params.cu_seqlens_q)
+            return self._forward_thd(
+                query, key, value, _thd_plan(packed_seq_params, query.shape[0], query.device)
+            )
         # sbhd: [s, b, n, hn] -> [b, n, s, hn]; the causal mask is implied (attention_mask unused).
         s, b, n, hn = query.shape
         out = self._sdpa(*(t.permute(1, 2, 0, 3) for t in (query, key, value)))
         return out.permute(2, 0, 1, 3).reshape(s, b, n * hn)
 
     def _forward_thd(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plan: ThdPlan
     ) -> torch.Tensor:
-        # Sequences are sorted by length and batched in right-padded groups whose padding stays
-        # under PAD_WASTE of their tokens. Right padding is exact under a causal mask: a real query
-        # only sees keys at or before it, which are all real. Memory is O(group * max_len^2),
-        # never O(total_tokens^2); one SDPA call per group instead of one per sequence.
         t, n, hn = query.shape
-        bounds = cu_seqlens.tolist()
-        seqs = [(e - s, s) for s, e in zip(bounds[:-1], bounds[1:]) if e > s]
-        seqs.sort(key=lambda x: -x[0])
-        pad = t  # index of an all-zero row appended below
-        q, k, v = (torch.cat([x, x.new_zeros(1, *x.shape[1:])]) for x in (query, key, value))
-        outputs, positions = [], []
-        for group in _length_groups(seqs):
-            longest = group[0][0]
-            idx = torch.full((len(group), longest), pad, dtype=torch.long)
-            for row, (length, begin) in enumerate(group):
-                idx[row, :length] = torch.arange(begin, begin + length)
-            idx = idx.to(query.device)
+        outputs = []
+        for idx, own in plan.groups:
             # [g, L, heads, hn] -> [g, heads, L, hn]
-            out = self._sdpa(*(x[idx].transpose(1, 2) for x in (q, k, v))).transpose(1, 2)
-            real = idx != pad
-            outputs.append(out[real])  # [tokens of the group, heads, hn]
-            positions.append(idx[real])
-        # Tokens past cu_seqlens[-1] (padding to a fixed pack length) attend to nothing.
-        if bounds[-1] < t:
-            outputs.append(query.new_zeros(t - bounds[-1], n, hn))
-            positions.append(torch.arange(bounds[-1], t, device=query.device))
-        order = torch.argsort(torch.cat(positions))
-        return torch.cat(outputs)[order].reshape(t, n * hn)
+            out = self._sdpa(*(x[idx].transpose(1, 2) for x in (query, key, value))).transpose(1, 2)
+            outputs.append(out[own])  # [own tokens of the group, heads, hn]
+        if plan.tail:  # tokens past cu_seqlens[-1] (padding to a fixed pack length) attend to nothing
+            outputs.append(query.new_zeros(plan.tail, n, hn))
+        return torch.cat(outputs)[plan.order].reshape(t, n * hn)
+
+
+@dataclass
+class ThdPlan:
+    """How a packed row is attended: per batched group, ``idx`` ``[g, L]`` (the token each slot
+    of each row gathers) and ``own`` ``[g, L]`` (slots whose outputs the row produces); ``order``
+    puts the groups' outputs (then ``tail`` zero rows) back in token order."""
+
+    groups: list[tuple[torch.Tensor, torch.Tensor]]
+    order: torch.Tensor
+    tail: int
+
+
+def _thd_plan(params, t: int, device: torch.device) -> ThdPlan:
+    """The plan of ``params`` (a megatron ``PackedSeqParams``, with our optional ``prefix_of``),
+    built once and kept on it: megatron hands the same object to every layer of a forward pass.
+
+    Every sequence becomes one row to attend over: its own tokens, behind its prefix's when it
+    continues one. Rows are sorted by length and batched in right-padded groups whose padding
+    stays under PAD_WASTE of their tokens. Right padding is exact under a causal mask: a real query
+    only sees keys at or before it, which are all real, so a padding slot may gather any token
+    (token 0) and its output is dropped. A row's outputs are kept for its own tokens only (a
+    prefix's come from the prefix's own row); gathering a prefix into several rows sums its
+    key/value gradients over them in backward. Memory is O(group * max_len^2), never
+    O(total_tokens^2); one SDPA call per group.
+    """
+    cached = getattr(params, "_sdpa_plan", None)
+    if cached is not None and cached[0] == (t, device):
+        return cached[1]
+    prefix_of = getattr(params, "prefix_of", None)
+    bounds = params.cu_seqlens_q.tolist()
+    spans = list(zip(bounds[:-1], bounds[1:]))
+    before = [0] * len(spans)  # tokens of the prefix in front of each sequence's own
+    if prefix_of is not None:
+        before = [spans[p][1] - spans[p][0] if p >= 0 else 0 for p in prefix_of]
+    rows = [(e - s + before[i], i) for i, (s, e) in enumerate(spans) if e > s]
+    rows.sort(key=lambda x: -x[0])
+    groups, positions = [], []
+    for group in _length_groups(rows):
+        idx = torch.zeros((len(group), group[0][0]), dtype=torch.long)
+        own = torch.zeros(idx.shape, dtype=torch.bool)
+        for row, (length, i) in enumerate(group):
+            if before[i]:
+                idx[row, : before[i]] = torch.arange(*spans[prefix_of[i]])
+            idx[row, before[i] : length] = torch.arange(*spans[i])
+            own[row, before[i] : length] = True
+        positions.append(idx[own])
+        groups.append((idx.to(device), own.to(device)))
+    tail = t - bounds[-1]
+    if tail:
+        positions.append(torch.arange(bounds[-1], t))
+    plan = ThdPlan(groups, torch.argsort(torch.cat(positions)).to(device), tail)
+    params._sdpa_plan = ((t, device), plan)
+    return plan
 
 
 PAD_WASTE = 0.25
@@ -123,7 +163,7 @@ PAD_WASTE = 0.25
 
 
 def _length_groups(seqs: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
-    """Split ``(length, start)`` pairs sorted by decreasing length into groups whose padded size
+    """Split ``(length, key)`` pairs sorted by decreasing length into groups whose padded size
     (count x first length) exceeds their real tokens by at most ``PAD_WASTE``."""
     groups: list[list[tuple[int, int]]] = []
     real = 0

@@ -1,9 +1,11 @@
 """Packed (THD) forward passes through megatron's pipeline schedule, returning token log-probs.
 
 Sequences are concatenated without padding into one row per micro-batch and delimited by
-``cu_seqlens``; attention and RoPE restart at every boundary. Every pipeline stage receives the
-same :class:`PackedBatch` (middle stages need ``cu_seqlens`` for attention); the last stage turns
-its vocab-parallel logits into log-probs of the next token.
+``cu_seqlens``; attention and RoPE restart at every boundary, except where a sequence continues
+a shared prefix (``prefix_of``: a GRPO group's prompt packed once, each response attending to it
+and numbered on from its end). Every pipeline stage receives the same :class:`PackedBatch`
+(middle stages need ``cu_seqlens`` for attention); the last stage turns its vocab-parallel logits
+into log-probs of the next token, or of the targets of its head rows (``head_index``).
 """
 
 from __future__ import annotations
@@ -24,22 +26,59 @@ class PackedBatch:
 
     tokens: torch.Tensor
     cu_seqlens: torch.Tensor
+    prefix_of: list[int] | None = None
+    """Per sequence, the index of an earlier sequence it continues, or -1 (None: all -1). A
+    continuation attends to its prefix's tokens, then causally to its own, and its positions go on
+    from the prefix's length: packing ``[prompt, r1, r2]`` with ``prefix_of = [-1, 0, 0]`` gives
+    ``r1`` and ``r2`` the activations they have in ``prompt + r1`` and ``prompt + r2``. Prefixes
+    are never continuations themselves. Needs :class:`~megatron_spark.model.attention.SDPACoreAttention`."""
+    head_index: torch.Tensor | None = None
+    """``[K]``: positions whose hidden states the loss head reads, in order (a shared prompt's
+    last position once per continuation); None: every position (``[T]``, next-token targets)."""
+    head_targets: torch.Tensor | None = None
+    """``[K]``: the token each head row predicts."""
+
+    def __post_init__(self) -> None:
+        if self.prefix_of is not None:
+            n = len(self.cu_seqlens) - 1
+            if len(self.prefix_of) != n or any(
+                not (p == -1 or (0 <= p < i and self.prefix_of[p] == -1))
+                for i, p in enumerate(self.prefix_of)
+            ):
+                raise ValueError(
+                    f"prefix_of {self.prefix_of}: one entry per sequence, -1 or an earlier plain sequence"
+                )
+        if (self.head_index is None) != (self.head_targets is None) or (
+            self.head_index is not None and self.head_index.shape != self.head_targets.shape
+        ):
+            raise ValueError("head_index and head_targets come together, of one length")
 
     @property
     def num_tokens(self) -> int:
         return int(self.tokens.numel())
 
     @property
+    def num_head_rows(self) -> int:
+        """Rows of the loss head's per-token arrays: ``K`` with head rows, else ``T``."""
+        return self.num_tokens if self.head_index is None else int(self.head_index.numel())
+
+    @property
     def seq_lengths(self) -> list[int]:
         return (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).tolist()
 
     def position_ids(self) -> torch.Tensor:
-        """``[T]``: 0..len-1 within every sequence."""
-        starts = torch.repeat_interleave(self.cu_seqlens[:-1], torch.tensor(self.seq_lengths))
-        return torch.arange(self.num_tokens) - starts
+        """``[T]``: 0..len-1 within every sequence, continuations counting on from their prefix."""
+        lengths = self.seq_lengths
+        first = torch.tensor(self.cu_seqlens[:-1].tolist(), dtype=torch.int64)
+        if self.prefix_of is not None:  # a continuation's first token sits at its prefix's length
+            first -= torch.tensor([lengths[p] if p >= 0 else 0 for p in self.prefix_of], dtype=torch.int64)
+        return torch.arange(self.num_tokens) - torch.repeat_interleave(first, torch.tensor(lengths))
 
     def next_token_targets(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``targets[t] = tokens[t + 1]`` inside a sequence; ``valid[t]`` is False at each last token."""
+        """``targets[t] = tokens[t + 1]`` inside a sequence; ``valid[t]`` is False at each last token.
+        With head rows: ``head_targets`` and all True (``[K]``)."""
+        if self.head_index is not None:
+            return self.head_targets, torch.ones(self.num_head_rows, dtype=torch.bool)
         targets = torch.roll(self.tokens, -1)
         valid = torch.ones(self.num_tokens, dtype=torch.bool)
         valid[self.cu_seqlens[1:] - 1] = False
@@ -55,6 +94,9 @@ class PackedBatch:
         return PackedBatch(
             tokens=torch.cat([self.tokens, self.tokens.new_zeros(pad)]),
             cu_seqlens=torch.cat([self.cu_seqlens, self.cu_seqlens[-1:] + pad]),
+            prefix_of=None if self.prefix_of is None else [*self.prefix_of, -1],
+            head_index=self.head_index,
+            head_targets=self.head_targets,
         )
 
     def packed_seq_params(self):
@@ -62,24 +104,29 @@ class PackedBatch:
 
         cu = self.cu_seqlens.to(platform.device(), torch.int32)
         longest = max(self.seq_lengths)
-        return PackedSeqParams(
+        params = PackedSeqParams(
             qkv_format="thd",
             cu_seqlens_q=cu,
             cu_seqlens_kv=cu,
             max_seqlen_q=longest,
             max_seqlen_kv=longest,
         )
+        if self.prefix_of is not None:
+            # megatron hands the params object to the core attention unchanged; ours reads this.
+            params.prefix_of = list(self.prefix_of)
+        return params
 
 
-def pack(sequences: Sequence[Sequence[int]]) -> PackedBatch:
-    """Pack token-id sequences (each non-empty) into one :class:`PackedBatch`."""
+def pack(sequences: Sequence[Sequence[int]], **fields) -> PackedBatch:
+    """Pack token-id sequences (each non-empty) into one :class:`PackedBatch` (``fields``: its
+    optional ``prefix_of`` / ``head_index`` / ``head_targets``)."""
     if not sequences or any(len(s) == 0 for s in sequences):
         raise ValueError("pack() needs at least one sequence and no empty sequences")
     lengths = torch.tensor([len(s) for s in sequences])
     cu = torch.zeros(len(sequences) + 1, dtype=torch.int64)
     cu[1:] = torch.cumsum(lengths, 0)
     tokens = torch.tensor([t for s in sequences for t in s], dtype=torch.int64)
-    return PackedBatch(tokens=tokens, cu_seqlens=cu)
+    return PackedBatch(tokens=tokens, cu_seqlens=cu, **fields)
 
 
 def vocab_parallel_logprobs(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -127,7 +174,8 @@ def run_packed(
 
     Returns one dict per micro-batch: ``loss`` and ``logprobs`` (plus ``entropy`` and
     ``clip_fraction`` with the fused head). ``logprobs[t]`` is log p(tokens[t+1] | tokens[..t])
-    within the sequence, 0 at every last token. ``loss_fn(logprobs, batch)`` gives the scalar to
+    within the sequence, 0 at every last token; for a batch with head rows, ``logprobs[k]`` is
+    log p(head_targets[k]) at position ``head_index[k]`` (``[K]``). ``loss_fn(logprobs, batch)`` gives the scalar to
     back-propagate (already normalised: the schedule does not average over micro-batches). With
     ``fused_head`` the last stage never forms logits: the fused head computes the loss and
     log-probs from the final hidden states and the output weight (``loss_fn`` is then unused).
@@ -139,7 +187,8 @@ def run_packed(
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from megatron_spark.mcore_compat import OutputLayerBypass
+    from megatron_spark.mcore_compat import OutputLayerBypass, PositionRotary
+    from megatron_spark.model.attention import SDPACoreAttention
     from megatron_spark.train.kernels.fused_head import WEIGHT_FIELDS, fused_head_loss
 
     dev = platform.device()
@@ -154,17 +203,26 @@ def run_packed(
             inner = inner.module
         bypass = OutputLayerBypass(inner) if fused_head is not None and inner.post_process else None
         run = batch.padded_to(multiple)
-        with bypass or contextlib.nullcontext(), platform.unpatched_ops():
+        positions = run.position_ids()
+        rotary = contextlib.nullcontext()
+        if run.prefix_of is not None:
+            if not any(isinstance(m, SDPACoreAttention) for m in inner.modules()):
+                raise ValueError(
+                    "shared-prefix packing (prefix_of) needs SDPACoreAttention as the core attention"
+                )
+            rotary = PositionRotary(inner, positions.to(dev))
+        with bypass or contextlib.nullcontext(), rotary, platform.unpatched_ops():
             output = model_chunk(
                 input_ids=run.tokens.view(1, -1).to(dev),
-                position_ids=run.position_ids().view(1, -1).to(dev),
+                position_ids=positions.view(1, -1).to(dev),
                 attention_mask=None,
                 packed_seq_params=run.packed_seq_params(),
             )
+        rows = None if batch.head_index is None else batch.head_index.to(dev)
 
         def loss_func(logits: torch.Tensor):
             # logits [1, T (+ SP padding), V_padded/tp] (vocab-parallel)
-            logits = logits[:, : batch.num_tokens]
+            logits = logits[:, : batch.num_tokens] if rows is None else logits[:, rows]
             if temperature != 1.0:
                 logits = logits / temperature
             logprobs = vocab_parallel_logprobs(logits[0], targets.to(dev), vocab_size)
@@ -175,7 +233,7 @@ def run_packed(
 
         def fused_loss_func(hidden: torch.Tensor):
             # hidden [1, T (+ SP padding), H]; bypass.weight [V_padded/tp, H] (this rank's rows)
-            hidden = hidden[:, : batch.num_tokens]
+            hidden = hidden[:, : batch.num_tokens] if rows is None else hidden[:, rows]
             keep = valid.to(dev)
             given = fused_head.inputs(batch)
             fields = {f.name: getattr(given, f.name).to(dev) for f in dataclasses.fields(given)}

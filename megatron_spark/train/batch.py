@@ -1,10 +1,16 @@
 """Training samples, packed into micro-batches by a token budget, and their per-token loss inputs.
 
-A :class:`Sample` is a prompt and a response. Packed, sample i occupies ``len(prompt) +
-len(response)`` consecutive tokens of a micro-batch row; the positions that *predict* response
-tokens are ``start + len(prompt) - 1 .. start + len(prompt) + len(response) - 2``. Every per-token
-array below is indexed by those prediction positions and is 0 elsewhere (prompt tokens are never
-trained on).
+A :class:`Sample` is a prompt and a response. Packed whole, sample i occupies ``len(prompt) +
+len(response)`` consecutive tokens of a micro-batch row. With ``share_prompts``, consecutive
+samples with the same prompt (a GRPO group) are packed as that prompt once followed by each
+response, every response attending to the one copy (``PackedBatch.prefix_of``): the same
+activations, loss and gradients as packing each sample whole, up to float rounding, with the
+prompt's tokens run once per group instead of once per sample.
+
+Either way the loss head reads only the positions that *predict* response tokens
+(``PackedBatch.head_index``: the prompt's last position, then the response's own positions but its
+last), and every per-token array below has one row per response token, sample after sample in
+``sample_ids`` order (``spans``). Prompt tokens are never trained on.
 
 Normalisation: the token-level loss of an optimizer step is a sum over response tokens divided by
 the number of such tokens in the whole step, across micro-batches and data-parallel ranks
@@ -59,13 +65,16 @@ class LossCoefficients:
 
 @dataclass(eq=False)
 class MicroBatch:
-    """A packed row of samples and the per-token arrays of its prediction positions (``[T]``)."""
+    """A packed row of samples and the per-token arrays of its head rows (``[K]``: one per
+    response token)."""
 
     batch: PackedBatch
     sample_ids: list[int]
     """Indices of the packed samples in the step's sample list, in row order."""
+    spans: list[tuple[int, int]]
+    """Per packed sample (``sample_ids`` order), its response's rows ``[lo, hi)`` in the arrays."""
     response_mask: torch.Tensor
-    """True where the position predicts a response token."""
+    """True where the row predicts a response token (every row)."""
     rl_mask: torch.Tensor
     """True where that response belongs to an ``rl`` sample."""
     advantages: torch.Tensor
@@ -106,31 +115,88 @@ def plan_micro_batches(lengths: Sequence[int], micro_batch_tokens: int) -> list[
     return [sorted(b) for b in bins]
 
 
-def build_micro_batches(samples: Sequence[Sample], micro_batch_tokens: int) -> list[MicroBatch]:
-    """Pack ``samples`` into micro-batches of at most ``micro_batch_tokens`` tokens."""
+def prompt_units(samples: Sequence[Sample], micro_batch_tokens: int, share_prompts: bool) -> list[list[int]]:
+    """Runs of consecutive sample indices packed together: with ``share_prompts``, samples with
+    the same prompt, cut where the prompt and their responses would exceed ``micro_batch_tokens``;
+    otherwise one sample each."""
+    units: list[list[int]] = []
+    size = 0
+    for i, s in enumerate(samples):
+        last = units[-1] if units else None
+        if (
+            share_prompts
+            and last is not None
+            and samples[last[0]].prompt_ids == s.prompt_ids
+            and size + len(s.response_ids) <= micro_batch_tokens
+        ):
+            last.append(i)
+            size += len(s.response_ids)
+        else:
+            units.append([i])
+            size = s.num_tokens
+    return units
+
+
+def build_micro_batches(
+    samples: Sequence[Sample], micro_batch_tokens: int, share_prompts: bool = False
+) -> list[MicroBatch]:
+    """Pack ``samples`` into micro-batches of at most ``micro_batch_tokens`` tokens; with
+    ``share_prompts``, a run of samples with one prompt holds that prompt once (module doc)."""
+    units = prompt_units(samples, micro_batch_tokens, share_prompts)
+    sizes = [len(samples[u[0]].prompt_ids) + sum(len(samples[i].response_ids) for i in u) for u in units]
     out = []
-    for ids in plan_micro_batches([s.num_tokens for s in samples], micro_batch_tokens):
-        batch = pack([samples[i].prompt_ids + samples[i].response_ids for i in ids])
-        t = batch.num_tokens
-        resp = torch.zeros(t, dtype=torch.bool)
-        rl = torch.zeros(t, dtype=torch.bool)
-        adv = torch.zeros(t)
-        rollout = torch.zeros(t)
-        scale = torch.zeros(t)
-        start = 0
-        for i in ids:
-            s = samples[i]
-            lo = start + len(s.prompt_ids) - 1
-            hi = lo + len(s.response_ids)
-            resp[lo:hi] = True
+    for bin_units in plan_micro_batches(sizes, micro_batch_tokens):
+        seqs: list[list[int]] = []
+        prefix_of: list[int] = []
+        head_index: list[int] = []
+        ids: list[int] = []
+        pos = 0
+        for u in (units[j] for j in bin_units):
+            prompt = samples[u[0]].prompt_ids
+            if len(u) == 1:  # packed whole
+                s = samples[u[0]]
+                seqs.append(prompt + s.response_ids)
+                prefix_of.append(-1)
+                head_index += range(pos + len(prompt) - 1, pos + s.num_tokens - 1)
+                pos += s.num_tokens
+                ids.append(u[0])
+                continue
+            shared = len(seqs)
+            seqs.append(list(prompt))
+            prefix_of.append(-1)
+            last = pos + len(prompt) - 1  # predicts every response's first token
+            pos += len(prompt)
+            for i in u:
+                r = samples[i].response_ids
+                if r:
+                    seqs.append(list(r))
+                    prefix_of.append(shared)
+                    head_index += [last, *range(pos, pos + len(r) - 1)]
+                    pos += len(r)
+                ids.append(i)
+        picked = [samples[i] for i in ids]
+        targets = [t for s in picked for t in s.response_ids]
+        batch = pack(
+            seqs,
+            prefix_of=prefix_of if any(p >= 0 for p in prefix_of) else None,
+            head_index=torch.tensor(head_index, dtype=torch.int64),
+            head_targets=torch.tensor(targets, dtype=torch.int64),
+        )
+        spans, lo = [], 0
+        for s in picked:
+            spans.append((lo, lo + len(s.response_ids)))
+            lo += len(s.response_ids)
+        k = len(targets)
+        rl = torch.zeros(k, dtype=torch.bool)
+        adv, rollout, scale = torch.zeros(k), torch.zeros(k), torch.zeros(k)
+        for s, (lo, hi) in zip(picked, spans):
             if s.objective == "rl":
                 rl[lo:hi] = True
                 adv[lo:hi] = s.advantage
                 scale[lo:hi] = s.weight
                 if s.rollout_logprobs:
                     rollout[lo:hi] = torch.tensor(s.rollout_logprobs, dtype=torch.float32)
-            start += s.num_tokens
-        out.append(MicroBatch(batch, ids, resp, rl, adv, rollout, scale))
+        out.append(MicroBatch(batch, ids, spans, torch.ones(k, dtype=torch.bool), rl, adv, rollout, scale))
     return out
 
 
@@ -144,7 +210,7 @@ def token_counts(micro_batches: Sequence[MicroBatch]) -> torch.Tensor:
 def token_inputs(mb: MicroBatch, coef: LossCoefficients, counts: torch.Tensor) -> TokenInputs:
     """Loss-head inputs of one micro-batch; ``counts`` are the step's global token counts
     (:func:`token_counts` summed over micro-batches and data-parallel ranks)."""
-    t = mb.batch.num_tokens
+    t = mb.batch.num_head_rows
     inv_rl = 1.0 / max(1.0, float(counts[0]))
     inv_ce = 1.0 / max(1.0, float(counts[1]))
     rl = mb.rl_mask.float() * mb.rl_scale * inv_rl
@@ -161,14 +227,3 @@ def token_inputs(mb: MicroBatch, coef: LossCoefficients, counts: torch.Tensor) -
         entropy_weight=rl * coef.entropy,
         ce_weight=ce_mask * (coef.ce * inv_ce),
     )
-
-
-def split_by_sample(values: torch.Tensor, mb: MicroBatch, samples: Sequence[Sample]) -> list[list[float]]:
-    """Per packed sample, the ``[T]`` array's entries at its response's prediction positions."""
-    out, start = [], 0
-    for i in mb.sample_ids:
-        s = samples[i]
-        lo = start + len(s.prompt_ids) - 1
-        out.append(values[lo : lo + len(s.response_ids)].tolist())
-        start += s.num_tokens
-    return out

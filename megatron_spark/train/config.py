@@ -174,6 +174,12 @@ class TrainerConfig:
     with worked solutions)."""
     micro_batch_tokens: int = 4096
     """Token budget of one packed micro-batch."""
+    share_prompts: bool = True
+    """Train a group's shared prompt once: its samples are packed as the prompt followed by each
+    response, every response attending to that one copy. Same loss and gradients as packing each
+    sample whole, up to float rounding; fewer tokens through the model (the tiny recipe: 27%).
+    Needs megatron_spark's SDPA core attention: where Transformer Engine's attention is used
+    (its packed kernels have no shared-prefix mask), samples are packed whole."""
     save_every_steps: int = 0
     """Checkpoint every k steps (0: only at the end)."""
     keep_checkpoints: int = 2

@@ -24,7 +24,7 @@ import torch
 from megatron_spark.reward.verifiers import verify_batch
 from megatron_spark.rollout.protocol import SamplingParams
 from megatron_spark.train.advantages import group_advantages
-from megatron_spark.train.batch import LossCoefficients, Sample, build_micro_batches
+from megatron_spark.train.batch import LossCoefficients, Sample
 from megatron_spark.train.session import Session
 
 
@@ -160,7 +160,7 @@ def update(
     if k < 1:
         raise RuntimeError("update: a data-parallel rank has no samples (callers must give each one)")
     chunks = minibatches(groups, k, kinds)
-    plans = [build_micro_batches(chunk, cfg.train.micro_batch_tokens) for chunk in chunks]
+    plans = [s.micro_batches(chunk) for chunk in chunks]
     with s.timer("logprobs"):  # every chunk's old log-probs before the first update
         for mbs in plans:
             fill_logprobs(s, mbs)

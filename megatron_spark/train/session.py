@@ -26,7 +26,14 @@ from megatron_spark.model.forward import FusedHead, run_packed
 from megatron_spark.rollout.protocol import GREEDY_TOP_P, Completion, SamplingParams
 from megatron_spark.spark.queue import ItemQueue
 from megatron_spark.train import checkpoint as ckpt
-from megatron_spark.train.batch import LossCoefficients, MicroBatch, token_counts, token_inputs
+from megatron_spark.train.batch import (
+    LossCoefficients,
+    MicroBatch,
+    Sample,
+    build_micro_batches,
+    token_counts,
+    token_inputs,
+)
 from megatron_spark.train.config import RunConfig
 from megatron_spark.train.kernels.fused_head import HeadConfig
 from megatron_spark.train.metrics import MetricsLogger, StageTimer
@@ -107,6 +114,10 @@ class Session:
         """Whether these weights were trained on judge prompts (format or skill): ``generate
         --tts`` refuses weights that never saw one."""
         self.engine, self.bridge = build_engine(cfg, self.model, self.arch, self)
+        from megatron_spark.model.builder import transformer_engine_available
+
+        self.share_prompts = cfg.train.share_prompts and not transformer_engine_available()
+        """Whether micro-batches hold a group's prompt once (``train.share_prompts``)."""
         self.head = HeadConfig(
             clip_low=cfg.grpo.clip_low,
             clip_high=cfg.grpo.clip_high,
@@ -200,8 +211,13 @@ class Session:
 
     # ------------------------------------------------------------------ training
 
+    def micro_batches(self, samples: Sequence[Sample]) -> list[MicroBatch]:
+        """``samples`` packed into this run's micro-batches (budget, prompt sharing)."""
+        return build_micro_batches(samples, self.cfg.train.micro_batch_tokens, self.share_prompts)
+
     def forward_logprobs(self, model, micro_batches: Sequence[MicroBatch]) -> list[torch.Tensor] | None:
-        """Teacher-forced ``[T]`` log-probs per micro-batch (last stage; None elsewhere)."""
+        """Teacher-forced ``[K]`` log-probs of each micro-batch's head rows (last stage; None
+        elsewhere)."""
         out = run_packed(
             model,
             self.arch.vocab_size,

@@ -12,7 +12,7 @@ import time
 
 from megatron_spark.errors import UserError
 from megatron_spark.spark.warmstart import warm_start_example
-from megatron_spark.train.batch import LossCoefficients, Sample, build_micro_batches
+from megatron_spark.train.batch import LossCoefficients, Sample
 from megatron_spark.train.session import Session
 
 
@@ -43,7 +43,7 @@ def sft_step(s: Session) -> dict[str, float]:
     # Built for the whole step, then shared: the example mix does not depend on the DP size.
     samples = s.my_share(sft_samples(s, s.sampler.next_batch(s.cfg.train.num_prompts_per_step)))
     with s.timer("train"):
-        mbs = build_micro_batches(samples, s.cfg.train.micro_batch_tokens)
+        mbs = s.micro_batches(samples)
         stats = s.train_on(mbs, LossCoefficients(ce=1.0))
     tokens = sum(x.num_tokens for x in samples) if s.rank == s.mp_leader else 0
     totals = s.reduce({"loss": stats["loss"], "tokens": float(tokens)})

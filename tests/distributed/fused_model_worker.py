@@ -1,6 +1,6 @@
 """torchrun worker: inside the model at (TP, PP), the fused head's loss, log-probs and every
-parameter gradient equal the unfused path's (each rank compares its own shards); rank 0 writes
-"ok" to --out.
+parameter gradient equal the unfused path's, and a group's prompt packed once gives what packing
+every sample whole gives (each rank compares its own shards); rank 0 writes "ok" to --out.
 
     torchrun --nproc-per-node TP*PP tests/distributed/fused_model_worker.py --tp T --pp P [--sp] --hf DIR --out F
 """
@@ -19,6 +19,7 @@ from megatron_spark.checkpoint.convert import load_pretrained  # noqa: E402
 from megatron_spark.model.forward import pack  # noqa: E402
 from megatron_spark.train.kernels.fused_head import HeadConfig, TokenInputs  # noqa: E402
 from tests.fused_paths import assert_fused_equals_unfused  # noqa: E402
+from tests.shared_prompt_paths import assert_shared_equals_whole  # noqa: E402
 
 
 def main() -> None:
@@ -54,6 +55,7 @@ def main() -> None:
         )
     cfg = HeadConfig(token_chunk=16, vocab_chunk=64, dual_clip=3.0)
     assert_fused_equals_unfused(model, arch.vocab_size, batches, inputs, cfg, where=f"rank {dist.get_rank()}")
+    assert_shared_equals_whole(model, arch.vocab_size, where=f"shared prompts, rank {dist.get_rank()}")
     dist.barrier()
     if dist.get_rank() == 0:
         Path(args.out).write_text("ok\n")

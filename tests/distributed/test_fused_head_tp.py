@@ -16,7 +16,8 @@ def test_tp2_equals_tp1(tmp_path):
 @pytest.mark.parametrize("tp,pp,sp", [(2, 2, False), (2, 1, True)])  # plain TP=2 is inside TP=2 x PP=2
 def test_fused_head_in_model_equals_unfused(tp, pp, sp, hf_models, tmp_path):
     """Both families (untied / tied embeddings), the head inside the pipeline schedule; with
-    sequence parallelism the head's input is gathered over TP and its gradient reduce-scattered."""
+    sequence parallelism the head's input is gathered over TP and its gradient reduce-scattered.
+    The worker also checks prompt sharing (shared equals whole samples) at the same layout."""
     for family, (hf_dir, _) in hf_models.items():
         out = tmp_path / f"{family}.ok"
         run_torchrun(

@@ -69,3 +69,38 @@ def test_packed_matches_reference_and_never_crosses_sequences(attn):
     out2 = module(q, k2, v, attention_mask=None, packed_seq_params=params)
     assert torch.equal(out2[:6], out[:6]) and torch.equal(out2[17:], out[17:])
     assert not torch.allclose(out2[7:17], out[7:17])
+
+
+def test_continuations_attend_to_their_shared_prefix(attn):
+    """``prefix_of``: sequences 1 and 2 continue sequence 0, sequence 4 continues 3. Each
+    continuation's outputs, and every input gradient (a prefix's keys and values summed over its
+    continuations), equal float64 attention over prefix + continuation as one sequence."""
+    module, PackedSeqParams = attn
+    lengths = [4, 3, 6, 5, 2]
+    prefix_of = [-1, 0, 0, -1, 3]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    params = PackedSeqParams(
+        qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=6, max_seqlen_kv=6
+    )
+    params.prefix_of = prefix_of
+    t = sum(lengths)
+    q, k, v = (torch.randn(t, n, 8, requires_grad=True) for n in (4, 2, 2))
+    w = torch.randn(t, 32)
+    out = module(q, k, v, attention_mask=None, packed_seq_params=params)
+    (out * w).sum().backward()
+    got = [x.grad.clone() for x in (q, k, v)]
+
+    spans = list(zip(cu[:-1].tolist(), cu[1:].tolist()))
+    ref_total = 0.0
+    for i, (s, e) in enumerate(spans):
+        rows = torch.arange(s, e)
+        if prefix_of[i] >= 0:
+            rows = torch.cat([torch.arange(*spans[prefix_of[i]]), rows])
+        ref = reference(q[rows], k[rows], v[rows])[-(e - s) :]
+        torch.testing.assert_close(out[s:e].double(), ref, atol=1e-6, rtol=0)
+        ref_total = ref_total + (ref * w[s:e].double()).sum()
+    for x in (q, k, v):
+        x.grad = None
+    ref_total.backward()
+    for mine, x in zip(got, (q, k, v)):
+        torch.testing.assert_close(mine.double(), x.grad.double(), atol=1e-5, rtol=0)
