@@ -275,3 +275,32 @@ def test_bad_sampling_params_are_rejected():
     for kwargs in ({"temperature": 0.0}, {"top_p": 0.0}, {"top_p": 1.5}, {"max_new_tokens": 0}):
         with pytest.raises(ValueError):
             SamplingParams(**kwargs)
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_decode_attention_equals_sdpa(masked):
+    """The engine's one-token decode attention equals transformers' SDPA function (GQA 8 over 4
+    heads, left-padded rows masked); longer queries are SDPA's own call."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from megatron_spark.rollout.hf_engine import decode_attention
+
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 2, True
+    gen = torch.Generator().manual_seed(0)
+    k, v = torch.randn(5, 4, 9, 16, generator=gen), torch.randn(5, 4, 9, 16, generator=gen)
+    mask = None
+    if masked:
+        mask = torch.ones(5, 1, 1, 9, dtype=torch.bool)
+        mask[1, ..., :3] = False  # a left-padded row
+    q = torch.randn(5, 8, 1, 16, generator=gen)
+    ours, _ = decode_attention(module, q, k, v, mask, scaling=0.25)
+    ref, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.25)
+    assert ours.shape == ref.shape == (5, 1, 8, 16)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+    q3 = torch.randn(5, 8, 3, 16, generator=gen)
+    mask3 = None if mask is None else mask.expand(5, 1, 3, 9).tril(6)
+    torch.testing.assert_close(
+        decode_attention(module, q3, k, v, mask3, scaling=0.25)[0],
+        sdpa_attention_forward(module, q3, k, v, mask3, scaling=0.25)[0],
+    )
