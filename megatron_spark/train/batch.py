@@ -10,7 +10,8 @@ prompt's tokens run once per group instead of once per sample.
 Either way the loss head reads only the positions that *predict* response tokens
 (``PackedBatch.head_index``: the prompt's last position, then the response's own positions but its
 last), and every per-token array below has one row per response token, sample after sample in
-``sample_ids`` order (``spans``). Prompt tokens are never trained on.
+``sample_ids`` order (``spans``). Prompt tokens are never trained on. A response's last token
+predicts nothing, so it is not packed at all (one token per sample less to run).
 
 Normalisation: the token-level loss of an optimizer step is a sum over response tokens divided by
 the number of such tokens in the whole step, across micro-batches and data-parallel ranks
@@ -155,10 +156,10 @@ def build_micro_batches(
             prompt = samples[u[0]].prompt_ids
             if len(u) == 1:  # packed whole
                 s = samples[u[0]]
-                seqs.append(prompt + s.response_ids)
+                seqs.append(prompt + s.response_ids[:-1])
                 prefix_of.append(-1)
                 head_index += range(pos + len(prompt) - 1, pos + s.num_tokens - 1)
-                pos += s.num_tokens
+                pos += len(seqs[-1])
                 ids.append(u[0])
                 continue
             shared = len(seqs)
@@ -169,10 +170,11 @@ def build_micro_batches(
             for i in u:
                 r = samples[i].response_ids
                 if r:
-                    seqs.append(list(r))
-                    prefix_of.append(shared)
                     head_index += [last, *range(pos, pos + len(r) - 1)]
-                    pos += len(r)
+                if len(r) > 1:
+                    seqs.append(list(r[:-1]))
+                    prefix_of.append(shared)
+                    pos += len(r) - 1
                 ids.append(i)
         picked = [samples[i] for i in ids]
         targets = [t for s in picked for t in s.response_ids]
