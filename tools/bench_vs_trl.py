@@ -187,6 +187,7 @@ def run_ours(args: argparse.Namespace, work: Path) -> dict:
         "grpo.kl_coef=0.0",
         "grpo.num_minibatches=1",
         f"grpo.old_logprobs={args.old_logprobs}",
+        f"train.share_prompts={args.share_prompts == 'on'}",
     ]
     cfg = load_config(RunConfig, RECIPE, overrides)
     s = Session(cfg, "train")
@@ -246,7 +247,8 @@ def print_table(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
         f"{args.num_steps} GRPO steps x {args.num_prompts} prompts x {args.num_samples} samples, "
         f"<= {args.max_new_tokens} new tokens, {args.dtype}, {first['threads']} thread(s), lr {args.lr:g}, "
         f"TRL gradient checkpointing {'on' if args.trl_gradient_checkpointing else 'off'}, "
-        f"our old log-probs: {args.old_logprobs}; {args.rounds} round(s), TRL then ours in each"
+        f"our old log-probs: {args.old_logprobs}, shared prompts {args.share_prompts}; {args.rounds} round(s), "
+        "TRL then ours in each"
     )
     print(
         f"{'round':<6}{'side':<28}{'prompt tok':>11}{'compl. tok':>11}{'steps s':>9}{'sampling s':>11}"
@@ -295,6 +297,12 @@ def main() -> None:
     p.add_argument("--trl-gradient-checkpointing", action="store_true", help="TRL's default; off here")
     p.add_argument(
         "--old-logprobs", default="rollout", choices=["rollout", "recompute"], help="our grpo.old_logprobs"
+    )
+    p.add_argument(
+        "--share-prompts",
+        default="on",
+        choices=["on", "off"],
+        help="our train.share_prompts (each group's prompt trained once; docs/training.md)",
     )
     p.add_argument("--rounds", type=int, default=2, help="alternations TRL, ours (a shared CPU drifts)")
     p.add_argument(
