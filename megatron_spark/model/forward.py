@@ -69,7 +69,7 @@ class PackedBatch:
     def position_ids(self) -> torch.Tensor:
         """``[T]``: 0..len-1 within every sequence, continuations counting on from their prefix."""
         lengths = self.seq_lengths
-        first = torch.tensor(self.cu_seqlens[:-1].tolist(), dtype=torch.int64)
+        first = self.cu_seqlens[:-1].to(torch.int64, copy=True)
         if self.prefix_of is not None:  # a continuation's first token sits at its prefix's length
             first -= torch.tensor([lengths[p] if p >= 0 else 0 for p in self.prefix_of], dtype=torch.int64)
         return torch.arange(self.num_tokens) - torch.repeat_interleave(first, torch.tensor(lengths))
@@ -192,6 +192,10 @@ def run_packed(
     from megatron_spark.train.kernels.fused_head import WEIGHT_FIELDS, fused_head_loss
 
     dev = platform.device()
+    if any(b.prefix_of is not None for b in batches) and not any(
+        isinstance(m, SDPACoreAttention) for m in model.modules()
+    ):
+        raise ValueError("shared-prefix packing (prefix_of) needs SDPACoreAttention as the core attention")
     # Sequence parallelism splits each packed row evenly over the TP group: pad it to a multiple.
     multiple = parallel_state.get_tensor_model_parallel_world_size() if model.config.sequence_parallel else 1
 
@@ -206,10 +210,6 @@ def run_packed(
         positions = run.position_ids()
         rotary = contextlib.nullcontext()
         if run.prefix_of is not None:
-            if not any(isinstance(m, SDPACoreAttention) for m in inner.modules()):
-                raise ValueError(
-                    "shared-prefix packing (prefix_of) needs SDPACoreAttention as the core attention"
-                )
             rotary = PositionRotary(inner, positions.to(dev))
         with bypass or contextlib.nullcontext(), rotary, platform.unpatched_ops():
             output = model_chunk(

@@ -57,12 +57,12 @@ def decode_attention(module, query, key, value, attention_mask, dropout: float =
     groups, 40 keys; ``docs/performance.md``). Softmax runs in float32. Calls with features this
     path does not cover (sliding window, soft-capping, sinks, dropout) take SDPA's path.
     """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     b, h, q_len, d = query.shape
     g = key.shape[1]
     special = any(kwargs.get(k) is not None for k in ("sliding_window", "softcap", "s_aux", "position_bias"))
     if q_len != 1 or special or dropout or h % g:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )

@@ -74,10 +74,8 @@ class MicroBatch:
     """Indices of the packed samples in the step's sample list, in row order."""
     spans: list[tuple[int, int]]
     """Per packed sample (``sample_ids`` order), its response's rows ``[lo, hi)`` in the arrays."""
-    response_mask: torch.Tensor
-    """True where the row predicts a response token (every row)."""
     rl_mask: torch.Tensor
-    """True where that response belongs to an ``rl`` sample."""
+    """True where the row's response belongs to an ``rl`` sample (the others are ``ce``)."""
     advantages: torch.Tensor
     rollout_logprobs: torch.Tensor
     rl_scale: torch.Tensor
@@ -198,14 +196,14 @@ def build_micro_batches(
                 scale[lo:hi] = s.weight
                 if s.rollout_logprobs:
                     rollout[lo:hi] = torch.tensor(s.rollout_logprobs, dtype=torch.float32)
-        out.append(MicroBatch(batch, ids, spans, torch.ones(k, dtype=torch.bool), rl, adv, rollout, scale))
+        out.append(MicroBatch(batch, ids, spans, rl, adv, rollout, scale))
     return out
 
 
 def token_counts(micro_batches: Sequence[MicroBatch]) -> torch.Tensor:
     """``[2]`` float64: (RL response tokens, CE response tokens) of these micro-batches."""
     rl = sum(int(mb.rl_mask.sum()) for mb in micro_batches)
-    ce = sum(int((mb.response_mask & ~mb.rl_mask).sum()) for mb in micro_batches)
+    ce = sum(int((~mb.rl_mask).sum()) for mb in micro_batches)
     return torch.tensor([rl, ce], dtype=torch.float64)
 
 
@@ -216,7 +214,7 @@ def token_inputs(mb: MicroBatch, coef: LossCoefficients, counts: torch.Tensor) -
     inv_rl = 1.0 / max(1.0, float(counts[0]))
     inv_ce = 1.0 / max(1.0, float(counts[1]))
     rl = mb.rl_mask.float() * mb.rl_scale * inv_rl
-    ce_mask = (mb.response_mask & ~mb.rl_mask).float()
+    ce_mask = (~mb.rl_mask).float()
     old = mb.old_logprobs if mb.old_logprobs is not None else mb.rollout_logprobs
     ref = mb.ref_logprobs if mb.ref_logprobs is not None else torch.zeros(t)
     return TokenInputs(

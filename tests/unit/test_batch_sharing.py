@@ -1,7 +1,6 @@
 """build_micro_batches with share_prompts: which samples share, and the head rows' layout."""
 
 import pytest
-import torch
 
 from megatron_spark.errors import UserError
 from megatron_spark.train.batch import Sample, build_micro_batches, prompt_units
@@ -40,7 +39,8 @@ def test_head_rows_read_the_position_before_each_response_token(share):
             assert int(b.tokens[rows[0]]) == prompt[-1] and int(positions[rows[0]]) == len(prompt) - 1
             assert b.tokens[rows[1:]].tolist() == resp[:-1]
             assert positions[rows].tolist() == list(range(len(prompt) - 1, len(prompt) + len(resp) - 1))
-        assert torch.equal(mb.response_mask, torch.ones(b.num_head_rows, dtype=torch.bool))
+        # One head row per response token, nothing else (every row carries a loss).
+        assert b.num_head_rows == sum(len(s[i].response_ids) for i in mb.sample_ids) == len(mb.rl_mask)
     whole = sum(mb.batch.num_tokens for mb in build_micro_batches(s, 30, share_prompts=False))
     shared = sum(mb.batch.num_tokens for mb in build_micro_batches(s, 30, share_prompts=True))
     assert whole - shared == 2 * 10  # the first group's prompt is held twice instead of four times
