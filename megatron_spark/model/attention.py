@@ -53,8 +53,11 @@ class SDPACoreAttention(MegatronModule):
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
         self.upcast = config.attention_softmax_in_fp32
 
-    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        # q [b, np, s, hn], k/v [b, ng, s, hn] -> [b, np, s, hn]
+    def _sdpa(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # q [b, np, sq, hn], k/v [b, ng, sk, hn] -> [b, np, sq, hn]. Causal (sq == sk) without
+        # ``mask``; with it, ``mask`` [b, 1, sq, sk] (True: may attend) says everything.
         dtype = q.dtype
         if self.upcast and dtype in (torch.float16, torch.bfloat16):
             q, k, v = q.float(), k.float(), v.float()
@@ -62,7 +65,8 @@ class SDPACoreAttention(MegatronModule):
             q,
             k,
             v,
-            is_causal=True,
+            attn_mask=mask,
+            is_causal=mask is None,
             scale=self.softmax_scale,
             dropout_p=self.dropout_p if self.training else 0.0,
             enable_gqa=q.shape[1] != k.shape[1],
@@ -95,22 +99,37 @@ class SDPACoreAttention(MegatronModule):
     ) -> torch.Tensor:
         t, n, hn = query.shape
         outputs = []
-        for idx, own in plan.groups:
+        for group in plan.groups:
             # [g, L, heads, hn] -> [g, heads, L, hn]
-            out = self._sdpa(*(x[idx].transpose(1, 2) for x in (query, key, value))).transpose(1, 2)
-            outputs.append(out[own])  # [own tokens of the group, heads, hn]
+            q = query[group.q_idx].transpose(1, 2)
+            k, v = (x[group.kv_idx].transpose(1, 2) for x in (key, value))
+            out = self._sdpa(q, k, v, group.mask).transpose(1, 2)
+            outputs.append(out[group.own])  # [own tokens of the group, heads, hn]
         if plan.tail:  # tokens past cu_seqlens[-1] (padding to a fixed pack length) attend to nothing
             outputs.append(query.new_zeros(plan.tail, n, hn))
         return torch.cat(outputs)[plan.order].reshape(t, n * hn)
 
 
 @dataclass
-class ThdPlan:
-    """How a packed row is attended: per batched group, ``idx`` ``[g, L]`` (the token each slot
-    of each row gathers) and ``own`` ``[g, L]`` (slots whose outputs the row produces); ``order``
-    puts the groups' outputs (then ``tail`` zero rows) back in token order."""
+class ThdGroup:
+    """Rows attended by one SDPA call: ``kv_idx`` ``[g, Lk]``, the token whose key and value each
+    slot of each row gathers (a prefix's, then the row's own); ``q_idx`` ``[g, Lq]``, the row's
+    own tokens (the only queries it answers); ``own`` ``[g, Lq]``, the real query slots; ``mask``
+    ``[g, 1, Lq, Lk]`` (True: may attend), or None when no row has a prefix (then ``q_idx`` is
+    ``kv_idx`` and SDPA's own causal mask is used)."""
 
-    groups: list[tuple[torch.Tensor, torch.Tensor]]
+    q_idx: torch.Tensor
+    kv_idx: torch.Tensor
+    own: torch.Tensor
+    mask: torch.Tensor | None
+
+
+@dataclass
+class ThdPlan:
+    """How a packed batch is attended: the batched ``groups``; ``order`` puts their outputs (then
+    ``tail`` zero rows) back in token order."""
+
+    groups: list[ThdGroup]
     order: torch.Tensor
     tail: int
 
@@ -119,14 +138,15 @@ def _thd_plan(params, t: int, device: torch.device) -> ThdPlan:
     """The plan of ``params`` (a megatron ``PackedSeqParams``, with our optional ``prefix_of``),
     built once and kept on it: megatron hands the same object to every layer of a forward pass.
 
-    Every sequence becomes one row to attend over: its own tokens, behind its prefix's when it
-    continues one. Rows are sorted by length and batched in right-padded groups whose padding
-    stays under PAD_WASTE of their tokens. Right padding is exact under a causal mask: a real query
-    only sees keys at or before it, which are all real, so a padding slot may gather any token
-    (token 0) and its output is dropped. A row's outputs are kept for its own tokens only (a
-    prefix's come from the prefix's own row); gathering a prefix into several rows sums its
-    key/value gradients over them in backward. Memory is O(group * max_len^2), never
-    O(total_tokens^2); one SDPA call per group.
+    Every sequence becomes one row to attend over: its keys and values are its own tokens,
+    behind its prefix's when it continues one; its queries are its own tokens only (a prefix's
+    outputs come from the prefix's own row), and own token j sees the prefix and own tokens up
+    to j. Rows are sorted by length and batched in right-padded groups whose padding stays under
+    PAD_WASTE of their tokens. Right padding is exact: a real query only sees keys at or before
+    it, which are all real, so a padding slot may gather any token (token 0); a padding query's
+    output is dropped. Gathering a prefix into several rows sums its key/value gradients over
+    them in backward. Memory is O(group * max_len^2), never O(total_tokens^2); one SDPA call per
+    group.
     """
     cached = getattr(params, "_sdpa_plan", None)
     if cached is not None and cached[0] == (t, device):
@@ -141,15 +161,25 @@ def _thd_plan(params, t: int, device: torch.device) -> ThdPlan:
     rows.sort(key=lambda x: -x[0])
     groups, positions = [], []
     for group in _length_groups(rows):
-        idx = torch.zeros((len(group), group[0][0]), dtype=torch.long)
-        own = torch.zeros(idx.shape, dtype=torch.bool)
+        kv_idx = torch.zeros((len(group), group[0][0]), dtype=torch.long)
+        width = max(length - before[i] for length, i in group)  # most own tokens in a row
+        q_idx = torch.zeros((len(group), width), dtype=torch.long)
+        own = torch.zeros(q_idx.shape, dtype=torch.bool)
+        offset = torch.zeros(len(group), dtype=torch.long)
         for row, (length, i) in enumerate(group):
             if before[i]:
-                idx[row, : before[i]] = torch.arange(*spans[prefix_of[i]])
-            idx[row, before[i] : length] = torch.arange(*spans[i])
-            own[row, before[i] : length] = True
-        positions.append(idx[own])
-        groups.append((idx.to(device), own.to(device)))
+                kv_idx[row, : before[i]] = torch.arange(*spans[prefix_of[i]])
+            kv_idx[row, before[i] : length] = q_idx[row, : length - before[i]] = torch.arange(*spans[i])
+            own[row, : length - before[i]] = True
+            offset[row] = before[i]
+        positions.append(q_idx[own])
+        mask = None
+        if offset.any():  # own token j (key slot offset + j) sees key slots <= offset + j
+            sees = torch.arange(kv_idx.shape[1]) <= (offset[:, None] + torch.arange(width))[..., None]
+            mask = sees[:, None].to(device)  # [g, 1, Lq, Lk]
+        else:
+            q_idx = kv_idx  # no prefix: queries are the keys' tokens, SDPA's causal mask applies
+        groups.append(ThdGroup(q_idx.to(device), kv_idx.to(device), own.to(device), mask))
     tail = t - bounds[-1]
     if tail:
         positions.append(torch.arange(bounds[-1], t))

@@ -72,18 +72,27 @@ def test_packed_matches_reference_and_never_crosses_sequences(attn):
 
 
 def test_continuations_attend_to_their_shared_prefix(attn):
-    """``prefix_of``: sequences 1 and 2 continue sequence 0, sequence 4 continues 3. Each
-    continuation's outputs, and every input gradient (a prefix's keys and values summed over its
-    continuations), equal float64 attention over prefix + continuation as one sequence."""
+    """``prefix_of``: sequences 1 and 2 continue sequence 0, sequence 4 continues 3, sequence 5
+    stands alone. Each continuation's outputs, and every input gradient (a prefix's keys and
+    values summed over its continuations), equal float64 attention over prefix + continuation as
+    one sequence. The lengths put continuations with different prefixes and own lengths, and a
+    sequence without a prefix, into one batched group (checked), and a group without prefixes."""
     module, PackedSeqParams = attn
-    lengths = [4, 3, 6, 5, 2]
-    prefix_of = [-1, 0, 0, -1, 3]
+    lengths = [4, 3, 6, 5, 2, 8]
+    prefix_of = [-1, 0, 0, -1, 3, -1]
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
     params = PackedSeqParams(
-        qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=6, max_seqlen_kv=6
+        qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=8, max_seqlen_kv=8
     )
     params.prefix_of = prefix_of
     t = sum(lengths)
+    from megatron_spark.model.attention import _thd_plan
+
+    plan = _thd_plan(params, t, torch.device("cpu"))
+    masked = [g for g in plan.groups if g.mask is not None]
+    assert len(masked) == 1 and masked[0].kv_idx.shape == (4, 10)  # rows 2, 5, 1, 4
+    assert masked[0].own.sum(1).tolist() == [6, 8, 3, 2]  # queries: own tokens only
+    assert any(g.mask is None for g in plan.groups)  # rows 3, 0: plain causal
     q, k, v = (torch.randn(t, n, 8, requires_grad=True) for n in (4, 2, 2))
     w = torch.randn(t, 32)
     out = module(q, k, v, attention_mask=None, packed_seq_params=params)
