@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 
 def sync_save_strategy():
     """A dist-checkpoint save strategy that writes the ``torch_dist`` format in this process.
@@ -97,6 +99,13 @@ class PositionRotary:
     ``positions`` (``[T, 1, 1, d]``). megatron's unfused packed RoPE (``_apply_rotary_pos_emb_thd``,
     megatron-core 0.16) applies a table whose length equals the packed length token by token at its
     packed offset. Transformer Engine's fused RoPE does not: the builder turns fusion off.
+
+    megatron's function gets there by slicing the table per packed sequence and concatenating the
+    slices again, in Python, and takes its cosine and sine anew for every query and key of every
+    layer. While active, a call with this table goes to :class:`RotateByTable` instead: the same
+    products and sum on the whole packed tensor (the same numbers), with the cosine and sine taken
+    once per forward. Any other call (another table, interleaved or partial rotary, ``mscale``,
+    context parallelism) goes to megatron's function.
     """
 
     def __init__(self, model, positions):
@@ -104,15 +113,86 @@ class PositionRotary:
             raise ValueError("per-token positions need a model with rotary position embeddings")
         self.module = model.rotary_pos_emb
         self.positions = positions
+        self.table = None
+        self._cos_sin: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._megatron_thd = None
 
     def _forward(self, *args, **kwargs):
         table = type(self.module).forward(self.module, int(self.positions.max()) + 1)
-        return table[self.positions.to(table.device)]
+        self.table = table[self.positions.to(table.device)]
+        self._cos_sin = {}
+        return self.table
+
+    def _apply_thd(
+        self,
+        t,
+        cu_seqlens,
+        freqs,
+        rotary_interleaved=False,
+        multi_latent_attention=False,
+        mscale=1.0,
+        cp_group=None,
+    ):
+        if (
+            freqs is not self.table
+            or rotary_interleaved
+            or multi_latent_attention
+            or mscale != 1.0
+            or (cp_group is not None and cp_group.size() > 1)
+            or freqs.shape[-1] != t.shape[-1]
+            or t.dim() != 3
+        ):
+            return self._megatron_thd(
+                t,
+                cu_seqlens,
+                freqs,
+                rotary_interleaved=rotary_interleaved,
+                multi_latent_attention=multi_latent_attention,
+                mscale=mscale,
+                cp_group=cp_group,
+            )
+        if t.dtype not in self._cos_sin:  # [T, 1, d], as megatron casts them
+            self._cos_sin[t.dtype] = (torch.cos(freqs[:, 0]).to(t.dtype), torch.sin(freqs[:, 0]).to(t.dtype))
+        return RotateByTable.apply(t, *self._cos_sin[t.dtype])
 
     def __enter__(self):
+        from megatron.core.models.common.embeddings import rope_utils
+
         self.module.forward = self._forward
+        self._megatron_thd = getattr(rope_utils, "_apply_rotary_pos_emb_thd", None)
+        if self._megatron_thd is not None:
+            rope_utils._apply_rotary_pos_emb_thd = self._apply_thd
         return self
 
     def __exit__(self, *exc):
+        from megatron.core.models.common.embeddings import rope_utils
+
         del self.module.forward
+        if self._megatron_thd is not None:
+            rope_utils._apply_rotary_pos_emb_thd = self._megatron_thd
+        self.table = None
+        self._cos_sin = {}
         return False
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """``[x1, x2] -> [-x2, x1]`` on the last dimension (non-interleaved RoPE), as megatron's."""
+    x1, x2 = torch.chunk(x, 2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class RotateByTable(torch.autograd.Function):
+    """``t * cos + rotate_half(t) * sin`` (megatron's unfused RoPE, in its order of operations);
+    ``t`` ``[T, heads, d]``, ``cos``/``sin`` ``[T, 1, d]``. Backward: ``g * cos`` plus the
+    transposed rotation of ``g * sin`` (``[y1, y2] -> [y2, -y1]``)."""
+
+    @staticmethod
+    def forward(ctx, t, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return t * cos + _rotate_half(t) * sin
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        y1, y2 = torch.chunk(grad * sin, 2, dim=-1)
+        return grad * cos + torch.cat((y2, -y1), dim=-1), None, None
