@@ -270,6 +270,14 @@ def print_table(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
         f"samples/s {our_tokens:.0f} tokens/s; ratio ours / TRL: samples/s {ratio:.2f}, tokens/s "
         f"{our_tokens / trl_tokens:.2f} (target samples/s >= 2.00: {'met' if ratio >= 2 else 'missed'})"
     )
+    per_round = [rates([o])[0] / rates([t])[0] for t, o in zip(runs["trl"], runs["ours"])]
+    best = {side: max(rates([r])[0] for r in runs[side]) for side in ("trl", "ours")}
+    print(
+        "per round, ours / TRL samples/s: "
+        + ", ".join(f"{x:.2f}" for x in per_round)
+        + f"; each side's fastest round: TRL {best['trl']:.1f}, ours {best['ours']:.1f} samples/s, "
+        f"ratio {best['ours'] / best['trl']:.2f} (a shared CPU only ever slows a round down)"
+    )
     stages: dict[str, float] = {}
     for r in runs["ours"]:
         for k, v in r["stages"].items():
