@@ -9,13 +9,17 @@ bandwidth >= 50% of copy bandwidth. Peak memory is VmHWM per rank, reset just be
 sync (so model building does not count), next to the resident memory then (model + engine):
 ``extra`` is what a sync costs on top.
 
-``--profile`` adds rows that say where the time goes, each timed on its own: rank 1's TP-split
-bytes sent to rank 0 in one gloo message (the transport's floor for any TP=2 sync), the bridge's
+TP peers hand each other their pieces through shared memory (``BridgeConfig.shared_memory``, the
+default on the CPU) or, with ``--gloo``, as gloo messages; the header says which ran.
+
+``--profile`` adds rows that say where the time goes, each timed on its own: the same sync with
+the other transport (a second bridge), rank 1's TP-split bytes sent to rank 0 in one gloo message
+(the floor of any TP=2 sync over gloo), the bridge's
 stream drained without an engine (TP transfers + packing the HF tensors into buckets; the rest of
 a sync is the engine's copy), and ``export_hf_tensors`` alone (the checkpoint exporter's
 per-parameter all-gather + ``torch.cat``).
 
-    python tools/bench_bridge.py [--size 1b|small] [--bucket-mb 256] [--repeats 3] [--profile]
+    python tools/bench_bridge.py [--size 1b|small] [--bucket-mb 256] [--repeats 3] [--gloo] [--profile]
 
 The script re-launches itself under torchrun (2 processes, OMP_NUM_THREADS=1 unless set).
 """
@@ -104,10 +108,22 @@ def worker(args: argparse.Namespace) -> None:
         arch,
         receive=rank == 0,
         dtype=torch.bfloat16,
-        config=BridgeConfig(bucket_mb=args.bucket_mb),
+        config=BridgeConfig(bucket_mb=args.bucket_mb, shared_memory=not args.gloo),
         tp_group=tp_group,
         pp_group=ps.get_pipeline_model_parallel_group(),
     )
+    other = None
+    if args.profile:  # the same sync with the other transport
+        other = WeightBridge(
+            model,
+            arch,
+            receive=rank == 0,
+            dtype=torch.bfloat16,
+            config=BridgeConfig(bucket_mb=args.bucket_mb, shared_memory=args.gloo),
+            tp_group=tp_group,
+            pp_group=ps.get_pipeline_model_parallel_group(),
+        )
+    transport = "shared memory" if bridge._staging is not None else "gloo messages"
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS: the peak of the syncs alone
     rss_before = read_status_kb("VmRSS")
     nbytes = bridge.sync(engine)  # warm-up; also the byte count rank 0 received
@@ -130,7 +146,10 @@ def worker(args: argparse.Namespace) -> None:
             for _ in it:
                 pass
 
+        other_name = "gloo messages" if other._staging is None else "shared memory"
+        other.sync(engine)  # warm-up
         stages = [
+            (f"bridge.sync(engine), {other_name}", lambda: other.sync(engine)),
             ("gloo send of TP shards, 1 msg", send_split),
             ("bridge.stream(), no engine", lambda: drain(bridge.stream())),
             ("export_hf_tensors (all-gather)", lambda: drain(export_hf_tensors(model, arch, tp_group))),
@@ -143,15 +162,16 @@ def worker(args: argparse.Namespace) -> None:
     reports: list = [None] * dist.get_world_size()
     dist.all_gather_object(reports, report)  # per-rank memory to rank 0
     if rank == 0:
-        print_table(args, arch, nbytes, sync, copy, stages, reports)
+        print_table(args, arch, nbytes, sync, copy, stages, reports, transport)
     platform.teardown()
 
 
-def print_table(args, arch, nbytes, sync, copy, stages, reports) -> None:
+def print_table(args, arch, nbytes, sync, copy, stages, reports, transport) -> None:
     params = nbytes / 2
     print(
         f"model: {args.size}, {params / 1e9:.3f}B parameters, {nbytes / 1e9:.3f} GB bf16 "
-        f"({arch.num_layers} layers, hidden {arch.hidden_size}); TP=2 gloo, engine on rank 0; "
+        f"({arch.num_layers} layers, hidden {arch.hidden_size}); TP=2 gloo, TP pieces through "
+        f"{transport}, engine on rank 0; "
         f"bucket {args.bucket_mb:g} MiB; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; "
         f"best / median of {args.repeats}"
     )
@@ -179,6 +199,7 @@ def main() -> None:
     p.add_argument("--size", default="1b", choices=["1b", "small"])
     p.add_argument("--bucket-mb", type=float, default=256.0, help="bridge bucket size, MiB")
     p.add_argument("--repeats", type=int, default=3, help="timed syncs after one warm-up")
+    p.add_argument("--gloo", action="store_true", help="TP pieces as gloo messages, not shared memory")
     p.add_argument("--profile", action="store_true", help="also time the sync's stages")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -56,6 +56,7 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--bucket-mb", type=float, default=0.05)
     p.add_argument("--bucketed", action="store_true", help="never write into the engine in place")
+    p.add_argument("--gloo", action="store_true", help="TP pieces as gloo messages, not shared memory")
     args = p.parse_args()
     parallel = platform.ParallelConfig(tensor_parallel_size=args.tp, pipeline_parallel_size=args.pp)
     platform.setup(parallel)
@@ -69,7 +70,9 @@ def main() -> None:
         model,
         arch,
         receive=host,
-        config=BridgeConfig(bucket_mb=args.bucket_mb, write_in_place=not args.bucketed),  # many small buckets
+        config=BridgeConfig(  # many small buckets
+            bucket_mb=args.bucket_mb, write_in_place=not args.bucketed, shared_memory=not args.gloo
+        ),
         tp_group=ps.get_tensor_model_parallel_group(),
         pp_group=ps.get_pipeline_model_parallel_group(),
     )
@@ -84,6 +87,7 @@ def main() -> None:
     if host:
         moved = max(abs(a - b) for x, y in zip(lp_before, lp_again) for a, b in zip(x, y))
         report = {"before": before, "after": after, "applied": applied, "moved": moved}
+        report["shared_memory"] = bridge._staging is not None
         Path(args.out).write_text(json.dumps(report))
     platform.teardown()
 

@@ -12,16 +12,27 @@ pytestmark = pytest.mark.distributed
 
 # The HF engine offers its weights, so the engine rank's own stage is written in place; the
 # buckets are still used by every stage without an engine (PP=2) and, everywhere, with --bucketed
-# (the path of engines that only take the stream, like vLLM).
-@pytest.mark.parametrize("tp,pp,bucketed", [(1, 1, False), (1, 2, False), (2, 2, False), (2, 1, True)])
-def test_engine_matches_trainer_after_sync(tp, pp, bucketed, hf_models, tmp_path):
+# (the path of engines that only take the stream, like vLLM). TP peers hand each other their
+# pieces through shared memory, or with --gloo as gloo messages.
+@pytest.mark.parametrize(
+    "tp,pp,bucketed,gloo",
+    [
+        (1, 1, False, False),
+        (1, 2, False, False),
+        (2, 2, False, False),
+        (2, 1, True, False),
+        (2, 1, False, True),
+    ],
+)
+def test_engine_matches_trainer_after_sync(tp, pp, bucketed, gloo, hf_models, tmp_path):
     for family, (hf_dir, _) in hf_models.items():
         out = tmp_path / f"{family}.json"
         args = ["--tp", str(tp), "--pp", str(pp), "--hf", str(hf_dir), "--out", str(out)]
-        args += ["--bucketed"] if bucketed else []
+        args += (["--bucketed"] if bucketed else []) + (["--gloo"] if gloo else [])
         run_torchrun(tp * pp, [str(REPO / "tests/distributed/bridge_worker.py"), *args])
         report = json.loads(out.read_text())
         assert report["applied"], report
+        assert report["shared_memory"] == (tp > 1 and not gloo), report
         assert report["before"] < 1e-5, (family, report)
         assert report["after"] < 1e-5, (family, report)
         # The step changed the model enough that stale engine weights would fail the check.
