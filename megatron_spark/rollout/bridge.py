@@ -30,9 +30,10 @@ receivers map too; per bucket the sender writes its pieces there, a one-element 
 they are ready, the receivers copy them into place and answer that the staging area is free.
 Every byte then moves by two memory copies, which two cores run side by side, instead of through
 loopback TCP (measured on 2 cores, tools/bench_bridge.py: one gloo message of rank 1's half of a
-1.1B bf16 model, 1.14 GB, took 0.33 s, 3.5 GB/s; a memory copy runs at ~13 GB/s). The files are unlinked as soon as every peer has mapped
-them, so nothing is left behind; when ``/dev/shm`` lacks room (containers default to 64 MB) or
-the peers are on different hosts, the bridge uses gloo messages as before.
+1.1B bf16 model, 1.14 GB, took 0.33 s, 3.5 GB/s; a memory copy runs at ~13 GB/s). The files
+are unlinked as soon as every peer has mapped them, so nothing is left behind. When ``/dev/shm``
+lacks room (containers default to 64 MB), a receiver cannot see a sender's file, or the peers are
+on different hosts, the bridge uses gloo messages as before.
 
 Why not :func:`~megatron_spark.checkpoint.mapping.export_hf_tensors` (an all-gather per parameter,
 ``torch.cat``, then a copy into a fresh bucket): measured on the CPU with gloo
@@ -379,6 +380,22 @@ class WeightBridge:
         return received
 
 
+def _visible(name: str, nbytes: int) -> bool:
+    """A peer's staging file is in this rank's SHM_DIR, at its size."""
+    path = os.path.join(SHM_DIR, name)
+    return os.path.isfile(path) and os.path.getsize(path) == nbytes
+
+
+def _machine_id() -> str:
+    """The host's identity: its boot id (processes in containers on one host share it), else
+    its host name."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return socket.gethostname()
+
+
 class _SharedStaging:
     """The shared-memory path of a TP exchange (module docstring; ``BridgeConfig.shared_memory``).
 
@@ -396,25 +413,39 @@ class _SharedStaging:
     @staticmethod
     def create(bridge: WeightBridge) -> _SharedStaging | None:
         """Map the staging files on every TP rank (collective over the TP group); None on every
-        rank when any rank cannot (GPU parameters, several hosts, too little room in SHM_DIR)."""
-        me, group = bridge.tp_rank, bridge.tp_group
+        rank when any rank cannot: GPU parameters (decided without any message: a TP group's
+        ranks share a device type), another machine or another ``/dev/shm`` (a receiver must
+        see every sender's file, at its size, before anything is mapped: mapping a missing
+        file would create an empty one), too little room in SHM_DIR."""
+        if next(bridge.model.parameters()).device.type != "cpu":
+            return None
+        me, group, size = bridge.tp_rank, bridge.tp_group, bridge.tp_size
         sends = any(need and r != me for r, need in enumerate(bridge.needs_full))
-        cpu = next(bridge.model.parameters()).device.type == "cpu"
-        nbytes = bridge.staged_bytes() if sends and cpu else 0
-        path, mine, ok = None, None, cpu
-        if sends and cpu:
+        nbytes = bridge.staged_bytes() if sends else 0
+        path, mine, ok = None, None, True
+        if sends:
             ok = os.path.isdir(SHM_DIR) and shutil.disk_usage(SHM_DIR).free >= 2 * nbytes
             if ok and nbytes:
                 path = os.path.join(SHM_DIR, f"megatron_spark_bridge_{os.getpid()}_{uuid.uuid4().hex}")
                 mine = torch.from_file(path, shared=True, size=nbytes, dtype=torch.uint8)
-        info: list = [None] * bridge.tp_size
-        dist.all_gather_object(info, (socket.gethostname(), ok, path, nbytes), group=group)
+        # File names only: each rank looks for them in its own SHM_DIR, which is another folder
+        # where containers on one host do not share /dev/shm.
+        info: list = [None] * size
+        name = None if path is None else os.path.basename(path)
+        dist.all_gather_object(info, (_machine_id(), ok, name, nbytes), group=group)
         usable = all(i[1] for i in info) and len({i[0] for i in info}) == 1
+        if usable and bridge.needs_full[me]:
+            usable = all(f is None or _visible(f, n) for r, (_, _, f, n) in enumerate(info) if r != me)
+        seen: list = [None] * size
+        dist.all_gather_object(seen, usable, group=group)
+        usable = all(seen)
         peers = {}
         if usable and bridge.needs_full[me]:
-            for r, (_, _, peer_path, n) in enumerate(info):
-                if r != me and peer_path is not None:
-                    peers[r] = torch.from_file(peer_path, shared=True, size=n, dtype=torch.uint8)
+            for r, (_, _, f, n) in enumerate(info):
+                if r != me and f is not None:
+                    peers[r] = torch.from_file(
+                        os.path.join(SHM_DIR, f), shared=True, size=n, dtype=torch.uint8
+                    )
         dist.barrier(group=group)  # every receiver has mapped every file: the names can go
         if path is not None:
             os.unlink(path)

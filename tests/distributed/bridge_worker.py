@@ -57,11 +57,21 @@ def main() -> None:
     p.add_argument("--bucket-mb", type=float, default=0.05)
     p.add_argument("--bucketed", action="store_true", help="never write into the engine in place")
     p.add_argument("--gloo", action="store_true", help="TP pieces as gloo messages, not shared memory")
+    p.add_argument(
+        "--private-shm",
+        action="store_true",
+        help="every rank its own staging folder, as in containers without a shared /dev/shm",
+    )
     args = p.parse_args()
     parallel = platform.ParallelConfig(tensor_parallel_size=args.tp, pipeline_parallel_size=args.pp)
     platform.setup(parallel)
     from megatron.core import parallel_state as ps
 
+    if args.private_shm:
+        import megatron_spark.rollout.bridge as bridge_module
+
+        bridge_module.SHM_DIR = str(Path(args.out).parent / f"shm_rank{dist.get_rank()}")
+        Path(bridge_module.SHM_DIR).mkdir(exist_ok=True)
     model, arch = load_pretrained(args.hf, parallel)
     model = wrap_ddp(model)  # as the trainer does: tied embeddings stay tied across stages
     host = dist.get_rank() == 0
