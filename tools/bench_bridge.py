@@ -9,8 +9,8 @@ bandwidth >= 50% of copy bandwidth. Peak memory is VmHWM per rank, reset just be
 sync (so model building does not count), next to the resident memory then (model + engine):
 ``extra`` is what a sync costs on top.
 
-TP peers hand each other their pieces through shared memory (``BridgeConfig.shared_memory``, the
-default on the CPU) or, with ``--gloo``, as gloo messages; the header says which ran.
+TP peers hand each other their pieces through shared memory (``BridgeConfig.shared_memory``, set
+on here; off by default in training) or, with ``--gloo``, as gloo messages; the header says which ran.
 
 ``--profile`` adds rows that say where the time goes, each timed on its own: the same sync with
 the other transport (a second bridge), rank 1's TP-split bytes sent to rank 0 in one gloo message
