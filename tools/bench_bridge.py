@@ -10,7 +10,7 @@ sync (so model building does not count), next to the resident memory then (model
 ``extra`` is what a sync costs on top.
 
 TP peers hand each other their pieces through shared memory (``BridgeConfig.shared_memory``, set
-on here; off by default in training) or, with ``--gloo``, as gloo messages; the header says which ran.
+the default) or, with ``--gloo``, as gloo messages; the header says which ran.
 
 ``--profile`` adds rows that say where the time goes, each timed on its own: the same sync with
 the other transport (a second bridge), rank 1's TP-split bytes sent to rank 0 in one gloo message

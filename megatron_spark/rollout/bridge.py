@@ -77,17 +77,18 @@ class BridgeConfig:
     """Write this stage's tensors straight into the engine's own weights when the engine offers
     them (``engine.weight_targets()``, the HF engine does; vLLM's loaders do not): no bucket and
     no engine-side copy. False always goes through buckets (for comparison and debugging)."""
-    shared_memory: bool = False
+    shared_memory: bool = True
     """On the CPU, TP peers on one host hand each other their pieces through a shared-memory
     staging area (``/dev/shm``, one bucket's share per sender) instead of gloo messages; off, or
     where that is not possible (GPU tensors, peers on several hosts, too little room in
-    ``/dev/shm``), gloo/NCCL point-to-point messages as before. Off by default: GRPO with the
-    vLLM engine at TP=2 (every TP rank both sends and receives) hung with it in CI; not yet
-    understood. tests/distributed/test_bridge.py and tools/bench_bridge.py turn it on."""
+    ``/dev/shm``), gloo/NCCL point-to-point messages."""
 
 
 SHM_DIR = "/dev/shm"
 """Where staging files are mapped (a tmpfs on Linux)."""
+
+READY, FREE = 1, 2
+"""Tags of the shared-memory handshake's messages (``_SharedStaging.exchange``)."""
 
 
 def unwrap(model):
@@ -459,7 +460,15 @@ class _SharedStaging:
     def exchange(self, split: list[tuple[Rule, torch.Tensor, list | None]]) -> None:
         """One bucket's TP-split parameters ``(rule, local shard, HF tensors or None)``: write this
         rank's pieces for its receivers, and where HF tensors are given fill them with every
-        rank's pieces. Pieces sit in the staging area back to back, in bucket order."""
+        rank's pieces. Pieces sit in the staging area back to back, in bucket order.
+
+        Two kinds of one-element messages, told apart by tag: READY (sender -> receiver: this
+        bucket's pieces are staged) and FREE (receiver -> sender: done reading them). Every
+        receive of a FREE is posted before this rank blocks anywhere: where each TP rank both
+        sends and receives (an engine on every TP rank, as vLLM's tensor parallelism has), two
+        ranks waiting for their FREE sends to complete before posting the matching receives
+        would wait for each other forever (gloo completes a send only once its receive is
+        posted)."""
         b, group = self.bridge, self.bridge.tp_group
         me, tp = b.tp_rank, b.tp_size
         works = []
@@ -472,7 +481,12 @@ class _SharedStaging:
                     offset += n
             for r in self.receivers:
                 # Our pieces of this bucket are in the staging area (TP group).
-                works.append(dist.isend(self.flag, dst=self._peer(r), group=group))
+                works.append(dist.isend(self.flag, dst=self._peer(r), group=group, tag=READY))
+            for r in self.receivers:
+                # Receiver r is done with our staging area (TP group).
+                works.append(
+                    dist.irecv(torch.zeros(1, dtype=torch.int32), src=self._peer(r), group=group, tag=FREE)
+                )
         if split[0][2] is not None:
             placed = []
             for rule, local, dsts in split:
@@ -482,7 +496,7 @@ class _SharedStaging:
                 placed.append(blocks)
             for r, area in self.peers.items():
                 flag = torch.zeros(1, dtype=torch.int32)
-                dist.recv(flag, src=self._peer(r), group=group)  # TP peer r's pieces are staged
+                dist.recv(flag, src=self._peer(r), group=group, tag=READY)  # TP peer r's pieces are staged
                 offset = 0
                 for (_, local, _), blocks in zip(split, placed):
                     for block in (bl[r] for bl in blocks):
@@ -490,9 +504,6 @@ class _SharedStaging:
                         block.copy_(area[offset : offset + n].view(local.dtype).view(block.shape))
                         offset += n
                 # Peer r's staging area may be written again (TP group).
-                works.append(dist.isend(self.flag, dst=self._peer(r), group=group))
-        for w in works:
+                works.append(dist.isend(self.flag, dst=self._peer(r), group=group, tag=FREE))
+        for w in works:  # this bucket's FREE messages included: our area may be reused after
             w.wait()
-        for r in self.receivers:
-            flag = torch.zeros(1, dtype=torch.int32)
-            dist.recv(flag, src=self._peer(r), group=group)  # receiver r is done with our area

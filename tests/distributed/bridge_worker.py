@@ -1,6 +1,8 @@
 """torchrun worker: after a weight sync through the bridge, the HF engine's sampling log-probs
 equal the Megatron model's teacher-forced log-probs (float32, 1e-5), before and after an optimizer
-step; rank 0 writes a JSON report to --out.
+step; rank 0 writes a JSON report to --out. With --every-rank each rank hosts an engine (as vLLM's
+tensor parallelism needs full tensors on every TP rank): each TP rank then both sends and receives,
+and every engine must sample what rank 0's does.
 
     torchrun --nproc-per-node TP*PP tests/distributed/bridge_worker.py --tp T --pp P --hf DIR --out F
 """
@@ -34,8 +36,11 @@ def engine_vs_trainer(model, arch, engine, bridge, mp_group, seed: int) -> tuple
     result = [None]
     if engine is not None:
         result = [engine.generate(prompts, SamplingParams(temperature=1.0, max_new_tokens=6, seed=seed))]
-    dist.broadcast_object_list(result, src=0)  # the engine's samples to every rank
-    completions = result[0]
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, result[0])
+    if any(theirs is not None and theirs != everyone[0] for theirs in everyone):
+        raise AssertionError("engines of one replica sampled differently: their weights differ")
+    completions = everyone[0]  # rank 0's samples, on every rank
     batch = pack([c.prompt_ids + c.token_ids for c in completions])
     out = run_packed(model, arch.vocab_size, [batch])
     diff = torch.zeros((), dtype=torch.float64)
@@ -62,6 +67,7 @@ def main() -> None:
         action="store_true",
         help="every rank its own staging folder, as in containers without a shared /dev/shm",
     )
+    p.add_argument("--every-rank", action="store_true", help="an engine on every rank, not only rank 0")
     args = p.parse_args()
     parallel = platform.ParallelConfig(tensor_parallel_size=args.tp, pipeline_parallel_size=args.pp)
     platform.setup(parallel)
@@ -74,7 +80,7 @@ def main() -> None:
         Path(bridge_module.SHM_DIR).mkdir(exist_ok=True)
     model, arch = load_pretrained(args.hf, parallel)
     model = wrap_ddp(model)  # as the trainer does: tied embeddings stay tied across stages
-    host = dist.get_rank() == 0
+    host = args.every_rank or dist.get_rank() == 0
     engine = HFEngine(arch.hf_config) if host else None
     bridge = WeightBridge(
         model,
@@ -94,7 +100,7 @@ def main() -> None:
     run_packed(model, arch.vocab_size, [batch], loss_fn=lambda lp, b: -lp.sum() / 45, forward_only=False)
     grad_norm, applied = opt.step()
     after, lp_again = engine_vs_trainer(model, arch, engine, bridge, ps.get_model_parallel_group(), 1)
-    if host:
+    if dist.get_rank() == 0:
         moved = max(abs(a - b) for x, y in zip(lp_before, lp_again) for a, b in zip(x, y))
         report = {"before": before, "after": after, "applied": applied, "moved": moved}
         report["shared_memory"] = bridge._staging is not None

@@ -15,24 +15,30 @@ pytestmark = pytest.mark.distributed
 # (the path of engines that only take the stream, like vLLM). TP peers hand each other their
 # pieces through shared memory ("shm"), as gloo messages ("gloo", by choice), or as gloo messages
 # because the peers do not share a staging folder ("private-shm": the bridge must notice).
+# "every": an engine on every rank, so that each TP rank both sends and receives (vLLM's layout;
+# the shared-memory handshake once deadlocked there).
 @pytest.mark.parametrize(
-    "tp,pp,bucketed,transport",
+    "tp,pp,bucketed,transport,engines",
     [
-        (1, 1, False, "shm"),
-        (1, 2, False, "shm"),
-        (2, 2, False, "shm"),
-        (2, 1, True, "shm"),
-        (2, 1, False, "gloo"),
-        (2, 1, False, "private-shm"),
+        (1, 1, False, "shm", "rank0"),
+        (1, 2, False, "shm", "rank0"),
+        (2, 2, False, "shm", "rank0"),
+        (2, 1, True, "shm", "rank0"),
+        (2, 1, False, "gloo", "rank0"),
+        (2, 1, False, "private-shm", "rank0"),
+        (2, 1, True, "shm", "every"),
+        (2, 1, True, "gloo", "every"),
     ],
 )
-def test_engine_matches_trainer_after_sync(tp, pp, bucketed, transport, hf_models, tmp_path):
+def test_engine_matches_trainer_after_sync(tp, pp, bucketed, transport, engines, hf_models, tmp_path):
     for family, (hf_dir, _) in hf_models.items():
         out = tmp_path / f"{family}.json"
         args = ["--tp", str(tp), "--pp", str(pp), "--hf", str(hf_dir), "--out", str(out)]
         args += ["--bucketed"] if bucketed else []
         args += [] if transport == "shm" else [f"--{transport}"]
-        run_torchrun(tp * pp, [str(REPO / "tests/distributed/bridge_worker.py"), *args])
+        args += ["--every-rank"] if engines == "every" else []
+        # A deadlocked handshake fails in minutes, not at the default timeout.
+        run_torchrun(tp * pp, [str(REPO / "tests/distributed/bridge_worker.py"), *args], timeout=240)
         report = json.loads(out.read_text())
         assert report["applied"], report
         assert report["shared_memory"] == (tp > 1 and transport == "shm"), report
