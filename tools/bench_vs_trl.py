@@ -188,12 +188,13 @@ def run_ours(args: argparse.Namespace, work: Path) -> dict:
         "grpo.num_minibatches=1",
         f"grpo.old_logprobs={args.old_logprobs}",
         f"train.share_prompts={args.share_prompts == 'on'}",
+        f"grpo.skip_zero_advantage={args.skip_zero_advantage == 'on'}",
     ]
     cfg = load_config(RunConfig, RECIPE, overrides)
     s = Session(cfg, "train")
     problems = problems_for(args.num_prompts * args.num_steps, args.seed)
     prompt_tokens = [len(s.tokenizer.encode_prompt(p.prompt)) for p in problems]
-    step_seconds, tokens, samples, stages = [], 0, 0, {}
+    step_seconds, tokens, samples, stages, skipped = [], 0, 0, {}, []
     try:
         for _ in range(args.num_steps):
             t0 = time.perf_counter()
@@ -202,6 +203,7 @@ def run_ours(args: argparse.Namespace, work: Path) -> dict:
             n = args.num_prompts * args.num_samples
             samples += n
             tokens += round(metrics["policy/response_tokens_mean"] * n)
+            skipped.append(metrics["train/skipped_token_fraction"])
             for k, v in s.timer.pop().items():
                 stages[k] = stages.get(k, 0.0) + v
     finally:
@@ -214,6 +216,7 @@ def run_ours(args: argparse.Namespace, work: Path) -> dict:
         "step_seconds": step_seconds,
         "generate_seconds": stages.get("time/rollout_s", 0.0),
         "stages": stages,
+        "skipped_token_fraction": sum(skipped) / len(skipped),
         "prompt_tokens_mean": sum(prompt_tokens) / len(prompt_tokens),
         "threads": torch.get_num_threads(),
     }
@@ -247,7 +250,8 @@ def print_table(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
         f"{args.num_steps} GRPO steps x {args.num_prompts} prompts x {args.num_samples} samples, "
         f"<= {args.max_new_tokens} new tokens, {args.dtype}, {first['threads']} thread(s), lr {args.lr:g}, "
         f"TRL gradient checkpointing {'on' if args.trl_gradient_checkpointing else 'off'}, "
-        f"our old log-probs: {args.old_logprobs}, shared prompts {args.share_prompts}; {args.rounds} round(s), "
+        f"our old log-probs: {args.old_logprobs}, shared prompts {args.share_prompts}, zero-advantage "
+        f"groups skipped {args.skip_zero_advantage}; {args.rounds} round(s), "
         "TRL then ours in each"
     )
     print(
@@ -284,6 +288,8 @@ def print_table(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
             stages[k] = stages.get(k, 0.0) + v
     named = ", ".join(f"{k.removeprefix('time/').removesuffix('_s')} {v:.2f}" for k, v in stages.items())
     print(f"our stages, s over all rounds: {named}")
+    left_out = sum(r["skipped_token_fraction"] for r in runs["ours"]) / len(runs["ours"])
+    print(f"our response tokens left out of training (advantage 0, mean over steps): {left_out:.1%}")
 
 
 def main() -> None:
@@ -311,6 +317,13 @@ def main() -> None:
         default="on",
         choices=["on", "off"],
         help="our train.share_prompts (each group's prompt trained once; docs/training.md)",
+    )
+    p.add_argument(
+        "--skip-zero-advantage",
+        default="on",
+        choices=["on", "off"],
+        help="our grpo.skip_zero_advantage (groups with equal rewards add nothing to the update and "
+        "are not run through the model; docs/training.md)",
     )
     p.add_argument("--rounds", type=int, default=2, help="alternations TRL, ours (a shared CPU drifts)")
     p.add_argument(

@@ -200,6 +200,22 @@ def build_micro_batches(
     return out
 
 
+def sample_token_counts(samples: Sequence[Sample]) -> torch.Tensor:
+    """``[2]`` float64: (RL response tokens, CE response tokens) of ``samples``; equal to
+    :func:`token_counts` of their micro-batches."""
+    rl = sum(len(s.response_ids) for s in samples if s.objective == "rl")
+    ce = sum(len(s.response_ids) for s in samples if s.objective != "rl")
+    return torch.tensor([rl, ce], dtype=torch.float64)
+
+
+def adds_nothing(sample: Sample, coef: LossCoefficients) -> bool:
+    """Whether ``sample``'s tokens add exactly 0 to the loss and to every gradient: an RL sample
+    with advantage 0 (the clipped surrogate is then 0 whatever the ratio) and neither a KL nor an
+    entropy term. Its tokens still count in the loss normaliser; responses never attend to each
+    other, so leaving it out of the pack changes no other sample's activations."""
+    return sample.objective == "rl" and sample.advantage == 0.0 and coef.kl == 0.0 and coef.entropy == 0.0
+
+
 def token_counts(micro_batches: Sequence[MicroBatch]) -> torch.Tensor:
     """``[2]`` float64: (RL response tokens, CE response tokens) of these micro-batches."""
     rl = sum(int(mb.rl_mask.sum()) for mb in micro_batches)

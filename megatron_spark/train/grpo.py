@@ -24,7 +24,7 @@ import torch
 from megatron_spark.reward.verifiers import verify_batch
 from megatron_spark.rollout.protocol import SamplingParams
 from megatron_spark.train.advantages import group_advantages
-from megatron_spark.train.batch import LossCoefficients, Sample
+from megatron_spark.train.batch import LossCoefficients, Sample, adds_nothing, sample_token_counts
 from megatron_spark.train.session import Session
 
 
@@ -137,6 +137,16 @@ def minibatches(groups: list[list[Sample]], k: int, kinds: Sequence[str] | None 
     return [[x for g in groups[a:b] for x in g] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
+def to_train(chunk: list[Sample], coef: LossCoefficients, skip: bool) -> list[Sample]:
+    """The samples of ``chunk`` that go through the model: with ``skip``, all but those that add
+    nothing to the loss or its gradient (``grpo.skip_zero_advantage``); at least one is kept, so
+    that every rank takes part in the optimizer step's gradient reduction."""
+    if not skip:
+        return chunk
+    kept = [x for x in chunk if not adds_nothing(x, coef)]
+    return kept or [min(chunk, key=lambda x: x.num_tokens)]
+
+
 def groups_of(samples: list[Sample], group_size: int) -> list[list[Sample]]:
     return [samples[i : i + group_size] for i in range(0, len(samples), group_size)]
 
@@ -160,17 +170,27 @@ def update(
     if k < 1:
         raise RuntimeError("update: a data-parallel rank has no samples (callers must give each one)")
     chunks = minibatches(groups, k, kinds)
-    plans = [s.micro_batches(chunk) for chunk in chunks]
+    # Normalisers of every chunk's loss: all its response tokens, trained or not.
+    counts = [sample_token_counts(chunk) for chunk in chunks]
+    trained = [to_train(chunk, coef, cfg.grpo.skip_zero_advantage) for chunk in chunks]
+    plans = [s.micro_batches(chunk) for chunk in trained]
     with s.timer("logprobs"):  # every chunk's old log-probs before the first update
         for mbs in plans:
             fill_logprobs(s, mbs)
     for i, mbs in enumerate(plans):
         with s.timer("train"):
-            stats = s.train_on(mbs, coef)
+            stats = s.train_on(mbs, coef, counts[i])
         if i == 0:  # before any update of this step: the engine and the trainer see one policy
             gap, gap_tokens = stats["gap_sum"], stats["rl_tokens"]
         for k, v in stats.items():
             train[k] = train.get(k, 0.0) + v
+    # RL response tokens that the skip left out, and all of them (every rank has both keys; the
+    # owner of the statistics counts them)
+    mine = s.owns_stats
+    train["skipped_tokens"] = (
+        float(sum(c[0] - sample_token_counts(t)[0] for c, t in zip(counts, trained))) if mine else 0.0
+    )
+    train["all_rl_tokens"] = float(sum(c[0] for c in counts)) if mine else 0.0
     s.sync_weights()
     local = {k: v for k, v in train.items() if k not in ("grad_norm", "applied", "lr")}
     totals = s.reduce({**{f"t_{k}": v for k, v in local.items()}, "gap": gap, "gap_tokens": gap_tokens})
@@ -189,6 +209,7 @@ def train_metrics(t: dict[str, float]) -> dict[str, float]:
         "train/kl_ref": t["t_kl_sum"] / rl_tokens,
         "train/grad_norm": t["grad_norm"] / steps,
         "train/logprob_gap_rollout_vs_train": t["gap"] / max(1.0, t["gap_tokens"]),
+        "train/skipped_token_fraction": t["t_skipped_tokens"] / max(1.0, t["t_all_rl_tokens"]),
     }
 
 

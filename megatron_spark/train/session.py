@@ -226,10 +226,15 @@ class Session:
         )
         return [o["logprobs"].cpu() for o in out] if self.is_last_stage else None
 
-    def train_on(self, mbs: Sequence[MicroBatch], coef: LossCoefficients) -> dict[str, float]:
-        """One optimizer step on packed micro-batches (this DP rank's share). Returns summed
-        statistics (owner ranks only contribute; see :meth:`reduce`)."""
-        counts = token_counts(mbs)
+    def train_on(
+        self, mbs: Sequence[MicroBatch], coef: LossCoefficients, counts: torch.Tensor | None = None
+    ) -> dict[str, float]:
+        """One optimizer step on packed micro-batches (this DP rank's share). ``counts``: this
+        rank's (RL, CE) response tokens of the step, the loss normaliser, when it holds more than
+        ``mbs`` do (samples left out because they add nothing, :func:`~megatron_spark.train.batch.adds_nothing`);
+        default: those of ``mbs``. Returns summed statistics (owner ranks only contribute; see
+        :meth:`reduce`)."""
+        counts = token_counts(mbs) if counts is None else counts.clone()
         if self.dp_size > 1:
             # Response tokens of the whole step, over every DP rank: the loss normaliser.
             dist.all_reduce(counts, group=self.dp_group)
