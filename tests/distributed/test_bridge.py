@@ -32,6 +32,8 @@ pytestmark = pytest.mark.distributed
 )
 def test_engine_matches_trainer_after_sync(tp, pp, bucketed, transport, engines, hf_models, tmp_path):
     for family, (hf_dir, _) in hf_models.items():
+        if engines == "every" and family != "llama":
+            continue  # the handshake does not depend on the family
         out = tmp_path / f"{family}.json"
         args = ["--tp", str(tp), "--pp", str(pp), "--hf", str(hf_dir), "--out", str(out)]
         args += ["--bucketed"] if bucketed else []
