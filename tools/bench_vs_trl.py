@@ -12,12 +12,16 @@ engine), not model loading. Target: our samples/s >= 2x TRL's.
 
 What is matched, and where the sides differ:
 
-* weights (``--init``): ``random``: ours ``model.init=preset:tiny-llama`` (megatron's init), TRL a
-  saved random transformers model of the same config (std 0.02); both sample near-uniformly, so
-  almost every completion runs to ``--max-new-tokens`` and neither side has padding to skip.
-  ``sft`` (or a checkpoint directory): both start from the same trained weights (the tiny
-  recipe's SFT warm start, exported to Hugging Face format for TRL), so completions end at EOS
-  with lengths that vary as in a real run. The completion-token columns show it;
+* weights (``--init``): ``sft`` (the default, or a checkpoint directory): both start from the same
+  trained weights (the tiny recipe's SFT warm start, exported to Hugging Face format for TRL), so
+  completions end at EOS with lengths that vary as in a real run, and the rewards vary within a
+  group. The defaults are the tiny GRPO recipe's workload (32 prompts x 8 samples, 40 new tokens).
+  ``random``: ours ``model.init=preset:tiny-llama`` (megatron's init), TRL a saved random
+  transformers model of the same config (std 0.02); both sample near-uniformly, so almost every
+  completion runs to ``--max-new-tokens`` and neither side has padding to skip. Every reward is
+  then 0, so every group has advantage 0 and ours, which leaves such groups out of training
+  (``grpo.skip_zero_advantage``), would train almost nothing: compare random weights with
+  ``--skip-zero-advantage off``. The completion-token columns show the lengths;
 * task and reward: the tiny GRPO recipe's arithmetic task (``examples/tiny_arith/grpo.yaml``);
   the reward is the last ``\boxed{}`` equal to the answer as a string on both sides (ours
   ``task.verifier.kind=exact``, not the recipe's math-verify);
@@ -40,8 +44,8 @@ with torch and transformers pinned to the versions megatron_spark runs on:
 
     python -m venv --system-site-packages /work/venvs/trl
     /work/venvs/trl/bin/pip install trl torch==2.13.0 transformers==5.23.0
-    /work/venvs/trl/bin/python tools/bench_vs_trl.py [--num-prompts 8] [--num-samples 8]
-        [--max-new-tokens 16] [--num-steps 4] [--rounds 2] [--threads 1] [--lr 1e-5]
+    /work/venvs/trl/bin/python tools/bench_vs_trl.py [--init sft] [--num-prompts 32] [--num-samples 8]
+        [--max-new-tokens 40] [--num-steps 6] [--rounds 3] [--threads 1] [--lr 1e-5]
 
 On a shared CPU keep ``--threads`` at or below the idle cores (tools/trl_side.py explains why).
 """
@@ -290,14 +294,19 @@ def print_table(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
     print(f"our stages, s over all rounds: {named}")
     left_out = sum(r["skipped_token_fraction"] for r in runs["ours"]) / len(runs["ours"])
     print(f"our response tokens left out of training (advantage 0, mean over steps): {left_out:.1%}")
+    if left_out > 0.9:
+        print(
+            "warning: nearly every group has equal rewards, so ours trained almost nothing; for a "
+            "like-for-like comparison of the work, run again with --skip-zero-advantage off"
+        )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--num-prompts", type=int, default=8, help="prompts per step")
+    p.add_argument("--num-prompts", type=int, default=32, help="prompts per step")
     p.add_argument("--num-samples", type=int, default=8, help="completions per prompt (group size)")
-    p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--num-steps", type=int, default=4)
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--num-steps", type=int, default=6)
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads on both sides")
@@ -325,10 +334,10 @@ def main() -> None:
         help="our grpo.skip_zero_advantage (groups with equal rewards add nothing to the update and "
         "are not run through the model; docs/training.md)",
     )
-    p.add_argument("--rounds", type=int, default=2, help="alternations TRL, ours (a shared CPU drifts)")
+    p.add_argument("--rounds", type=int, default=3, help="alternations TRL, ours (a shared CPU drifts)")
     p.add_argument(
         "--init",
-        default="random",
+        default="sft",
         help="weights both sides start from: 'random' (the preset, near-uniform sampling: every "
         "completion runs to --max-new-tokens), 'sft' (train the tiny recipe's SFT warm start "
         "first, about a minute; completions end at EOS as in a real run) or a megatron_spark "
