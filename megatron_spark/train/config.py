@@ -139,8 +139,9 @@ class GRPOConfig:
     """Log-probs of the sampling policy in the ratio: recomputed by the trainer before the first
     update (robust to engine numerics), or the engine's own (saves a forward pass)."""
     skip_zero_advantage: bool = True
-    """Leave out of the forward and backward passes the policy samples whose advantage is 0 (a
-    group whose rewards are all equal) when neither KL nor entropy is on: their tokens add exactly
+    """Leave out of the forward and backward passes the RL samples (policy answers and SPARK's
+    judge and reflection rollouts alike) whose advantage is 0 (a group whose rewards are all
+    equal) when neither KL nor entropy is on: their tokens add exactly
     0 to the loss and its gradient. The loss is still divided by every response token of the
     step, so the update is the same up to float rounding; ``train/*`` statistics then cover the
     trained tokens only."""

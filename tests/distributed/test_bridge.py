@@ -39,8 +39,9 @@ def test_engine_matches_trainer_after_sync(tp, pp, bucketed, transport, engines,
         args += ["--bucketed"] if bucketed else []
         args += [] if transport == "shm" else [f"--{transport}"]
         args += ["--every-rank"] if engines == "every" else []
-        # A deadlocked handshake fails in minutes, not at the default timeout.
-        run_torchrun(tp * pp, [str(REPO / "tests/distributed/bridge_worker.py"), *args], timeout=240)
+        # A deadlocked handshake (engines on every rank) fails in minutes, not at the default timeout.
+        timeout = 240 if engines == "every" else 600
+        run_torchrun(tp * pp, [str(REPO / "tests/distributed/bridge_worker.py"), *args], timeout=timeout)
         report = json.loads(out.read_text())
         assert report["applied"], report
         assert report["shared_memory"] == (tp > 1 and transport == "shm"), report
