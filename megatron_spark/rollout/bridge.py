@@ -238,6 +238,14 @@ class WeightBridge:
         if config.shared_memory and self.tp_size > 1:
             self._staging = _SharedStaging.create(self)  # collective over the TP group
 
+    @property
+    def transport(self) -> str:
+        """How this rank's TP group hands shards to the ranks that need full tensors: ``shared
+        memory``, ``gloo messages``, or ``none`` (no TP)."""
+        if self.tp_size == 1:
+            return "none"
+        return "shared memory" if self._staging is not None else "gloo messages"
+
     def _global(self, group, rank: int) -> int:
         return dist.get_global_rank(group, rank) if group is not None else rank
 

@@ -143,6 +143,8 @@ class Session:
         self.metrics = MetricsLogger(
             self.run_dir, self.rank == 0, cfg.train.num_steps, start_step=self.step, title=command
         )
+        if self.bridge.transport != "none":
+            self.metrics.print(f"weight bridge: TP pieces over {self.bridge.transport}")
         self.sync_weights()
 
     # ------------------------------------------------------------------ rollout

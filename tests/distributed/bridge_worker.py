@@ -103,7 +103,7 @@ def main() -> None:
     if dist.get_rank() == 0:
         moved = max(abs(a - b) for x, y in zip(lp_before, lp_again) for a, b in zip(x, y))
         report = {"before": before, "after": after, "applied": applied, "moved": moved}
-        report["shared_memory"] = bridge._staging is not None
+        report["shared_memory"] = bridge.transport == "shared memory"
         Path(args.out).write_text(json.dumps(report))
     platform.teardown()
 

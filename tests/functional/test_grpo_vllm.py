@@ -85,7 +85,9 @@ def test_grpo_with_vllm_under_torchrun(tmp_path, warm_start, layout):
     tensors by the bridge on every rank). DP=2: an engine per rank, each sampling its half."""
     grpo = tmp_path / "grpo"
     args = [*fixed_set_grpo_args(tmp_path, grpo, warm_start, num_steps=3), *VLLM, *layout]
-    run_torchrun(2, ["-m", "megatron_spark.cli", *args])
+    proc = run_torchrun(2, ["-m", "megatron_spark.cli", *args])
+    if layout:  # the bridge's default transport, shared memory, was the one that deadlocked here
+        assert "weight bridge: TP pieces over shared memory" in proc.stdout, proc.stdout[-2000:]
     steps = [m for m in read_metrics(grpo) if "policy/reward_mean" in m]
     assert len(steps) == 3
     assert_engine_followed_the_trainer(steps)
