@@ -184,13 +184,9 @@ def update(
             gap, gap_tokens = stats["gap_sum"], stats["rl_tokens"]
         for k, v in stats.items():
             train[k] = train.get(k, 0.0) + v
-    # RL response tokens that the skip left out, and all of them (every rank has both keys; the
-    # owner of the statistics counts them)
-    mine = s.owns_stats
-    train["skipped_tokens"] = (
-        float(sum(c[0] - sample_token_counts(t)[0] for c, t in zip(counts, trained))) if mine else 0.0
-    )
-    train["all_rl_tokens"] = float(sum(c[0] for c in counts)) if mine else 0.0
+    # All RL response tokens, trained (``rl_tokens``) or left out by the skip; every rank has the
+    # key, the owner of the statistics counts them.
+    train["all_rl_tokens"] = float(sum(c[0] for c in counts)) if s.owns_stats else 0.0
     s.sync_weights()
     local = {k: v for k, v in train.items() if k not in ("grad_norm", "applied", "lr")}
     totals = s.reduce({**{f"t_{k}": v for k, v in local.items()}, "gap": gap, "gap_tokens": gap_tokens})
@@ -209,7 +205,8 @@ def train_metrics(t: dict[str, float]) -> dict[str, float]:
         "train/kl_ref": t["t_kl_sum"] / rl_tokens,
         "train/grad_norm": t["grad_norm"] / steps,
         "train/logprob_gap_rollout_vs_train": t["gap"] / max(1.0, t["gap_tokens"]),
-        "train/skipped_token_fraction": t["t_skipped_tokens"] / max(1.0, t["t_all_rl_tokens"]),
+        "train/skipped_token_fraction": (t["t_all_rl_tokens"] - t["t_rl_tokens"])
+        / max(1.0, t["t_all_rl_tokens"]),
     }
 
 
