@@ -16,9 +16,12 @@ setup(
     packages=find_packages(include=["megatron_spark", "megatron_spark.*"]),
     install_requires=[
         "torch>=2.6",
-        # 0.16.x is the newest for Python 3.11; 0.17+ need Python 3.12 (NGC containers have it).
+        # Upper bounds on the fast movers: the newest minor version that passed the tests (the exact
+        # set is constraints.txt). 0.16.x is the newest megatron-core for Python 3.11; 0.17+ need
+        # Python 3.12 (NGC containers have it; 0.19 ran on the lent GPU machine).
         "megatron-core>=0.16,<0.20",
-        "transformers>=4.51",
+        # 5.19: the oldest tested (the vLLM test environment); 5.25: the newest (main environment)
+        "transformers>=5.19,<5.26",
         "safetensors>=0.4",
         "sentencepiece>=0.2",
         "numpy>=1.26",
@@ -26,7 +29,7 @@ setup(
         "rich>=13",
         # answer checking for math tasks; its LaTeX parser (latex2sympy2_extended) brings the
         # antlr4 runtime (math-verify 0.9 has no antlr4_13_2 extra: pip warned on every install)
-        "math-verify>=0.9",
+        "math-verify>=0.9,<0.10",
         "pyarrow>=14",  # parquet datasets
         "tensorboard>=2.14",
         "matplotlib>=3.8",  # evaluation report plots
@@ -35,7 +38,7 @@ setup(
     extras_require={
         # triton runs the fused-head kernels on the CPU under TRITON_INTERPRET=1 in the tests.
         "test": ["pytest>=8", "ruff>=0.6", "triton>=3.2"],
-        "gpu": ["transformer-engine[pytorch]>=2.4", "vllm>=0.32", "nvidia-modelopt>=0.33"],
+        "gpu": ["transformer-engine[pytorch]>=2.4", "vllm>=0.32,<0.33", "nvidia-modelopt>=0.33"],
     },
     entry_points={"console_scripts": ["megatron-spark=megatron_spark.cli:main"]},
 )

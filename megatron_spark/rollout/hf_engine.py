@@ -26,6 +26,7 @@ shares this memory) and so discards the weights; ``wake`` only marks the engine 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -99,6 +100,13 @@ def build_hf_model(hf_config: dict[str, Any], dtype: torch.dtype, device: str, a
     return model.to(device).eval().requires_grad_(False)
 
 
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The keyword ``model.forward`` takes its KV cache by: ``cache`` from transformers 5.24 on,
+    ``past_key_values`` before (5.24+ still take the old name but warn on every call)."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def left_pad(
     sequences: Sequence[Sequence[int]], device: torch.device | str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -169,6 +177,7 @@ class HFEngine:
         # One entry per distinct parameter: a tied lm_head is the embedding and is not listed.
         self._params: dict[str, torch.nn.Parameter] = dict(self.model.named_parameters())
         self._shapes = {name: p.shape for name, p in self._params.items()}
+        self._cache_kwarg = cache_keyword(self.model)
         self._weights_valid = False
         self._storage_freed = False
         self._awake = True
@@ -301,9 +310,9 @@ class HFEngine:
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{self._cache_kwarg: cache},
         )
         return out.logits[:, -1]
 

@@ -81,6 +81,10 @@ class TaskSection:
         if self.kind == "file" and self.file is None:
             raise ValueError("kind is 'file' but the 'file' section (train_path, ...) is missing")
 
+    def source_config(self) -> ArithmeticConfig | FileTaskConfig:
+        """The settings of the task ``kind`` names (what :func:`load_task` takes)."""
+        return self.arithmetic if self.kind == "arithmetic" else self.file
+
 
 @dataclass(frozen=True)
 class RolloutConfig:

@@ -24,7 +24,7 @@ def build_data(cfg: RunConfig):
     from megatron_spark.reward.verifiers import make_verifier
 
     tokenizer = load_tokenizer(cfg.model.tokenizer)
-    task = load_task(cfg.task.arithmetic if cfg.task.kind == "arithmetic" else cfg.task.file)
+    task = load_task(cfg.task.source_config())
     limit = cfg.task.max_prompt_tokens
     check_prompt_lengths(task.held_out(), tokenizer, limit, source=f"task {task.name} (held-out)")
     n = task.num_train()

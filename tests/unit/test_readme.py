@@ -19,4 +19,32 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_readme_main_command_is_present():
-    assert "\npip install torch==2.13.0 -e . && megatron-spark demo\n" in (REPO / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
+    assert "\npip install torch==2.13.0 -e . -c constraints.txt && megatron-spark demo\n" in readme
+
+
+def test_both_commands_install_the_tested_set():
+    """The README's two commands and the vLLM script install with the constraints files, which
+    pin exact versions, leave torch to the commands, and stay inside this package's ranges (a pin
+    outside them would make pip fail to resolve)."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name as canon
+
+    readme = (REPO / "README.md").read_text()
+    assert readme.count(" -c constraints.txt && ") == 2
+    assert "tools/vllm-constraints.txt" in (REPO / "tools/vllm_tests.sh").read_text()
+    ranges = {
+        canon(r.name): r.specifier for r in map(Requirement, requires("megatron_spark")) if not r.marker
+    }
+    for name in ("constraints.txt", "tools/vllm-constraints.txt"):
+        for line in (REPO / name).read_text().splitlines():
+            if not line.strip() or line.startswith("#"):
+                continue
+            pin = Requirement(line)
+            (spec,) = pin.specifier
+            assert spec.operator == "==", f"{name}: {line} is not an exact pin"
+            assert canon(pin.name) != "torch", f"{name}: torch is pinned by the install commands"
+            if canon(pin.name) in ranges:
+                assert ranges[canon(pin.name)].contains(spec.version), (name, line)
