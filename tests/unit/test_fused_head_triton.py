@@ -35,3 +35,18 @@ def test_triton_equals_torch_and_reference(chunks, padded):
     for what, a, b in zip(("loss", "logprobs", "entropy", "dX", "dW"), results["triton"], ref):
         assert_rel(a, b, 1e-6, f"triton vs float64 {what}")
     assert not torch.isnan(results["triton"][4]).any()
+
+
+def test_triton_target_just_past_a_tile_end():
+    """Tiles of 5 columns run in blocks of 8: a target in the next tile's first 3 columns lies
+    inside the block of the tile before it (past n_cols) and must not be read there. The same
+    happens at TP > 1 when a shard is not a multiple of the block and the target sits in the next
+    rank's first rows."""
+    x, w, inp, vocab = make_problem(8, tokens=12, hidden=8, vocab=40, padded=40)
+    inp.targets = torch.tensor([5, 6, 7, 10, 11, 12, 15, 16, 17, 20, 21, 22])
+    out = {}
+    for impl in ("torch", "triton"):
+        out[impl] = fused_head_loss(x, w, inp, HeadConfig(vocab_size=vocab, vocab_chunk=5, impl=impl))
+    assert torch.isfinite(out["triton"].logprobs).all()
+    assert_rel(out["triton"].logprobs, out["torch"].logprobs, 1e-6, "logprobs")
+    assert_rel(out["triton"].loss, out["torch"].loss, 1e-6, "loss")

@@ -39,7 +39,9 @@ def _tile_stats_kernel(
         ok = (cols < n_cols) & (cols + col_start < vocab_size)
         z = tl.load(z_ptr + row * stride_z + cols, mask=ok, other=float("-inf"))
         tile_max = tl.maximum(tile_max, tl.max(z, axis=0))
-        zy += tl.sum(tl.where(cols == tgt, z, 0.0), axis=0)
+        # Only a column of this tile: a target just past its end (the next tile, or the next TP
+        # rank's rows) would read the masked -inf.
+        zy += tl.sum(tl.where(ok & (cols == tgt), z, 0.0), axis=0)
     m_new = tl.maximum(m_old, tile_max)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     old_finite = m_old != float("-inf")
