@@ -5,7 +5,12 @@ import zlib
 import pytest
 import torch
 
-from megatron_spark.train.kernels.fused_head import HeadConfig, TokenInputs, fused_head_loss
+from megatron_spark.train.kernels.fused_head import (
+    WEIGHT_FIELDS,
+    HeadConfig,
+    TokenInputs,
+    fused_head_loss,
+)
 
 
 def make_problem(seed, tokens=37, hidden=24, vocab=53, padded=64, dtype=torch.float32):
@@ -32,8 +37,14 @@ def make_problem(seed, tokens=37, hidden=24, vocab=53, padded=64, dtype=torch.fl
     return x, w, inputs, vocab
 
 
-def reference(x, w, inp: TokenInputs, cfg: HeadConfig, vocab):
-    """float64, logits materialised, autograd for the gradients."""
+def reference(x, w, inp: TokenInputs, cfg: HeadConfig, vocab, logp_at: torch.Tensor | None = None):
+    """float64, logits materialised, autograd for the gradients. Each term only where its weight is
+    nonzero (its arguments zeroed elsewhere, so placeholders are never exponentiated).
+
+    ``logp_at``: evaluate the objectives at these float32 log-probs instead (gradients still
+    exact; the returned log-probs stay exact): a log-prob of -1e4 is known to 1e-3 at best in
+    float32, and ``exp(logp - old)`` carries that into the ratio, so no float32 head can do
+    better. Compare the head's log-probs with the exact ones separately."""
     x = x.detach().double().requires_grad_()
     w = w.detach().double().requires_grad_()
     logits = x @ w.t()
@@ -42,9 +53,12 @@ def reference(x, w, inp: TokenInputs, cfg: HeadConfig, vocab):
     logp = logsm.gather(1, inp.targets[:, None])[:, 0]
     p = logsm.exp()
     entropy = -(p * torch.nan_to_num(logsm, neginf=0.0)).sum(-1)
+    lp = logp if logp_at is None else logp + (logp_at.double() - logp).detach()
     d = lambda t: t.double()  # noqa: E731
-    ratio = torch.exp(logp - d(inp.old_logprobs))
-    adv = d(inp.advantages)
+    on_rl, on_kl, on_ent, on_ce = (getattr(inp, k) != 0 for k in WEIGHT_FIELDS)
+    zero = torch.zeros_like(logp)
+    ratio = torch.exp(torch.where(on_rl, lp - d(inp.old_logprobs), zero))
+    adv = torch.where(on_rl, d(inp.advantages), zero)
     pg1, pg2 = -ratio * adv, -ratio.clamp(1 - cfg.clip_low, 1 + cfg.clip_high) * adv
     pg = torch.maximum(pg1, pg2)
     clipped = pg2 > pg1
@@ -52,16 +66,13 @@ def reference(x, w, inp: TokenInputs, cfg: HeadConfig, vocab):
         dual = (adv < 0) & (pg > -cfg.dual_clip * adv)
         pg = torch.where(dual, -cfg.dual_clip * adv, pg)
         clipped = clipped | dual
-    if cfg.kl_estimator == "k1":
-        kl = logp - d(inp.ref_logprobs)
-    else:
-        dd = d(inp.ref_logprobs) - logp
-        kl = dd.exp() - dd - 1
+    dd = torch.where(on_kl, d(inp.ref_logprobs) - lp, zero)
+    kl = -dd if cfg.kl_estimator == "k1" else dd.exp() - dd - 1
     loss = (
-        d(inp.rl_weight) * pg
-        + d(inp.kl_weight) * kl
-        - d(inp.entropy_weight) * entropy
-        - d(inp.ce_weight) * logp
+        torch.where(on_rl, d(inp.rl_weight) * pg, zero)
+        + torch.where(on_kl, d(inp.kl_weight) * kl, zero)
+        - torch.where(on_ent, d(inp.entropy_weight) * entropy, zero)
+        - torch.where(on_ce, d(inp.ce_weight) * lp, zero)
     ).sum()
     loss.backward()
     rl = inp.rl_weight != 0

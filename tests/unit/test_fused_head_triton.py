@@ -13,8 +13,9 @@ import torch  # noqa: E402
 
 pytest.importorskip("triton", reason="triton is not installed")
 
-from megatron_spark.train.kernels.fused_head import HeadConfig, fused_head_loss  # noqa: E402
+from megatron_spark.train.kernels.fused_head import HeadConfig, TokenInputs, fused_head_loss  # noqa: E402
 from tests.unit.test_fused_head import assert_rel, make_problem, reference  # noqa: E402
+from tests.unit.test_fused_head_extreme import assert_extreme_matches_float64, run_head  # noqa: E402
 
 
 @pytest.mark.parametrize("chunks,padded", [((5, 16), 64), ((13, 53), 53), ((4, 7), 60)])
@@ -35,6 +36,22 @@ def test_triton_equals_torch_and_reference(chunks, padded):
     for what, a, b in zip(("loss", "logprobs", "entropy", "dX", "dW"), results["triton"], ref):
         assert_rel(a, b, 1e-6, f"triton vs float64 {what}")
     assert not torch.isnan(results["triton"][4]).any()
+
+
+@pytest.mark.parametrize("kl,dual_clip", [("k3", 3.0), ("k1", None)])
+def test_triton_extreme_logits_match_float64(kl, dual_clip):
+    """Log-probs down to -1e4, one-hot-like rows, logits of 1e6 with near ties (the torch path's
+    extreme test, through the Triton epilogues)."""
+    assert_extreme_matches_float64("triton", kl, dual_clip, torch.float32)
+
+
+def test_triton_cross_entropy_token_at_logprob_minus_95_is_finite():
+    x, w = torch.ones(1, 1), torch.tensor([[0.0], [-95.0]])
+    zero = torch.zeros(1)
+    inp = TokenInputs(torch.tensor([1]), zero, zero, zero, zero, zero, zero, torch.ones(1))
+    out, dx, dw = run_head(x, w, inp, HeadConfig(kl_estimator="k3", impl="triton"))
+    assert out.loss.item() == 95.0
+    assert dw.tolist() == [[1.0], [-1.0]] and dx.tolist() == [[95.0]]
 
 
 def test_triton_target_just_past_a_tile_end():

@@ -18,9 +18,19 @@ Every term depends on z only through :math:`\log p_t` and :math:`H_t`, so with
    \quad \mu_t = \sum_v p_v z_v
 
 Forward keeps, per token, the running max m, :math:`s = \sum e^{z - m}`,
-:math:`a = \sum e^{z - m} z` and the target logit (float32); TP ranks exchange these four numbers
-per token in one all-gather and combine them. Backward recomputes each tile's logits and
+:math:`a = \sum e^{z - m} (z - m)` and the target logit (float32); TP ranks exchange these four
+numbers per token in one all-gather and combine them. m and log s stay apart
+(:math:`\log p = (z_y - m) - \log s`, :math:`p_v = e^{(z_v - m) - \log s}`): their float32 sum
+would round away the low digits of large logits. Backward recomputes each tile's logits and
 accumulates dX (summed over the TP group) and dW (local rows) in float32.
+
+Finite for finite logits: a term is evaluated only where its weight is nonzero (its arguments
+elsewhere are replaced by 0 before any exponential, so a placeholder such as a zero reference
+log-prob never meets a log-prob of -95 in :math:`e^{d}`), and the two exponentials (the ratio
+:math:`r_t` and :math:`e^{d}` of k3) follow :math:`e^x` exactly up to :math:`x = 64` and its
+tangent line beyond (:func:`_exp_linear`), finite for log-prob gaps up to ~5e10 nats. Non-finite inputs and terms
+are counted per name in :attr:`HeadOutput.nonfinite`; the caller decides what a non-finite loss
+means for its step.
 
 Weights arrive with their normalisers folded in (global token counts): the kernel sums.
 """
@@ -28,7 +38,7 @@ Weights arrive with their normalisers folded in (global token counts): the kerne
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -93,6 +103,21 @@ class TokenInputs:
 WEIGHT_FIELDS = ("rl_weight", "kl_weight", "entropy_weight", "ce_weight")
 """The per-token weights of :class:`TokenInputs` (zero where an objective does not apply)."""
 
+TERMS = ("surrogate", "kl", "entropy", "cross_entropy")
+"""The loss terms, in the order of :data:`NONFINITE_NAMES`."""
+
+NONFINITE_INPUTS = ("logits", "old_logprobs", "advantages", "ref_logprobs", *WEIGHT_FIELDS)
+"""Inputs the head checks: ``logits`` (the hidden states times the output weight) gave a
+non-finite log-prob or entropy, or a :class:`TokenInputs` field is non-finite where it is read."""
+
+NONFINITE_NAMES = (*NONFINITE_INPUTS, *TERMS)
+"""Entries of :attr:`HeadOutput.nonfinite`."""
+
+EXP_MAX = 64.0
+"""Exponent up to which the ratio and k3 use the exact e^x; beyond it their tangent line
+(e^64 ~ 6e27 leaves float32 room for the tangent out to exponents ~5e10 and for the weighted sums
+and backward GEMMs the value feeds)."""
+
 
 @dataclass
 class HeadOutput:
@@ -104,6 +129,25 @@ class HeadOutput:
     """``[T]`` entropy of the full next-token distribution (no grad)."""
     clip_fraction: torch.Tensor
     """Share of RL tokens (rl_weight != 0) whose gradient the clip removed."""
+    nonfinite: torch.Tensor
+    """``[len(NONFINITE_NAMES)]`` int64: tokens where each input or term was non-finite (inputs
+    counted where a term with nonzero weight reads them; logits and weights at every token, since
+    a non-finite logit reaches the weight gradient through every row). All zero for finite inputs
+    and logits. Left on the device: read it when the loss is not finite
+    (:func:`describe_nonfinite`)."""
+
+
+def describe_nonfinite(counts) -> str:
+    """``counts`` (:attr:`HeadOutput.nonfinite`) as one phrase, e.g. ``"inputs advantages (3
+    tokens); terms surrogate (3 tokens)"``; empty when every count is 0."""
+    counts = [int(c) for c in counts]
+    named = dict(zip(NONFINITE_NAMES, counts, strict=True))
+    parts = []
+    for kind, names in (("inputs", NONFINITE_INPUTS), ("terms", TERMS)):
+        bad = [f"{n} ({named[n]} token{'s' if named[n] != 1 else ''})" for n in names if named[n]]
+        if bad:
+            parts.append(f"{kind} {', '.join(bad)}")
+    return "; ".join(parts)
 
 
 def _padding_mask(n_cols: int, col_start: int, vocab_size: int | None, device) -> torch.Tensor | None:
@@ -138,16 +182,16 @@ def _tile_stats_torch_(z, m, s, a, zy, targets, col_start: int, vocab_size: int 
     m.copy_(m_new)
 
 
-def _tile_grad_torch_(z, lse, entropy, g, h, targets, col_start: int, vocab_size: int | None):
+def _tile_grad_torch_(z, m, log_s, mu, g, h, targets, col_start: int, vocab_size: int | None):
     """dL/dz of a float32 logits tile ``[Tc, Vc]`` (``z`` is clobbered; the result is returned):
-    ``p * (-g - h (z - mu)) + g * onehot`` with ``p = exp(z - lse)``, ``z - mu = z - lse + H``.
-    Same contract as the Triton ``tile_grad_``."""
+    ``p * (-g - h (z - m - mu)) + g * onehot`` with ``p = exp((z - m) - log_s)`` and ``mu`` the
+    mean logit relative to m (``a / s``). Same contract as the Triton ``tile_grad_``."""
     mask = _padding_mask(z.shape[1], col_start, vocab_size, z.device)
-    z.sub_(lse[:, None])
-    p = torch.exp(z)
+    z.sub_(m[:, None])  # z - m: exact near the max, so p keeps its digits for large logits
+    p = z.sub(log_s[:, None]).exp_()
     if mask is not None:
         p.masked_fill_(mask, 0.0)
-    z.add_(entropy[:, None]).mul_(-h[:, None]).sub_(g[:, None])
+    z.sub_(mu[:, None]).mul_(-h[:, None]).sub_(g[:, None])
     dz = p.mul_(z)
     local = targets - col_start
     rows = ((local >= 0) & (local < z.shape[1])).nonzero()[:, 0]
@@ -206,8 +250,9 @@ def _stats(x, w, targets, cfg: HeadConfig, vocab_start: int) -> torch.Tensor:
     return out.t()
 
 
-def _combine(stats: torch.Tensor, tp_group) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(lse, target logit, entropy) per token from every TP rank's partial statistics."""
+def _combine(stats: torch.Tensor, tp_group) -> tuple[torch.Tensor, ...]:
+    """Per token, from every TP rank's partial statistics: the max logit m, ``log s`` (so that
+    lse = m + log s), the target logit minus m, and the mean logit minus m (``a / s``)."""
     if tp_group is not None and dist.get_world_size(tp_group) > 1:
         parts = [torch.empty_like(stats) for _ in range(dist.get_world_size(tp_group))]
         # Exchange 4 floats per token among the TP group (one collective).
@@ -222,60 +267,133 @@ def _combine(stats: torch.Tensor, tp_group) -> tuple[torch.Tensor, torch.Tensor,
     shift = torch.where(finite, m - big_m, torch.zeros_like(m))
     s_g = (s * scale).sum(0)
     a_g = (scale * (a + shift * s)).sum(0)  # sum e^(z-M) (z-M) over all ranks
-    # H = lse - mu = log s - a/s: no cancellation between two large numbers.
-    return big_m + torch.log(s_g), zy.sum(0), torch.log(s_g) - a_g / s_g
+    # Everything relative to M: no cancellation between two large numbers (H = log s - a/s).
+    return big_m, torch.log(s_g), zy.sum(0) - big_m, a_g / s_g
 
 
-def token_objective(logp, inp: TokenInputs, cfg: HeadConfig):
-    """Per-token loss except the entropy term, its derivative g = dL/dlogp, and the clipped mask.
+def _exp_linear(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(f(x), f'(x))``: e^x up to :data:`EXP_MAX`, its tangent line beyond: the value grows
+    linearly past e^64 instead of overflowing at x = 88.7, and the gradient stays e^64 with the
+    true gradient's sign (a clamp would zero it)."""
+    xc = x.clamp(max=EXP_MAX)
+    e = torch.exp(xc)
+    return e * (1.0 + (x - xc)), e
 
+
+def _k3(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(k3, dk3/dd)``, k3 = e^d - d - 1 as ``expm1(d) - d`` (``e^d - 1`` loses the digits of
+    small d to the rounding of e^d near 1), along its tangent line beyond :data:`EXP_MAX` like
+    :func:`_exp_linear`."""
+    dc = d.clamp(max=EXP_MAX)
+    em1 = torch.expm1(dc)
+    return em1 - dc + (d - dc) * em1, em1
+
+
+class TokenObjective(NamedTuple):
+    loss: torch.Tensor
+    """``[T]`` per-token loss except the entropy term."""
+    g: torch.Tensor
+    """``[T]`` its derivative dL/dlogp."""
+    clipped: torch.Tensor
+    """``[T]`` bool: the clip removed the surrogate's gradient."""
+    terms: dict[str, torch.Tensor]
+    """``surrogate``, ``kl``, ``cross_entropy``: each weighted ``[T]`` term, 0 where its weight is 0."""
+
+
+def _where(on: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x`` where ``on``, exactly 0 elsewhere (whatever ``x`` holds there)."""
+    return torch.where(on, x, torch.zeros_like(x))
+
+
+def token_objective(logp, inp: TokenInputs, cfg: HeadConfig) -> TokenObjective:
+    """Per-token loss except the entropy term, its derivative g = dL/dlogp, the clipped mask and
+    each weighted term.
+
+    A term is evaluated only where its weight is nonzero: its arguments are zeroed elsewhere
+    before any exponential and its value masked, so placeholders (a zero reference log-prob on a
+    cross-entropy token) never produce ``0 * inf``, in the value or in autograd's backward.
     Plain differentiable torch ops: the unfused path back-propagates ``loss`` through autograd,
     the fused head uses the analytic ``g``; tests compare the two.
     """
-    ratio = torch.exp(logp - inp.old_logprobs)
-    adv = inp.advantages
+    on_rl, on_kl, on_ce = inp.rl_weight != 0, inp.kl_weight != 0, inp.ce_weight != 0
+    adv = _where(on_rl, inp.advantages)
+    ratio, d_ratio = _exp_linear(_where(on_rl, logp - inp.old_logprobs))
     clipped_ratio = ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
     pg1, pg2 = -ratio * adv, -clipped_ratio * adv
     pg = torch.maximum(pg1, pg2)
-    d_pg = torch.where(pg1 >= pg2, -ratio * adv, torch.zeros_like(ratio))
+    d_pg = _where(pg1 >= pg2, -d_ratio * adv)
     clipped = pg2 > pg1
     if cfg.dual_clip is not None:
         cap = -cfg.dual_clip * adv
         dual = (adv < 0) & (pg > cap)
         pg = torch.where(dual, cap, pg)
-        d_pg = torch.where(dual, torch.zeros_like(d_pg), d_pg)
+        d_pg = _where(~dual, d_pg)
         clipped = clipped | dual
+    d = _where(on_kl, inp.ref_logprobs - logp)
     if cfg.kl_estimator == "k1":
-        kl, d_kl = logp - inp.ref_logprobs, torch.ones_like(logp)
+        kl, d_kl = -d, torch.ones_like(d)
     else:
-        d = inp.ref_logprobs - logp
-        kl, d_kl = torch.exp(d) - d - 1.0, 1.0 - torch.exp(d)
-    loss_tok = inp.rl_weight * pg + inp.kl_weight * kl - inp.ce_weight * logp
-    g = inp.rl_weight * d_pg + inp.kl_weight * d_kl - inp.ce_weight
-    return loss_tok, g, clipped
+        kl, dk3 = _k3(d)
+        d_kl = -dk3  # dd/dlogp = -1
+    terms = {
+        "surrogate": _where(on_rl, inp.rl_weight * pg),
+        "kl": _where(on_kl, inp.kl_weight * kl),
+        "cross_entropy": _where(on_ce, -inp.ce_weight * logp),
+    }
+    g = (
+        _where(on_rl, inp.rl_weight * d_pg)
+        + _where(on_kl, inp.kl_weight * d_kl)
+        - _where(on_ce, inp.ce_weight)
+    )
+    return TokenObjective(sum(terms.values()), g, clipped, terms)
+
+
+def _nonfinite_counts(inp: TokenInputs, logp, entropy, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[len(NONFINITE_NAMES)]`` int64 token counts (see :attr:`HeadOutput.nonfinite`)."""
+    on = {k: getattr(inp, k) != 0 for k in WEIGHT_FIELDS}
+
+    def bad(x: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+        return ~torch.isfinite(x) if where is None else ~torch.isfinite(x) & where
+
+    flags = [
+        bad(logp) | bad(entropy),
+        bad(inp.old_logprobs, on["rl_weight"]),
+        bad(inp.advantages, on["rl_weight"]),
+        bad(inp.ref_logprobs, on["kl_weight"]),
+        *(bad(getattr(inp, k)) for k in WEIGHT_FIELDS),
+        bad(terms["surrogate"]),
+        bad(terms["kl"]),
+        bad(terms["entropy"]),
+        bad(terms["cross_entropy"]),
+    ]
+    return torch.stack([f.sum() for f in flags])
 
 
 class _FusedHead(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, inp: TokenInputs, cfg: HeadConfig, vocab_start: int, tp_group, sum_dx: bool):
         stats = _stats(x, w, inp.targets, cfg, vocab_start)
-        lse, zy, entropy = _combine(stats, tp_group)
-        logp = zy - lse
+        m, log_s, zy_m, mu = _combine(stats, tp_group)  # each [T]; lse = m + log_s
+        logp = zy_m - log_s
+        entropy = log_s - mu
         # Objective math in float32 whatever dtype the per-token inputs came in.
         inputs = TokenInputs(**{k: v if k == "targets" else v.float() for k, v in vars(inp).items()})
-        loss_tok, g, clipped = token_objective(logp, inputs, cfg)
-        loss = (loss_tok - inputs.entropy_weight * entropy).sum()
-        h = -inputs.entropy_weight
+        obj = token_objective(logp, inputs, cfg)
+        on_ent = inputs.entropy_weight != 0
+        terms = {**obj.terms, "entropy": _where(on_ent, -inputs.entropy_weight * entropy)}
+        loss = (obj.loss + terms["entropy"]).sum()
+        h = _where(on_ent, -inputs.entropy_weight)
         rl_tokens = inputs.rl_weight != 0
-        clip_fraction = (clipped & rl_tokens).sum() / rl_tokens.sum().clamp(min=1)
-        ctx.save_for_backward(x, w, inp.targets, lse, entropy, g, h)
+        clip_fraction = (obj.clipped & rl_tokens).sum() / rl_tokens.sum().clamp(min=1)
+        nonfinite = _nonfinite_counts(inputs, logp, entropy, terms)
+        ctx.save_for_backward(x, w, inp.targets, m, log_s, mu, obj.g, h)
         ctx.cfg, ctx.vocab_start, ctx.tp_group, ctx.sum_dx = cfg, vocab_start, tp_group, sum_dx
-        ctx.mark_non_differentiable(logp, entropy, clip_fraction)
-        return loss, logp, entropy, clip_fraction
+        ctx.mark_non_differentiable(logp, entropy, clip_fraction, nonfinite)
+        return loss, logp, entropy, clip_fraction, nonfinite
 
     @staticmethod
-    def backward(ctx, grad_loss, _glogp, _gent, _gclip):
-        x, w, targets, lse, entropy, g, h = ctx.saved_tensors
+    def backward(ctx, grad_loss, _glogp, _gent, _gclip, _gnonfinite):
+        x, w, targets, m, log_s, mu, g, h = ctx.saved_tensors
         cfg, vocab_start, tp_group = ctx.cfg, ctx.vocab_start, ctx.tp_group
         g, h = g * grad_loss, h * grad_loss
         half = _half_on_cuda(x)
@@ -293,7 +411,7 @@ class _FusedHead(torch.autograd.Function):
                 xc = x[sl] if half else x[sl].float()
                 z = _logits_tile(xc, wt)  # recomputed logits tile
                 dz = tile_grad_(
-                    z, lse[sl], entropy[sl], g[sl], h[sl], targets[sl], vocab_start + v0, cfg.vocab_size
+                    z, m[sl], log_s[sl], mu[sl], g[sl], h[sl], targets[sl], vocab_start + v0, cfg.vocab_size
                 )
                 if half:  # dZ in the operands' dtype, as megatron's own logits gradient is
                     dz = dz.to(x.dtype)
@@ -329,5 +447,7 @@ def fused_head_loss(
     """
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} do not fit")
-    loss, logp, ent, clip = _FusedHead.apply(hidden, weight, inputs, cfg, vocab_start, tp_group, sum_dx)
-    return HeadOutput(loss=loss, logprobs=logp, entropy=ent, clip_fraction=clip)
+    loss, logp, ent, clip, nonfinite = _FusedHead.apply(
+        hidden, weight, inputs, cfg, vocab_start, tp_group, sum_dx
+    )
+    return HeadOutput(loss=loss, logprobs=logp, entropy=ent, clip_fraction=clip, nonfinite=nonfinite)

@@ -7,7 +7,7 @@ the tile's columns:
 * :func:`tile_stats_`: online update of the per-token max m, sum e^(z-m), sum e^(z-m)(z-m) and the
   target logit from a float32 logits tile, masking padded vocabulary ids;
 * :func:`tile_grad_`: the logits tile becomes dZ in place,
-  ``p * (-g - h (z - lse + H)) + g * onehot`` with ``p = exp(z - lse)``.
+  ``p * (-g - h (z - m - mu)) + g * onehot`` with ``p = exp((z - m) - log s)``.
 
 The reference for both is the chunked PyTorch path in :mod:`fused_head`.
 """
@@ -54,7 +54,7 @@ def _tile_stats_kernel(
         cols = c0 + tl.arange(0, BLOCK)
         ok = (cols < n_cols) & (cols + col_start < vocab_size)
         z = tl.load(z_ptr + row * stride_z + cols, mask=ok, other=0.0)
-        zs = z - m_safe
+        zs = tl.where(ok, z - m_safe, 0.0)  # masked columns: no e^(0 - m) overflow to select away
         e = tl.where(ok, tl.exp(zs), 0.0)
         s += tl.sum(e, axis=0)
         a += tl.sum(tl.where(ok, e * zs, 0.0), axis=0)
@@ -68,8 +68,9 @@ def _tile_stats_kernel(
 def _tile_grad_kernel(
     z_ptr,
     stride_z,
-    lse_ptr,
-    ent_ptr,
+    m_ptr,
+    log_s_ptr,
+    mu_ptr,
     g_ptr,
     h_ptr,
     tgt_ptr,
@@ -79,8 +80,9 @@ def _tile_grad_kernel(
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0)
-    lse = tl.load(lse_ptr + row)
-    ent = tl.load(ent_ptr + row)
+    m = tl.load(m_ptr + row)
+    log_s = tl.load(log_s_ptr + row)
+    mu = tl.load(mu_ptr + row)
     g = tl.load(g_ptr + row)
     h = tl.load(h_ptr + row)
     tgt = tl.load(tgt_ptr + row) - col_start
@@ -89,9 +91,10 @@ def _tile_grad_kernel(
         in_tile = cols < n_cols
         ok = in_tile & (cols + col_start < vocab_size)
         z = tl.load(z_ptr + row * stride_z + cols, mask=ok, other=0.0)
-        zl = z - lse
-        p = tl.where(ok, tl.exp(zl), 0.0)
-        dz = p * (-g - h * (zl + ent)) + tl.where(cols == tgt, g, 0.0)
+        # z - m: exact near the max, so p keeps its digits for large logits (0 on masked columns)
+        zm = tl.where(ok, z - m, 0.0)
+        p = tl.where(ok, tl.exp(zm - log_s), 0.0)
+        dz = p * (-g - h * (zm - mu)) + tl.where(cols == tgt, g, 0.0)
         tl.store(z_ptr + row * stride_z + cols, dz, mask=in_tile)
 
 
@@ -107,10 +110,11 @@ def tile_stats_(z: torch.Tensor, m, s, a, zy, targets, col_start: int, vocab_siz
     )
 
 
-def tile_grad_(z: torch.Tensor, lse, entropy, g, h, targets, col_start: int, vocab_size: int | None):
-    """dL/dz of a float32 logits tile ``[Tc, Vc]``, computed in place; returns ``z``."""
+def tile_grad_(z: torch.Tensor, m, log_s, mu, g, h, targets, col_start: int, vocab_size: int | None):
+    """dL/dz of a float32 logits tile ``[Tc, Vc]``, computed in place; returns ``z``. ``m``,
+    ``log_s``, ``mu``: per-token max logit, log sum e^(z-m), mean logit minus m."""
     bound = NO_PADDING if vocab_size is None else vocab_size
     _tile_grad_kernel[(z.shape[0],)](
-        z, z.stride(0), lse, entropy, g, h, targets, z.shape[1], col_start, bound, BLOCK=_block(z.shape[1])
+        z, z.stride(0), m, log_s, mu, g, h, targets, z.shape[1], col_start, bound, BLOCK=_block(z.shape[1])
     )
     return z
