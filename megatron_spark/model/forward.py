@@ -172,9 +172,9 @@ def run_packed(
 ) -> list[dict[str, torch.Tensor]]:
     """Run micro-batches through megatron's schedule (any PP).
 
-    Returns one dict per micro-batch: ``loss`` and ``logprobs`` (plus ``entropy`` and
-    ``clip_fraction`` with the fused head). ``logprobs[t]`` is log p(tokens[t+1] | tokens[..t])
-    within the sequence, 0 at every last token; for a batch with head rows, ``logprobs[k]`` is
+    Returns one dict per micro-batch: ``loss`` and ``logprobs`` (plus ``entropy``,
+    ``clip_fraction`` and ``nonfinite`` with the fused head). ``logprobs[t]`` is
+    log p(tokens[t+1] | tokens[..t]) within the sequence, 0 at every last token; for a batch with head rows, ``logprobs[k]`` is
     log p(head_targets[k]) at position ``head_index[k]`` (``[K]``). ``loss_fn(logprobs, batch)`` gives the scalar to
     back-propagate (already normalised: the schedule does not average over micro-batches). With
     ``fused_head`` the last stage never forms logits: the fused head computes the loss and
@@ -258,6 +258,7 @@ def run_packed(
                 "logprobs": logprobs,
                 "entropy": out.entropy,
                 "clip_fraction": out.clip_fraction,
+                "nonfinite": out.nonfinite,
             }
             return out.loss, valid.sum().to(dev), stats
 

@@ -97,8 +97,10 @@ class MetricsLogger:
         self._progress.update(self._task, completed=step, info=info)
 
     def print(self, text: str) -> None:
+        """``text`` above the progress bar, as one line however wide (logs are grepped by line)
+        and verbatim (no rich markup)."""
         if self.enabled:
-            self._progress.console.print(text)
+            self._progress.console.print(text, soft_wrap=True, markup=False)
 
     def close(self) -> None:
         if self._progress is not None:

@@ -35,7 +35,7 @@ from megatron_spark.train.batch import (
     token_inputs,
 )
 from megatron_spark.train.config import RunConfig
-from megatron_spark.train.kernels.fused_head import HeadConfig
+from megatron_spark.train.kernels.fused_head import HeadConfig, describe_nonfinite
 from megatron_spark.train.metrics import MetricsLogger, StageTimer
 from megatron_spark.train.optim import Optimizer
 
@@ -134,6 +134,11 @@ class Session:
         self.consecutive_bad = 0
         self.stop_error: UserError | None = None
         """Set by ``after_update`` when the run must stop (too many non-finite steps in a row)."""
+        self.updates_in_step = 0
+        """Optimizer steps (``train_on`` calls) taken so far in this step."""
+        self.nonfinite_notes: list[str] = []
+        """This step's micro-batches (on this rank) whose loss head saw a non-finite input or
+        term, one phrase each; ``after_update`` reports and clears them."""
         if resume:
             self._restore(latest)
         if self.rank == 0:
@@ -252,6 +257,7 @@ class Session:
         )
         lr = self.optimizer.lr  # the rate this update uses
         grad_norm, applied = self.optimizer.step()
+        self.updates_in_step += 1
         stats = {
             "loss": 0.0,
             "rl_tokens": 0.0,
@@ -261,7 +267,8 @@ class Session:
             "gap_sum": 0.0,
         }
         if self.owns_stats:
-            for mb, o in zip(mbs, out):
+            for j, (mb, o) in enumerate(zip(mbs, out)):
+                self.note_nonfinite(o["nonfinite"], j, len(mbs))
                 rl = mb.rl_mask
                 n_rl = float(rl.sum())
                 lp = o["logprobs"].cpu()
@@ -277,6 +284,15 @@ class Session:
                     )
         return {**stats, "grad_norm": grad_norm, "applied": float(applied), "lr": lr}
 
+    def note_nonfinite(self, counts: torch.Tensor, index: int, num_micro_batches: int) -> None:
+        """Keep a phrase naming micro-batch ``index``'s non-finite inputs and terms, if any
+        (``counts``: the loss head's ``nonfinite``)."""
+        what = describe_nonfinite(counts.cpu())
+        if what:
+            rank = f"DP rank {self.dp_rank} " if self.dp_size > 1 else ""
+            where = f"{rank}update {self.updates_in_step} micro-batch {index + 1}/{num_micro_batches}"
+            self.nonfinite_notes.append(f"{where}: {what}")
+
     def reduce(self, sums: dict[str, float]) -> dict[str, float]:
         """Sum per-rank contributions over the whole world (result valid on every rank)."""
         keys = sorted(sums)
@@ -286,21 +302,43 @@ class Session:
         return dict(zip(keys, vec.tolist()))
 
     def after_update(self, applied: bool, loss: float, grad_norm: float, lr: float) -> dict[str, float]:
-        """Count a skipped (non-finite) step; after too many in a row set ``stop_error``, which the
-        loop raises once the step's metrics are written (so the record shows the stopping step)."""
+        """Count a skipped (non-finite) step and print one line naming the micro-batches, inputs
+        and terms that went non-finite; after too many in a row set ``stop_error``, which the
+        loop raises once the step's metrics are written (so the record shows the stopping step).
+        Collective: every rank calls it once per step."""
         bad = not applied or not math.isfinite(loss) or not math.isfinite(grad_norm)
+        # Micro-batches with a non-finite loss-head input or term, over every rank.
+        nonfinite = self.reduce({"n": float(len(self.nonfinite_notes))})["n"]
         if bad:
+            notes = self.gather_world(self.nonfinite_notes) if nonfinite else []
+            cause = skip_cause(notes)
+            self.metrics.print(
+                f"step {self.step} skipped (loss {loss:.4g}, grad norm {grad_norm:.4g}): {cause}"
+            )
             self.skipped_steps += 1
             self.consecutive_bad += 1
             if self.consecutive_bad >= self.cfg.train.max_consecutive_bad_steps:
                 self.stop_error = UserError(
                     f"{self.consecutive_bad} consecutive steps had a non-finite loss or gradient "
-                    f"(last at step {self.step}); lower optim.lr or check the data "
+                    f"(last at step {self.step}: {cause}); lower optim.lr or check the data "
                     f"(train.max_consecutive_bad_steps={self.cfg.train.max_consecutive_bad_steps})"
                 )
         else:
             self.consecutive_bad = 0
-        return {"train/skipped_steps": float(self.skipped_steps), "train/lr": lr}
+        self.nonfinite_notes, self.updates_in_step = [], 0
+        return {
+            "train/skipped_steps": float(self.skipped_steps),
+            "train/lr": lr,
+            "train/nonfinite_microbatches": nonfinite,
+        }
+
+    def gather_world(self, items: list[str]) -> list[str]:
+        """Every rank's ``items``, in rank order (on every rank)."""
+        if dist.get_world_size() == 1:
+            return list(items)
+        out: list = [None] * dist.get_world_size()
+        dist.all_gather_object(out, items)  # each rank's phrases, to every rank
+        return [x for part in out for x in part]
 
     # ------------------------------------------------------------------ evaluation
 
@@ -390,3 +428,15 @@ class Session:
             summary = {"run_dir": str(self.run_dir), "step": self.step}
             (self.run_dir / "summary.json").write_text(json.dumps(summary) + "\n")
         platform.teardown()
+
+
+def skip_cause(notes: Sequence[str], limit: int = 3) -> str:
+    """What went non-finite in a skipped step: the first ``limit`` micro-batch phrases of
+    :meth:`Session.note_nonfinite`, or, when the loss head saw nothing, where to look instead."""
+    if not notes:
+        return (
+            "every input and term of the loss head was finite; the gradient overflowed or met "
+            "non-finite weights in the backward pass"
+        )
+    more = f" | and {len(notes) - limit} more micro-batches" if len(notes) > limit else ""
+    return " | ".join(notes[:limit]) + more

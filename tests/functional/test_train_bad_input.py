@@ -331,6 +331,14 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(outcomes):
     assert not (case.run_dir / "checkpoints" / "step_000004").exists()  # ...and never saved
     assert isinstance(steps[2]["train/grad_norm"], float)  # finite: the skipped step left no trace
     assert isinstance(steps[2]["train/loss"], float)
+    # Each skipped step names what went non-finite: the overflowing advantages and the surrogate.
+    proc = outcomes["overflowing_reward"][1].result()
+    skipped = [out for out in proc.stdout.splitlines() if " skipped (loss " in out]
+    assert [out.split()[1] for out in skipped] == ["1", "3", "4"], proc.stdout[-3000:]
+    for out in skipped:
+        assert_names(out, "update 1 micro-batch 1/1", "inputs advantages (", "terms surrogate (")
+    assert_names(line, "last at step 4: update 1 micro-batch 1/1: inputs advantages")
+    assert [r["train/nonfinite_microbatches"] for r in steps[1:]] == [1.0, 0.0, 1.0, 1.0]
 
 
 def test_sft_with_a_huge_lr_stops_after_consecutive_bad_steps(outcomes):
@@ -344,3 +352,5 @@ def test_sft_with_a_huge_lr_stops_after_consecutive_bad_steps(outcomes):
     assert isinstance(steps[1]["train/grad_norm"], float) and steps[1]["train/skipped_steps"] == 0.0
     assert steps[2]["train/grad_norm"] == "nan" and steps[2]["train/skipped_steps"] == 1.0
     assert steps[3]["train/grad_norm"] == "nan" and steps[3]["train/skipped_steps"] == 2.0
+    # The NaN weights reach the loss head as NaN logits, and through them the cross-entropy.
+    assert_names(line, "last at step 3: update 1 micro-batch 1/1: inputs logits (", "terms cross_entropy (")

@@ -287,3 +287,12 @@ def test_huge_logits_from_the_gemm_stay_finite(scale, dtype):
             assert out.nonfinite.sum() == 0, describe_nonfinite(out.nonfinite)
             assert torch.isfinite(out.loss) and torch.isfinite(out.entropy).all()
             assert torch.isfinite(dx).all() and torch.isfinite(dw).all(), (kl, dual_clip)
+
+
+def test_skip_cause_names_micro_batches_or_the_backward_pass():
+    from megatron_spark.train.session import skip_cause
+
+    notes = [f"update 1 micro-batch {i}/5: terms kl (1 token)" for i in range(1, 6)]
+    assert skip_cause(notes[:2]) == " | ".join(notes[:2])
+    assert skip_cause(notes) == " | ".join(notes[:3]) + " | and 2 more micro-batches"
+    assert "backward pass" in skip_cause([])
