@@ -47,9 +47,9 @@ def _template_patterns(kind: str) -> tuple[re.Pattern, ...]:
     from megatron_spark.spark import templates
 
     pool = (
-        [t for ts in templates._POINTWISE.values() for t in ts]
+        [t for ts in templates._POINTWISE["question_last"].values() for t in ts]
         if kind == "pointwise"
-        else templates._PAIRWISE
+        else templates._PAIRWISE["question_last"]
     )
     out = []
     for text in pool:
@@ -156,6 +156,7 @@ def main() -> None:
     ap.add_argument("--show", type=int, default=0, help="also print this many replies per kind")
     args = ap.parse_args()
     from megatron_spark.eval.heldout import heldout_items
+    from megatron_spark.spark.checks import checks_for
     from megatron_spark.train import checkpoint as ckpt
     from megatron_spark.train.evaluation import ensure_pool, eval_problems
     from megatron_spark.train.session import Session
@@ -171,7 +172,7 @@ def main() -> None:
         if state is not None and state.get("judge_pool") is not None:
             s.judge_pool = state["judge_pool"]
         ensure_pool(s, problems)
-        items = heldout_items(problems, s.judge_pool, seed=s.cfg.seed)
+        items = heldout_items(problems, s.judge_pool, checks_for(s.task.name), seed=s.cfg.seed)
         answers = {p.uid: p.answer for p in problems}
         texts = s.greedy([h.item.prompt for h in items], s.cfg.spark.max_new_tokens)
         for kind in ("pointwise", "pairwise"):

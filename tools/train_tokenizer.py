@@ -1,11 +1,13 @@
-"""Train the tiny sentencepiece model behind ``builtin:arith``.
+"""Train the tiny sentencepiece models behind ``builtin:arith`` and ``builtin:countdown``.
 
-The corpus is arithmetic problems and their worked solutions (from the arithmetic task, over
-several operand counts, digit counts and operators) plus short English sentences in the words the
-judge and reflection prompts use. Training is seeded and single-threaded, so the same arguments
-write the same model.
+The arithmetic corpus is arithmetic problems and their worked solutions (from the arithmetic task,
+over several operand counts, digit counts and operators) plus short English sentences in the words
+the judge and reflection prompts use. The Countdown corpus is Countdown problems, worked
+solutions, judge checks of right and perturbed candidates, and every judge and reflection template
+filled in. Training is seeded and single-threaded, so the same arguments write the same model.
 
     python tools/train_tokenizer.py --out megatron_spark/data/assets/arith_sp.model
+    python tools/train_tokenizer.py --task countdown --out megatron_spark/data/assets/countdown_sp.model
 
 Pieces: ``<unk>`` 0, ``<s>`` 1, ``</s>`` 2, ``<pad>`` 3, then the 256 byte pieces (byte fallback:
 any text encodes without ``<unk>``), then the learned BPE pieces. Digits are split into single
@@ -99,8 +101,47 @@ def arithmetic_lines(num_problems_per_config: int, seed: int) -> list[str]:
     return lines
 
 
-def train(out: Path, vocab_size: int, num_problems_per_config: int, seed: int) -> None:
-    lines = arithmetic_lines(num_problems_per_config, seed) + SENTENCES + ALPHABET
+def countdown_lines(num_problems_per_config: int, seed: int) -> list[str]:
+    """Prompts, solutions, judge checks and every filled-in judge/reflection template."""
+    from megatron_spark.data.countdown import CountdownConfig, CountdownTask
+    from megatron_spark.spark import templates
+    from megatron_spark.spark.checks import CountdownChecks
+
+    configs = [
+        CountdownConfig(seed=seed),
+        CountdownConfig(min_numbers=3, max_numbers=4, max_value=20, max_target=200, seed=seed),
+        CountdownConfig(min_numbers=2, max_numbers=4, operators="+-*/", max_target=500, seed=seed),
+    ]
+    rng = random.Random(seed)
+    checks = CountdownChecks()
+    lines = []
+    for cfg in configs:
+        task = CountdownTask(cfg)
+        for i in range(num_problems_per_config):
+            p = task.train_problem(i)
+            wrong = checks.perturb(p, rng) or p.right_answer
+            lines += [
+                p.prompt,
+                p.solution,
+                checks.reasoning(p, [p.right_answer]),
+                checks.reasoning(p, [wrong]),
+            ]
+            if i % 10 == 0:
+                lines.append(checks.reasoning(p, [wrong, p.right_answer]) + " \\boxed{B}")
+                vocab = rng.choice(("yesno", "ab"))
+                t = rng.randrange(templates.NUM_POINTWISE_TEMPLATES)
+                lines.append(templates.pointwise_prompt(p.prompt, wrong, vocab, t))
+                t = rng.randrange(templates.NUM_PAIRWISE_TEMPLATES)
+                lines.append(templates.pairwise_prompt(p.prompt, wrong, p.right_answer, t))
+                show, tone = rng.choice(("full", "answer")), rng.choice(("neutral", "wrong"))
+                t = rng.randrange(templates.NUM_REFLECTION_TEMPLATES)
+                lines.append(templates.reflection_prompt(p.prompt, wrong, show, tone, t))
+    return lines
+
+
+def train(out: Path, vocab_size: int, num_problems_per_config: int, seed: int, task: str = "arith") -> None:
+    corpus = countdown_lines if task == "countdown" else arithmetic_lines
+    lines = corpus(num_problems_per_config, seed) + SENTENCES + ALPHABET
     model = io.BytesIO()
     spm.SentencePieceTrainer.Train(
         sentence_iterator=iter(lines),
@@ -133,10 +174,11 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=MAX_VOCAB_SIZE, help="number of pieces")
     parser.add_argument("--problems", type=int, default=2000, help="problems per arithmetic config")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--task", choices=["arith", "countdown"], default="arith", help="corpus")
     args = parser.parse_args()
     if not 260 < args.vocab_size <= MAX_VOCAB_SIZE:
         parser.error(f"--vocab-size must be in (260, {MAX_VOCAB_SIZE}]: 4 special and 256 byte pieces")
-    train(args.out, args.vocab_size, args.problems, args.seed)
+    train(args.out, args.vocab_size, args.problems, args.seed, args.task)
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes, {args.vocab_size} pieces)")
 
 

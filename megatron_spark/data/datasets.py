@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from megatron_spark.data.countdown import CountdownConfig, CountdownTask
 from megatron_spark.data.tasks import ArithmeticConfig, ArithmeticTask, Problem, TaskSource
 from megatron_spark.data.tokenizer import Tokenizer
 from megatron_spark.errors import UserError
@@ -193,10 +194,12 @@ def check_prompt_lengths(
             )
 
 
-def load_task(cfg: ArithmeticConfig | FileTaskConfig) -> TaskSource:
+def load_task(cfg: ArithmeticConfig | CountdownConfig | FileTaskConfig) -> TaskSource:
     """The task a config describes."""
     if isinstance(cfg, ArithmeticConfig):
         return ArithmeticTask(cfg)
+    if isinstance(cfg, CountdownConfig):
+        return CountdownTask(cfg)
     if isinstance(cfg, FileTaskConfig):
         return FileTask(cfg)
     raise TypeError(f"not a task config: {type(cfg).__name__}")

@@ -28,6 +28,14 @@ class Problem:
     """Ground truth, compared by a verifier with what the response boxes."""
     solution: str | None = None
     """A worked answer ending in ``\\boxed{answer}`` (for supervised warm-up), if known."""
+    reference: str | None = None
+    """A correct final answer as a response boxes it, where ``answer`` is not one (Countdown's
+    ``answer`` is the problem's spec, ``22 using 3 5 7``); None: ``answer`` is one."""
+
+    @property
+    def right_answer(self) -> str:
+        """A correct final answer, as a judge item shows it."""
+        return self.reference if self.reference is not None else self.answer
 
 
 class TaskSource(Protocol):

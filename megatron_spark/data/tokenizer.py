@@ -5,8 +5,9 @@ them; a reference response is tokenized on its own with ``encode`` and appended.
 here keep that split exact: the prompt ids end on a boundary (a newline or the chat template's
 generation prompt) that no token crosses.
 
-``builtin:arith`` is a 512-piece sentencepiece BPE model trained by ``tools/train_tokenizer.py``
-on arithmetic problems and the words of the judge and reflection prompts. Its special ids:
+``builtin:arith`` and ``builtin:countdown`` are 512-piece sentencepiece BPE models trained by
+``tools/train_tokenizer.py`` on each task's problems, worked solutions and judge checks and on the
+words of the judge and reflection prompts. Its special ids:
 ``<unk>`` 0, ``<s>`` (bos) 1, ``</s>`` (eos) 2, ``<pad>`` 3; ids 4..259 are the 256 byte
 pieces, so any text encodes without ``<unk>``.
 """
@@ -21,6 +22,10 @@ from megatron_spark.errors import UserError
 
 BUILTIN_ARITH = "builtin:arith"
 ARITH_MODEL_PATH = Path(__file__).resolve().parent / "assets" / "arith_sp.model"
+BUILTIN_COUNTDOWN = "builtin:countdown"
+COUNTDOWN_MODEL_PATH = Path(__file__).resolve().parent / "assets" / "countdown_sp.model"
+BUILTIN_MODELS = {BUILTIN_ARITH: ARITH_MODEL_PATH, BUILTIN_COUNTDOWN: COUNTDOWN_MODEL_PATH}
+"""Committed sentencepiece models of the built-in tasks, by tokenizer spec."""
 
 
 class Tokenizer(Protocol):
@@ -138,15 +143,16 @@ def _first_line(error: Exception) -> str:
 
 
 def load_tokenizer(spec: str) -> Tokenizer:
-    """``builtin:arith``, a sentencepiece ``.model`` file, or a Hugging Face tokenizer directory."""
-    if spec == BUILTIN_ARITH:
-        return SentencePieceTokenizer(ARITH_MODEL_PATH)
+    """``builtin:arith``, ``builtin:countdown``, a sentencepiece ``.model`` file, or a Hugging
+    Face tokenizer directory."""
+    if spec in BUILTIN_MODELS:
+        return SentencePieceTokenizer(BUILTIN_MODELS[spec])
     path = Path(spec)
     if path.is_file() and path.suffix == ".model":
         return SentencePieceTokenizer(path)
     if path.is_dir():
         return HFTokenizer(path)
     raise UserError(
-        f"tokenizer '{spec}': expected '{BUILTIN_ARITH}', a sentencepiece .model file or a "
-        f"Hugging Face tokenizer directory"
+        f"tokenizer '{spec}': expected {' or '.join(map(repr, BUILTIN_MODELS))}, a sentencepiece "
+        f".model file or a Hugging Face tokenizer directory"
     )

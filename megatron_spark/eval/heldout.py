@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from megatron_spark.data.tasks import Problem
 from megatron_spark.reward.extract import extract_boxed
 from megatron_spark.spark import templates
-from megatron_spark.spark.perturb import perturb_answer
+from megatron_spark.spark.checks import TaskChecks
 from megatron_spark.spark.recycler import CORRECT, INCORRECT, Item
 from megatron_spark.spark.verdict import parse_verdict
 
@@ -36,6 +36,8 @@ class HeldOutItem:
     item: Item
     source: str
     """Where the wrong answer came from: ``policy``, ``perturbed``, or ``none`` (right answer)."""
+    shown: tuple[str, ...] = ()
+    """The final answers the item shows (pairwise: slots A, B; reflection: the wrong one)."""
 
 
 def build_pool(
@@ -54,12 +56,14 @@ def build_pool(
     return pool
 
 
-def _wrong(p: Problem, pool: Pool, want_policy: bool, rng: random.Random) -> tuple[str, str, str] | None:
+def _wrong(
+    p: Problem, pool: Pool, want_policy: bool, checks: TaskChecks, rng: random.Random
+) -> tuple[str, str, str] | None:
     """``(final, response, source)`` of a wrong answer to ``p``."""
     if want_policy and pool.get(p.uid):
         final, text = pool[p.uid][0]
         return final, text, "policy"
-    fake = perturb_answer(p.answer, rng)
+    fake = checks.perturb(p, rng)
     if fake is None:
         if pool.get(p.uid):
             final, text = pool[p.uid][0]
@@ -68,22 +72,25 @@ def _wrong(p: Problem, pool: Pool, want_policy: bool, rng: random.Random) -> tup
     return fake, fake, "perturbed"
 
 
-def heldout_items(problems: Sequence[Problem], pool: Pool, seed: int = 0) -> list[HeldOutItem]:
+def heldout_items(
+    problems: Sequence[Problem], pool: Pool, checks: TaskChecks, seed: int = 0
+) -> list[HeldOutItem]:
     """Pointwise, pairwise and reflection items, one of each per problem (rules in the module
-    docstring); deterministic in ``problems``, ``pool`` and ``seed``."""
+    docstring); deterministic in ``problems``, ``pool``, the task's checks and ``seed``."""
     out = []
     for i, p in enumerate(problems):
         rng = random.Random(f"heldout:{seed}:{p.uid}")
-        wrong = _wrong(p, pool, want_policy=(i // 2) % 2 == 0, rng=rng)
+        wrong = _wrong(p, pool, want_policy=(i // 2) % 2 == 0, checks=checks, rng=rng)
         if wrong is None:
             continue
         final, text, source = wrong
         vocab = ("yesno", "ab")[(i // 4) % 2]
         yes, no = templates.POINTWISE_VERDICTS[vocab]
         correct = i % 2 == 0
-        shown = p.answer if correct else final
+        shown = p.right_answer if correct else final
+        style = checks.template_style
         prompt = templates.pointwise_prompt(
-            p.prompt, shown, vocab, rng.randrange(templates.NUM_POINTWISE_TEMPLATES)
+            p.prompt, shown, vocab, rng.randrange(templates.NUM_POINTWISE_TEMPLATES), style
         )
         out.append(
             HeldOutItem(
@@ -98,20 +105,25 @@ def heldout_items(problems: Sequence[Problem], pool: Pool, seed: int = 0) -> lis
                     CORRECT if correct else INCORRECT,
                 ),
                 "none" if correct else source,
+                (shown,),
             )
         )
         right_first = (i // 2) % 2 == 1
-        a, b = (p.answer, final) if right_first else (final, p.answer)
-        prompt = templates.pairwise_prompt(p.prompt, a, b, rng.randrange(templates.NUM_PAIRWISE_TEMPLATES))
+        a, b = (p.right_answer, final) if right_first else (final, p.right_answer)
+        t = rng.randrange(templates.NUM_PAIRWISE_TEMPLATES)
+        prompt = templates.pairwise_prompt(p.prompt, a, b, t, style)
         label = templates.PAIRWISE_CHOICES[0 if right_first else 1]
         out.append(
-            HeldOutItem(Item("pairwise", prompt, label, templates.PAIRWISE_CHOICES, -1, p.uid, "ab"), source)
+            HeldOutItem(
+                Item("pairwise", prompt, label, templates.PAIRWISE_CHOICES, -1, p.uid, "ab"), source, (a, b)
+            )
         )
         show = "full" if source == "policy" else "answer"
         tone = ("wrong", "neutral")[i % 2]
         t = rng.randrange(templates.NUM_REFLECTION_TEMPLATES)
-        prompt = templates.reflection_prompt(p.prompt, text if show == "full" else final, show, tone, t)
-        out.append(HeldOutItem(Item("reflection", prompt, p.answer, (), -1, p.uid, show), source))
+        attempt = text if show == "full" else final
+        prompt = templates.reflection_prompt(p.prompt, attempt, show, tone, t, style)
+        out.append(HeldOutItem(Item("reflection", prompt, p.answer, (), -1, p.uid, show), source, (final,)))
     return out
 
 
@@ -130,10 +142,11 @@ def evaluate_items(
         rows = [r for (h, _), r in zip(judge, right) if h.item.kind == kind]
         out[f"judge_{kind}_accuracy"] = sum(rows) / max(1, len(rows))
         out[f"judge_{kind}_items"] = float(len(rows))
-    for source in ("none", "policy", "perturbed"):
-        rows = [r for (h, _), r in zip(judge, right) if h.item.kind == "pointwise" and h.source == source]
-        if rows:
-            out[f"judge_pointwise_accuracy_{source}"] = sum(rows) / len(rows)
+    for kind in ("pointwise", "pairwise"):
+        for source in ("none", "policy", "perturbed"):
+            rows = [r for (h, _), r in zip(judge, right) if h.item.kind == kind and h.source == source]
+            if rows:
+                out[f"judge_{kind}_accuracy_{source}"] = sum(rows) / len(rows)
     out["judge_verdict_parse_rate"] = sum(v is not None for v in parsed) / max(1, len(parsed))
     if refl:
         scores = verify([t for _, t in refl], [h.item.label for h, _ in refl])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tempfile
 import time
 from collections import Counter
@@ -44,49 +45,119 @@ def _generate_texts(s):
     return generate
 
 
-def reasoning(s, problems, k: int) -> dict:
+def majority_pick(problem, texts: list[str], checks, box: str) -> str:
+    """The sample that majority voting picks: the first one whose answer has the most common
+    vote key (:meth:`TaskChecks.vote_key`: the answer text, or a Countdown expression's value);
+    empty when no sample has a countable answer."""
     from megatron_spark.reward.extract import extract_boxed
+
+    keys = []
+    for text in texts:
+        final = extract_boxed(text, box)
+        keys.append(checks.vote_key(problem, final) if final else None)
+    votes = Counter(k for k in keys if k is not None)
+    if not votes:
+        return ""
+    best = votes.most_common(1)[0][0]
+    return texts[keys.index(best)]
+
+
+def reasoning(s, problems, k: int) -> tuple[dict, list[str], list[float]]:
+    """pass@1 (greedy), the mean accuracy of ``k`` samples at temperature 1 (a random pick),
+    pass@k, and maj@j for every j <= k (majority of the first j samples, so that self-reflection
+    can be compared at an equal number of generations); also the greedy texts and rewards."""
     from megatron_spark.rollout.protocol import SamplingParams
+    from megatron_spark.spark.checks import checks_for
     from megatron_spark.train.evaluation import verify_texts
 
+    answers = [p.answer for p in problems]
     greedy = s.greedy([p.prompt for p in problems], s.cfg.rollout.max_new_tokens)
-    pass1 = verify_texts(s, greedy, [p.answer for p in problems])
+    pass1 = verify_texts(s, greedy, answers)
     params = SamplingParams(
         max_new_tokens=s.cfg.rollout.max_new_tokens, stop_token_ids=(s.tokenizer.eos_id,), seed=s.cfg.seed
     )
-    samples = _generate_texts(s)([p.prompt for p in problems for _ in range(k)], params)
-    box = s.cfg.task.verifier.box
-    majority = []
-    for i in range(len(problems)):
-        votes = Counter(
-            f
-            for c in samples[i * k : (i + 1) * k]
-            if (f := extract_boxed(s.tokenizer.decode(c.token_ids), box))
-        )
-        majority.append(f"\\boxed{{{votes.most_common(1)[0][0]}}}" if votes else "")
-    maj = verify_texts(s, majority, [p.answer for p in problems])
+    completions = _generate_texts(s)([p.prompt for p in problems for _ in range(k)], params)
+    texts = [s.tokenizer.decode(c.token_ids) for c in completions]
+    rewards = verify_texts(s, texts, [a for a in answers for _ in range(k)])
+    checks, box = checks_for(s.task.name), s.cfg.task.verifier.box
     n = max(1, len(problems))
-    return {"pass@1": sum(r >= 1 for r in pass1) / n, f"maj@{k}": sum(r >= 1 for r in maj) / n, "k": k}
+    out = {"pass@1": sum(r >= 1 for r in pass1) / n, "k": k}
+    out["sample_mean"] = sum(r >= 1 for r in rewards) / max(1, len(rewards))
+    out[f"pass@{k}"] = (
+        sum(any(r >= 1 for r in rewards[i * k : (i + 1) * k]) for i in range(len(problems))) / n
+    )
+    for j in range(1, k + 1):
+        picks = [majority_pick(p, texts[i * k : i * k + j], checks, box) for i, p in enumerate(problems)]
+        out[f"maj@{j}"] = sum(r >= 1 for r in verify_texts(s, picks, answers)) / n
+    return out, greedy, pass1
 
 
-def tts_accuracy(s, problems, rounds: int, n: int) -> dict:
+def own_verdicts(s, problems, greedy: list[str], rewards: list[float]) -> dict:
+    """How the model judges its own greedy answers (the first round of self-reflection): the share
+    of its wrong answers it rejects (anything but an explicit Yes) and of its right ones it accepts."""
+    from megatron_spark.reward.extract import extract_boxed
+    from megatron_spark.spark import templates
+    from megatron_spark.spark.checks import checks_for
+    from megatron_spark.spark.verdict import parse_verdict
+
+    style, box = checks_for(s.task.name).template_style, s.cfg.task.verifier.box
+    yes, no = templates.POINTWISE_VERDICTS["yesno"]
+    finals = [extract_boxed(t, box) for t in greedy]
+    judged = [i for i, f in enumerate(finals) if f]
+    prompts = [templates.pointwise_prompt(problems[i].prompt, finals[i], "yesno", 0, style) for i in judged]
+    texts = s.greedy(prompts, s.cfg.spark.max_new_tokens) if prompts else []
+    accepted = {i for i, t in zip(judged, texts) if parse_verdict(t, (yes, no)) == yes}
+    wrong = [i for i, r in enumerate(rewards) if r < 1]
+    right = [i for i, r in enumerate(rewards) if r >= 1]
+    return {
+        "own_wrong_rejected": sum(i not in accepted for i in wrong) / max(1, len(wrong)),
+        "own_right_accepted": sum(i in accepted for i in right) / max(1, len(right)),
+        "own_wrong": len(wrong),
+        "own_right": len(right),
+    }
+
+
+def tts_accuracy(s, problems, rounds: int, n: int, majority: dict) -> dict:
+    """Self-reflection and best-of-n by the model's own verdict, each beside majority voting at
+    the same number of generations (``majority``: the maj@j of :func:`reasoning`)."""
+    from megatron_spark.spark.checks import checks_for
     from megatron_spark.spark.tts import best_of_n, self_reflect
     from megatron_spark.train.evaluation import verify_texts
 
     gen, q = _generate_texts(s), [p.prompt for p in problems]
     answers = [p.answer for p in problems]
     mx, jmx, box = s.cfg.rollout.max_new_tokens, s.cfg.spark.max_new_tokens, s.cfg.task.verifier.box
+    checks = checks_for(s.task.name)
+    style = checks.template_style
     out = {}
-    r = self_reflect(q, gen, s.tokenizer, rounds, mx, jmx, box)
+    r = self_reflect(q, gen, s.tokenizer, rounds, mx, jmx, box, style=style)
     acc = verify_texts(s, r.responses, answers)
+    mean_generations = sum(r.generations) / len(q)
+    # Majority voting with at least as many generations (rounded up), as far as samples were drawn.
+    k = min(majority["k"], max(1, math.ceil(mean_generations - 1e-9)))
     out["self-reflect"] = {
         "accuracy": sum(a >= 1 for a in acc) / len(q),
         "rounds": rounds,
-        "generations_mean": sum(r.generations) / len(q),
+        "generations_mean": mean_generations,
+        "majority_at_equal_generations": majority[f"maj@{k}"],
+        "majority_k": k,
     }
-    r = best_of_n(q, gen, s.tokenizer, n, mx, jmx, seed=s.cfg.seed, box=box)
+    r = best_of_n(
+        q,
+        gen,
+        s.tokenizer,
+        n,
+        mx,
+        jmx,
+        seed=s.cfg.seed,
+        box=box,
+        style=style,
+        vote_key=lambda i, final: checks.vote_key(problems[i], final),
+    )
     acc = verify_texts(s, r.responses, answers)
     out["best-of-n"] = {"accuracy": sum(a >= 1 for a in acc) / len(q), "n": n}
+    if f"maj@{n}" in majority:
+        out["best-of-n"][f"maj@{n}"] = majority[f"maj@{n}"]
     return out
 
 
@@ -120,6 +191,7 @@ def reward_bench(s, path: str) -> dict:
 def run_eval(cfg: RunConfig, opts: EvalOptions) -> Path:
     from megatron_spark.eval.heldout import evaluate_items, heldout_items
     from megatron_spark.eval.report import write_atomically, write_report
+    from megatron_spark.spark.checks import checks_for
     from megatron_spark.train import checkpoint as ckpt
     from megatron_spark.train.evaluation import ensure_pool, eval_problems, verify_texts
     from megatron_spark.train.session import Session
@@ -138,12 +210,12 @@ def run_eval(cfg: RunConfig, opts: EvalOptions) -> Path:
     try:
         problems = eval_problems(s)
         result: dict = {"checkpoint": str(src), "num_problems": len(problems)}
-        result["reasoning"] = reasoning(s, problems, opts.maj_k)
+        result["reasoning"], greedy, greedy_rewards = reasoning(s, problems, opts.maj_k)
         state = ckpt.read_rank0_state(src)
         if state is not None and state.get("judge_pool") is not None:
             s.judge_pool = state["judge_pool"]
         ensure_pool(s, problems)
-        items = heldout_items(problems, s.judge_pool, seed=s.cfg.seed)
+        items = heldout_items(problems, s.judge_pool, checks_for(s.task.name), seed=s.cfg.seed)
         texts = s.greedy([h.item.prompt for h in items], s.cfg.spark.max_new_tokens)
         m = evaluate_items(items, texts, lambda t, a: verify_texts(s, t, a))
         result["judge"] = {
@@ -151,10 +223,13 @@ def run_eval(cfg: RunConfig, opts: EvalOptions) -> Path:
             "pairwise_accuracy": m["judge_pairwise_accuracy"],
             "pointwise_items": int(m["judge_pointwise_items"]),
             "pairwise_items": int(m["judge_pairwise_items"]),
-            "pointwise_by_source": {
-                k.removeprefix("judge_pointwise_accuracy_"): v
-                for k, v in m.items()
-                if k.startswith("judge_pointwise_accuracy_")
+            **{
+                f"{kind}_by_source": {
+                    k.removeprefix(f"judge_{kind}_accuracy_"): v
+                    for k, v in m.items()
+                    if k.startswith(f"judge_{kind}_accuracy_")
+                }
+                for kind in ("pointwise", "pairwise")
             },
             "verdict_parse_rate": m["judge_verdict_parse_rate"],
         }
@@ -163,7 +238,8 @@ def run_eval(cfg: RunConfig, opts: EvalOptions) -> Path:
             "items": int(m.get("reflection_items", 0)),
         }
         if s.judge_trained:
-            result["tts"] = tts_accuracy(s, problems, opts.tts_rounds, opts.best_of_n)
+            result["judge"].update(own_verdicts(s, problems, greedy, greedy_rewards))
+            result["tts"] = tts_accuracy(s, problems, opts.tts_rounds, opts.best_of_n, result["reasoning"])
         else:
             result["tts_skipped"] = "weights never trained on judge prompts"
         if opts.reward_bench:
@@ -193,6 +269,7 @@ class GenerateOptions:
 
 def run_generate(cfg: RunConfig, opts: GenerateOptions) -> list[dict]:
     """Responses to ``opts.prompts``, plain greedy or with a test-time mode."""
+    from megatron_spark.spark.checks import checks_for
     from megatron_spark.spark.tts import best_of_n, self_reflect
     from megatron_spark.train import checkpoint as ckpt
     from megatron_spark.train.session import Session
@@ -217,11 +294,22 @@ def run_generate(cfg: RunConfig, opts: GenerateOptions) -> list[dict]:
         try:
             gen, q = _generate_texts(s), list(opts.prompts)
             mx, jmx, box = s.cfg.rollout.max_new_tokens, s.cfg.spark.max_new_tokens, s.cfg.task.verifier.box
+            checks = checks_for(s.task.name)
             if opts.tts == "self-reflect":
-                r = self_reflect(q, gen, s.tokenizer, opts.rounds, mx, jmx, box)
+                r = self_reflect(q, gen, s.tokenizer, opts.rounds, mx, jmx, box, style=checks.template_style)
                 responses, gens = r.responses, r.generations
             elif opts.tts == "best-of-n":
-                r = best_of_n(q, gen, s.tokenizer, opts.n, mx, jmx, seed=s.cfg.seed, box=box)
+                r = best_of_n(
+                    q,
+                    gen,
+                    s.tokenizer,
+                    opts.n,
+                    mx,
+                    jmx,
+                    seed=s.cfg.seed,
+                    box=box,
+                    style=checks.template_style,
+                )
                 responses, gens = r.responses, r.generations
             else:
                 responses, gens = s.greedy(q, mx), [1] * len(q)

@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from megatron_spark.errors import UserError
+from megatron_spark.reward.countdown import check_answer
 from megatron_spark.reward.extract import BoxChoice, extract_boxed
 from megatron_spark.reward.timeout import CallTimedOut, call_with_timeout
 
 logger = logging.getLogger(__name__)
 
-VerifierKind = Literal["math", "exact", "choice", "function"]
-VERIFIER_KINDS = ("math", "exact", "choice", "function")
+VerifierKind = Literal["math", "exact", "choice", "countdown", "function"]
+VERIFIER_KINDS = ("math", "exact", "choice", "countdown", "function")
 DEFAULT_TIMEOUT_S = 5.0
 
 
@@ -165,6 +166,23 @@ class ChoiceVerifier:
         return _timed(check, extracted, self.timeout_s, "choice")
 
 
+@dataclass(frozen=True)
+class CountdownVerifier:
+    """The boxed expression reaches the target with the offered numbers, each at most once; the
+    answer is the problem's spec (``22 using 3 5 7``; :mod:`megatron_spark.reward.countdown`)."""
+
+    box: BoxChoice = "last"
+    """Which ``\\boxed{}`` holds the answer when a response has several."""
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    """Wall-clock limit of one check, in seconds (the check is bounded; this is a backstop)."""
+
+    def __call__(self, response: str, answer: str) -> Verdict:
+        extracted = extract_boxed(response, self.box)
+        if not extracted:
+            return Verdict(reward=0.0, extracted=extracted)
+        return _timed(lambda: float(check_answer(extracted, answer)), extracted, self.timeout_s, "countdown")
+
+
 # ---------------------------------------------------------------------------------------------
 # User function
 
@@ -241,7 +259,12 @@ def make_verifier(
         )
     if kind == "function":
         return FunctionVerifier(function, box=box, timeout_s=timeout_s)
-    cls = {"math": MathVerifier, "exact": ExactVerifier, "choice": ChoiceVerifier}[kind]
+    cls = {
+        "math": MathVerifier,
+        "exact": ExactVerifier,
+        "choice": ChoiceVerifier,
+        "countdown": CountdownVerifier,
+    }[kind]
     return cls(box=box, timeout_s=timeout_s)
 
 

@@ -33,6 +33,7 @@ from megatron_spark.data.tasks import Problem
 from megatron_spark.reward.extract import BoxChoice, extract_boxed
 from megatron_spark.spark import templates
 from megatron_spark.spark.config import SparkConfig
+from megatron_spark.spark.templates import Style
 
 CORRECT, INCORRECT = "correct", "incorrect"
 
@@ -76,13 +77,15 @@ class ScoredGroup:
     rewards: Sequence[float]
 
 
-def pointwise_item(problem: Problem, answer: str, correct: bool, step: int, cfg: SparkConfig, rng) -> Item:
+def pointwise_item(
+    problem: Problem, answer: str, correct: bool, step: int, cfg: SparkConfig, rng, style: Style
+) -> Item:
     vocab = rng.choice(cfg.pointwise_vocabs)
     yes, no = templates.POINTWISE_VERDICTS[vocab]
     t = rng.randrange(templates.NUM_POINTWISE_TEMPLATES)
     return Item(
         kind="pointwise",
-        prompt=templates.pointwise_prompt(problem.prompt, answer, vocab, t),
+        prompt=templates.pointwise_prompt(problem.prompt, answer, vocab, t, style),
         label=yes if correct else no,
         choices=(yes, no),
         step=step,
@@ -92,13 +95,13 @@ def pointwise_item(problem: Problem, answer: str, correct: bool, step: int, cfg:
     )
 
 
-def pairwise_item(problem: Problem, right: str, wrong: str, step: int, rng) -> Item:
+def pairwise_item(problem: Problem, right: str, wrong: str, step: int, rng, style: Style) -> Item:
     right_first = rng.random() < 0.5
     a, b = (right, wrong) if right_first else (wrong, right)
     t = rng.randrange(templates.NUM_PAIRWISE_TEMPLATES)
     return Item(
         kind="pairwise",
-        prompt=templates.pairwise_prompt(problem.prompt, a, b, t),
+        prompt=templates.pairwise_prompt(problem.prompt, a, b, t, style),
         label=templates.PAIRWISE_CHOICES[0 if right_first else 1],
         choices=templates.PAIRWISE_CHOICES,
         step=step,
@@ -107,14 +110,16 @@ def pairwise_item(problem: Problem, right: str, wrong: str, step: int, rng) -> I
     )
 
 
-def reflection_item(problem: Problem, response: str, final: str, step: int, cfg: SparkConfig, rng) -> Item:
+def reflection_item(
+    problem: Problem, response: str, final: str, step: int, cfg: SparkConfig, rng, style: Style
+) -> Item:
     show = "full" if rng.random() < cfg.reflection_full_fraction else "answer"
     tone = "wrong" if rng.random() < cfg.reflection_wrong_tone_fraction else "neutral"
     t = rng.randrange(templates.NUM_REFLECTION_TEMPLATES)
     attempt = response if show == "full" else final
     return Item(
         kind="reflection",
-        prompt=templates.reflection_prompt(problem.prompt, attempt, show, tone, t),
+        prompt=templates.reflection_prompt(problem.prompt, attempt, show, tone, t, style),
         label=problem.answer,
         choices=(),
         step=step,
@@ -123,7 +128,9 @@ def reflection_item(problem: Problem, response: str, final: str, step: int, cfg:
     )
 
 
-def _judge_item(group: ScoredGroup, finals, step: int, cfg: SparkConfig, rng, counts: dict) -> Item | None:
+def _judge_item(
+    group: ScoredGroup, finals, step: int, cfg: SparkConfig, rng, counts: dict, style: Style
+) -> Item | None:
     right = [f for f, r in zip(finals, group.rewards) if r >= 1.0 and f]
     wrong = [f for f, r in zip(finals, group.rewards) if r < 1.0 and f]
     all_correct = all(r >= 1.0 for r in group.rewards)
@@ -132,12 +139,12 @@ def _judge_item(group: ScoredGroup, finals, step: int, cfg: SparkConfig, rng, co
         pool = right if all_correct else wrong
         if not cfg.pointwise or not pool:
             return None
-        return pointwise_item(group.problem, rng.choice(pool), all_correct, step, cfg, rng)
+        return pointwise_item(group.problem, rng.choice(pool), all_correct, step, cfg, rng, style)
     if not right:  # a reward of 1 without a box (a user verifier): nothing to show
         return None
     want_pairwise = cfg.pairwise and (not cfg.pointwise or rng.random() < cfg.pairwise_fraction)
     if want_pairwise and wrong:
-        return pairwise_item(group.problem, rng.choice(right), rng.choice(wrong), step, rng)
+        return pairwise_item(group.problem, rng.choice(right), rng.choice(wrong), step, rng, style)
     if not cfg.pointwise:
         return None
     if not wrong or counts[CORRECT] < counts[INCORRECT]:
@@ -146,7 +153,8 @@ def _judge_item(group: ScoredGroup, finals, step: int, cfg: SparkConfig, rng, co
         correct = False
     else:
         correct = rng.random() < 0.5
-    return pointwise_item(group.problem, rng.choice(right if correct else wrong), correct, step, cfg, rng)
+    pick = rng.choice(right if correct else wrong)
+    return pointwise_item(group.problem, pick, correct, step, cfg, rng, style)
 
 
 def _balance(items: list[Item], rng) -> list[Item]:
@@ -176,9 +184,15 @@ def _cap_judge(items: list[Item], cap: int, rng) -> list[Item]:
 
 
 def recycle(
-    groups: Sequence[ScoredGroup], step: int, cfg: SparkConfig, box: BoxChoice, rng: random.Random
+    groups: Sequence[ScoredGroup],
+    step: int,
+    cfg: SparkConfig,
+    box: BoxChoice,
+    rng: random.Random,
+    style: Style = "question_last",
 ) -> list[Item]:
-    """Judge and reflection items from one step's scored groups (rules in the module docstring)."""
+    """Judge and reflection items from one step's scored groups (rules in the module docstring);
+    ``style``: the task's template style (:attr:`TaskChecks.template_style`)."""
     judge: list[Item] = []
     reflection: list[Item] = []
     counts = {CORRECT: 0, INCORRECT: 0}
@@ -189,7 +203,7 @@ def recycle(
             )
         finals = [extract_boxed(r, box) for r in group.responses]
         if cfg.pointwise or cfg.pairwise:
-            item = _judge_item(group, finals, step, cfg, rng, counts)
+            item = _judge_item(group, finals, step, cfg, rng, counts, style)
             if item is not None:
                 judge.append(item)
                 if item.kind == "pointwise":
@@ -197,7 +211,9 @@ def recycle(
         wrong = [i for i, r in enumerate(group.rewards) if r < 1.0 and finals[i]]
         if cfg.reflection and wrong:
             i = rng.choice(wrong)
-            reflection.append(reflection_item(group.problem, group.responses[i], finals[i], step, cfg, rng))
+            reflection.append(
+                reflection_item(group.problem, group.responses[i], finals[i], step, cfg, rng, style)
+            )
     if cfg.balance_pointwise:
         judge = _balance(judge, rng)
     judge = _cap_judge(judge, cfg.max_judge_items_per_step, rng)

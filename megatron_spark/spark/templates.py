@@ -42,9 +42,15 @@ POINTWISE_VERDICTS: dict[str, tuple[str, str]] = {"yesno": ("Yes", "No"), "ab": 
 PAIRWISE_CHOICES = ("A", "B")
 """Pairwise verdict words: the slot of the correct response."""
 
+Style = Literal["question_last", "question_first"]
+"""Where the question goes. ``question_last`` (the tiny arithmetic task): the response starts
+right after the question, as a policy response does. ``question_first``: the question, then the
+instruction, then the answer(s) or attempt under judgement, so a judge's check starts right after
+what it checks (Countdown) and a real model reads the problem before the task (free-form math)."""
+
 # Placeholders: {question}, {answer}. The raw strings keep ``\boxed{{}}`` as ``\boxed{}``.
 # Every template ends with the question (see the module docstring).
-_POINTWISE: dict[str, tuple[str, ...]] = {
+_POINTWISE_LAST: dict[str, tuple[str, ...]] = {
     "yesno": (
         r"Answer: {answer} Is this answer correct? Answer Yes or No in \boxed{{}}. Problem: {question}",
         r"Candidate answer: {answer} Is it right? Write Yes or No in \boxed{{}}. {question}",
@@ -68,7 +74,7 @@ _POINTWISE: dict[str, tuple[str, ...]] = {
 }
 
 # Placeholders: {question}, {answer_a}, {answer_b}.
-_PAIRWISE: tuple[str, ...] = (
+_PAIRWISE_LAST: tuple[str, ...] = (
     r"Response A: {answer_a} Response B: {answer_b} Which response is correct, A or B? Put it in \boxed{{}}. Problem: {question}",
     r"Here is a problem and two candidate answers. A: {answer_a} B: {answer_b} Write the right one, A or B, in \boxed{{}}. {question}",
     r"Compare the two answers and pick the correct one. (A) {answer_a} (B) {answer_b} Verdict in \boxed{{}}: A or B. Problem: {question}",
@@ -81,7 +87,7 @@ _PAIRWISE: tuple[str, ...] = (
 
 # Placeholders: {question}, {attempt} (the whole previous response for "full", only its final
 # answer for "answer").
-_REFLECTION: dict[tuple[str, str], tuple[str, ...]] = {
+_REFLECTION_LAST: dict[tuple[str, str], tuple[str, ...]] = {
     ("full", "neutral"): (
         r"Response: {attempt} Check each step of the response. Confirm or fix it. Put the final answer in \boxed{{}}. Problem: {question}",
         r"A previous attempt: {attempt} Review the solution. If it is right keep it, if not fix it. Final answer in \boxed{{}}. {question}",
@@ -108,15 +114,81 @@ _REFLECTION: dict[tuple[str, str], tuple[str, ...]] = {
     ),
 }
 
-NUM_POINTWISE_TEMPLATES = len(_POINTWISE["yesno"])
-"""Pointwise templates per verdict vocabulary."""
-NUM_PAIRWISE_TEMPLATES = len(_PAIRWISE)
-"""Pairwise templates."""
-NUM_REFLECTION_TEMPLATES = len(_REFLECTION["full", "neutral"])
-"""Reflection templates per (show, tone) combination."""
+# The same pools with the question first and what is judged (or the attempt) last.
+_POINTWISE_FIRST: dict[str, tuple[str, ...]] = {
+    "yesno": (
+        r"Problem: {question} Is the answer below correct? Reply Yes or No in \boxed{{}}. Answer: {answer}",
+        r"{question} Check this answer. Write Yes if it is right, No if it is wrong, in \boxed{{}}. Answer: {answer}",
+        r"Problem: {question} Judge the candidate answer. Verdict in \boxed{{}}: Yes or No. Candidate: {answer}",
+        r"Problem: {question} Does this answer solve the problem? Put Yes or No in \boxed{{}}. Answer: {answer}",
+        r"{question} Here is an answer to check. Give your verdict, Yes or No, in \boxed{{}}. Answer: {answer}",
+        r"Problem: {question} Decide whether the answer is correct. Reply Yes or No in \boxed{{}}. Proposed answer: {answer}",
+        r"Problem: {question} Is this final answer right? Write Yes or No in \boxed{{}}. Final answer: {answer}",
+        r"{question} Verify the answer below. Yes in \boxed{{}} if it is correct, No if not. Answer: {answer}",
+    ),
+    "ab": (
+        r"Problem: {question} Is the answer below correct? Write A if correct, B if wrong, in \boxed{{}}. Answer: {answer}",
+        r"{question} Check this answer. Verdict in \boxed{{}}: A = correct, B = wrong. Answer: {answer}",
+        r"Problem: {question} Judge the candidate answer. Choose (A) correct or (B) wrong, in \boxed{{}}. Candidate: {answer}",
+        r"Problem: {question} Put A in \boxed{{}} if this answer solves the problem and B if it does not. Answer: {answer}",
+        r"{question} Here is an answer to check. Verdict, A (correct) or B (wrong), in \boxed{{}}. Answer: {answer}",
+        r"Problem: {question} Decide whether the answer is correct. A means correct, B means wrong. Reply in \boxed{{}}. Proposed answer: {answer}",
+        r"Problem: {question} Is this final answer right? \boxed{{}} with A for correct, B for wrong. Final answer: {answer}",
+        r"{question} Verify the answer below. A: it is correct. B: it is wrong. Put A or B in \boxed{{}}. Answer: {answer}",
+    ),
+}
+_PAIRWISE_FIRST: tuple[str, ...] = (
+    r"Problem: {question} Which answer is correct, A or B? Put the letter in \boxed{{}}. A: {answer_a} B: {answer_b}",
+    r"{question} Two candidate answers follow. Write the right one, A or B, in \boxed{{}}. A: {answer_a} B: {answer_b}",
+    r"Problem: {question} Compare the two answers and pick the correct one. Verdict in \boxed{{}}: A or B. (A) {answer_a} (B) {answer_b}",
+    r"Problem: {question} Which candidate is better? Reply with A or B in \boxed{{}}. Candidate A: {answer_a} Candidate B: {answer_b}",
+    r"{question} One of two answers is right. Give its letter, A or B, in \boxed{{}}. Answer A: {answer_a} Answer B: {answer_b}",
+    r"Problem: {question} Which response is better, A or B? Put the letter in \boxed{{}}. A: {answer_a} B: {answer_b}",
+    r"Problem: {question} Judge two answers and put A or B, the correct one, in \boxed{{}}. First (A): {answer_a} Second (B): {answer_b}",
+    r"{question} Pick the correct answer. Write A or B in \boxed{{}}. Response A: {answer_a} Response B: {answer_b}",
+)
+_REFLECTION_FIRST: dict[tuple[str, str], tuple[str, ...]] = {
+    ("full", "neutral"): (
+        r"Problem: {question} Check each step of the response below. Confirm or fix it. Put the final answer in \boxed{{}}. Response: {attempt}",
+        r"{question} Review a previous attempt. If it is right keep it, if not fix it. Final answer in \boxed{{}}. Attempt: {attempt}",
+        r"Problem: {question} Check the work step by step, then confirm or fix it. Final answer in \boxed{{}}. Attempt: {attempt}",
+        r"Problem: {question} Read the response, then check it. Confirm or fix its final answer in \boxed{{}}. Response: {attempt}",
+    ),
+    ("full", "wrong"): (
+        r"Problem: {question} The response below is wrong. Find the mistake and solve again. Put the final answer in \boxed{{}}. Response: {attempt}",
+        r"{question} This attempt has an error. Correct the mistake and put the new answer in \boxed{{}}. Attempt: {attempt}",
+        r"Problem: {question} Solve the problem again from the start; this solution is wrong. Final answer in \boxed{{}}. Wrong solution: {attempt}",
+        r"Problem: {question} The previous response has an error. Try again. Final answer in \boxed{{}}. Response: {attempt}",
+    ),
+    ("answer", "neutral"): (
+        r"Problem: {question} Check your previous answer. If it is right keep it, if not fix it. Put the final answer in \boxed{{}}. Previous answer: {attempt}",
+        r"{question} Solve it again to confirm or correct a previous answer. Put the final answer in \boxed{{}}. Previous answer: {attempt}",
+        r"Problem: {question} Check the proposed answer, then confirm or fix it. Final answer in \boxed{{}}. Proposed answer: {attempt}",
+        r"Problem: {question} Confirm or correct this answer. Final answer in \boxed{{}}. Answer to check: {attempt}",
+    ),
+    ("answer", "wrong"): (
+        r"Problem: {question} Your previous answer is wrong. Try again. Put the final answer in \boxed{{}}. Wrong answer: {attempt}",
+        r"{question} This answer is wrong. Solve the problem again from the start. Final answer in \boxed{{}}. Wrong answer: {attempt}",
+        r"Problem: {question} The correct answer is different from this one. Put the final answer in \boxed{{}}. Wrong answer: {attempt}",
+        r"Problem: {question} Your previous answer to this problem was wrong. Try again. Final answer in \boxed{{}}. Wrong answer: {attempt}",
+    ),
+}
 
-assert all(len(t) == NUM_POINTWISE_TEMPLATES for t in _POINTWISE.values())
-assert all(len(t) == NUM_REFLECTION_TEMPLATES for t in _REFLECTION.values())
+_POINTWISE = {"question_last": _POINTWISE_LAST, "question_first": _POINTWISE_FIRST}
+_PAIRWISE = {"question_last": _PAIRWISE_LAST, "question_first": _PAIRWISE_FIRST}
+_REFLECTION = {"question_last": _REFLECTION_LAST, "question_first": _REFLECTION_FIRST}
+STYLES: tuple[str, ...] = tuple(_POINTWISE)
+
+NUM_POINTWISE_TEMPLATES = len(_POINTWISE_LAST["yesno"])
+"""Pointwise templates per verdict vocabulary (and style)."""
+NUM_PAIRWISE_TEMPLATES = len(_PAIRWISE_LAST)
+"""Pairwise templates per style."""
+NUM_REFLECTION_TEMPLATES = len(_REFLECTION_LAST["full", "neutral"])
+"""Reflection templates per (show, tone) combination (and style)."""
+
+assert all(len(t) == NUM_POINTWISE_TEMPLATES for pools in _POINTWISE.values() for t in pools.values())
+assert all(len(t) == NUM_PAIRWISE_TEMPLATES for t in _PAIRWISE.values())
+assert all(len(t) == NUM_REFLECTION_TEMPLATES for pools in _REFLECTION.values() for t in pools.values())
 
 
 def _pick(pool: Sequence[str], template: int, kind: str) -> str:
@@ -125,35 +197,49 @@ def _pick(pool: Sequence[str], template: int, kind: str) -> str:
     return pool[template]
 
 
-def pointwise_prompt(question: str, answer: str, vocab: Vocab, template: int) -> str:
+def _style(style: str) -> str:
+    if style not in _POINTWISE:
+        raise ValueError(f"template style must be one of {', '.join(STYLES)}, got {style!r}")
+    return style
+
+
+def pointwise_prompt(
+    question: str, answer: str, vocab: Vocab, template: int, style: Style = "question_last"
+) -> str:
     """Ask whether ``answer`` is a correct final answer to ``question``.
 
     The verdict is ``POINTWISE_VERDICTS[vocab]``: (correct, incorrect), boxed.
     """
-    if vocab not in _POINTWISE:
-        raise ValueError(f"pointwise vocab must be one of {sorted(_POINTWISE)}, got {vocab!r}")
-    text = _pick(_POINTWISE[vocab], template, "pointwise")
+    pools = _POINTWISE[_style(style)]
+    if vocab not in pools:
+        raise ValueError(f"pointwise vocab must be one of {sorted(pools)}, got {vocab!r}")
+    text = _pick(pools[vocab], template, "pointwise")
     return text.format(question=question, answer=answer)
 
 
-def pairwise_prompt(question: str, answer_a: str, answer_b: str, template: int) -> str:
+def pairwise_prompt(
+    question: str, answer_a: str, answer_b: str, template: int, style: Style = "question_last"
+) -> str:
     """Ask which of two final answers to ``question`` is correct; the verdict is ``A`` or ``B``, boxed."""
-    text = _pick(_PAIRWISE, template, "pairwise")
+    text = _pick(_PAIRWISE[_style(style)], template, "pairwise")
     return text.format(question=question, answer_a=answer_a, answer_b=answer_b)
 
 
-def reflection_prompt(question: str, attempt: str, show: Show, tone: Tone, template: int) -> str:
+def reflection_prompt(
+    question: str, attempt: str, show: Show, tone: Tone, template: int, style: Style = "question_last"
+) -> str:
     """Ask for a fresh, boxed final answer to ``question`` given a previous attempt.
 
     ``show="full"``: ``attempt`` is the whole previous response; ``"answer"``: only its final
     answer. ``tone="wrong"`` says the attempt is wrong; ``"neutral"`` asks to check it and
     confirm or fix it.
     """
-    if (show, tone) not in _REFLECTION:
+    pools = _REFLECTION[_style(style)]
+    if (show, tone) not in pools:
         raise ValueError(
             f"reflection show/tone must be full|answer and neutral|wrong, got {show!r}, {tone!r}"
         )
-    text = _pick(_REFLECTION[show, tone], template, "reflection")
+    text = _pick(pools[show, tone], template, "reflection")
     return text.format(question=question, attempt=attempt)
 
 

@@ -12,14 +12,17 @@ generations per problem.
 
 ``best_of_n``: sample ``n`` answers; score each by the model's own probability that it is correct,
 ``p(Yes)`` of a greedy pointwise verdict (``1 - p(No)`` when it says No; 0 when no verdict parses);
-pick the highest score, ties broken by how many samples share the answer, then by sample order.
+pick the highest score, ties broken by how many samples share the answer (``vote_key``: the text,
+or for Countdown the expression's value), then by sample order.
+
+``style`` is the task's template style (:attr:`megatron_spark.spark.checks.TaskChecks.template_style`).
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from megatron_spark.reward.extract import boxed_spans, extract_boxed
@@ -53,6 +56,7 @@ def self_reflect(
     max_new_tokens: int,
     judge_max_new_tokens: int,
     box: str = "last",
+    style: templates.Style = "question_last",
 ) -> TTSResult:
     if rounds < 0:
         raise ValueError(f"rounds must be >= 0, got {rounds}")
@@ -66,7 +70,7 @@ def self_reflect(
             break
         finals = {i: extract_boxed(current[i], box) for i in active}
         judged = [i for i in active if finals[i]]
-        prompts = [templates.pointwise_prompt(questions[i], finals[i], "yesno", 0) for i in judged]
+        prompts = [templates.pointwise_prompt(questions[i], finals[i], "yesno", 0, style) for i in judged]
         verdicts = generate(prompts, _greedy(judge_max_new_tokens, stop)) if prompts else []
         accepted = set()
         for i, c in zip(judged, verdicts):
@@ -76,7 +80,9 @@ def self_reflect(
         active = [i for i in active if i not in accepted]
         if not active:
             break
-        prompts = [templates.reflection_prompt(questions[i], current[i], "full", "wrong", 0) for i in active]
+        prompts = [
+            templates.reflection_prompt(questions[i], current[i], "full", "wrong", 0, style) for i in active
+        ]
         for i, c in zip(active, generate(prompts, _greedy(max_new_tokens, stop))):
             current[i] = decode(c.token_ids)
             generations[i] += 1
@@ -115,14 +121,18 @@ def best_of_n(
     judge_max_new_tokens: int,
     seed: int = 0,
     box: str = "last",
+    style: templates.Style = "question_last",
+    vote_key: Callable[[int, str], Hashable | None] | None = None,
 ) -> TTSResult:
+    """``vote_key(problem_index, final)``: what counts as the same answer in the tie-break
+    (default: the final answer's text)."""
     stop = (tokenizer.eos_id,)
     params = SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens, stop_token_ids=stop, seed=seed)
     samples = generate([q for q in questions for _ in range(n)], params)
     texts = [tokenizer.decode(c.token_ids) for c in samples]
     finals = [extract_boxed(t, box) for t in texts]
     judged = [j for j, f in enumerate(finals) if f]
-    prompts = [templates.pointwise_prompt(questions[j // n], finals[j], "yesno", 0) for j in judged]
+    prompts = [templates.pointwise_prompt(questions[j // n], finals[j], "yesno", 0, style) for j in judged]
     verdicts = generate(prompts, _greedy(judge_max_new_tokens, stop)) if prompts else []
     score = [0.0] * len(samples)
     for j, c in zip(judged, verdicts):
@@ -131,7 +141,8 @@ def best_of_n(
     out = []
     for i in range(len(questions)):
         rows = range(i * n, (i + 1) * n)
-        votes = Counter(finals[j] for j in rows if finals[j])
-        best = max(rows, key=lambda j: (score[j], votes.get(finals[j], 0), -j))
+        keys = {j: (vote_key(i, finals[j]) if vote_key else finals[j]) if finals[j] else None for j in rows}
+        votes = Counter(k for k in keys.values() if k is not None)
+        best = max(rows, key=lambda j: (score[j], votes.get(keys[j], 0), -j))
         out.append(texts[best])
     return TTSResult(out, [n + sum(1 for j in judged if j // n == i) for i in range(len(questions))])

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from megatron_spark.data.countdown import CountdownConfig
 from megatron_spark.data.datasets import FileTaskConfig
 from megatron_spark.data.tasks import ArithmeticConfig
 from megatron_spark.model.builder import PrecisionConfig
@@ -51,9 +52,11 @@ class ParallelSection:
 class VerifierConfig:
     """How a response is scored against the ground truth."""
 
-    kind: Literal["math", "exact", "choice", "function"] = "math"
+    kind: Literal["math", "exact", "choice", "countdown", "function"] = "math"
     """``math``: math-verify equivalence; ``exact``: string match; ``choice``: multiple-choice
-    letter; ``function``: a user function ``f(response, answer) -> float``."""
+    letter; ``countdown``: the boxed expression reaches the target with the offered numbers (the
+    answer is the problem's spec, ``22 using 3 5 7``); ``function``: a user function
+    ``f(response, answer) -> float``."""
     box: Literal["last", "first"] = "last"
     """Which ``\\boxed{}`` of the response is the answer."""
     timeout_s: float = 5.0
@@ -66,10 +69,13 @@ class VerifierConfig:
 class TaskSection:
     """The problems to train and evaluate on."""
 
-    kind: Literal["arithmetic", "file"] = "arithmetic"
-    """The built-in synthetic arithmetic task, or a jsonl/parquet dataset."""
+    kind: Literal["arithmetic", "countdown", "file"] = "arithmetic"
+    """A built-in synthetic task (``arithmetic``: evaluate an expression; ``countdown``: reach a
+    target with given numbers), or a jsonl/parquet dataset."""
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
     """Settings of the arithmetic task."""
+    countdown: CountdownConfig = field(default_factory=CountdownConfig)
+    """Settings of the Countdown task."""
     file: FileTaskConfig | None = None
     """Settings of a file dataset (required for ``kind: file``)."""
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
@@ -81,9 +87,9 @@ class TaskSection:
         if self.kind == "file" and self.file is None:
             raise ValueError("kind is 'file' but the 'file' section (train_path, ...) is missing")
 
-    def source_config(self) -> ArithmeticConfig | FileTaskConfig:
+    def source_config(self) -> ArithmeticConfig | CountdownConfig | FileTaskConfig:
         """The settings of the task ``kind`` names (what :func:`load_task` takes)."""
-        return self.arithmetic if self.kind == "arithmetic" else self.file
+        return {"arithmetic": self.arithmetic, "countdown": self.countdown, "file": self.file}[self.kind]
 
 
 @dataclass(frozen=True)

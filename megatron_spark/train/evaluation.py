@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from megatron_spark.eval.heldout import build_pool, evaluate_items, heldout_items
 from megatron_spark.reward.verifiers import verify_batch
+from megatron_spark.spark.checks import checks_for
 from megatron_spark.train.session import Session
 
 POOL_SAMPLES = 4
@@ -72,7 +73,7 @@ def judge_accuracy(s: Session) -> dict[str, float]:
     if not problems:
         return {}
     ensure_pool(s, problems)
-    items = heldout_items(problems, s.judge_pool, seed=s.cfg.seed)
+    items = heldout_items(problems, s.judge_pool, checks_for(s.task.name), seed=s.cfg.seed)
     mine = s.my_share(items)
     texts = s.greedy([h.item.prompt for h in mine], s.cfg.spark.max_new_tokens)
     result = s.on_leader(lambda: evaluate_items(mine, texts, lambda t, a: verify_texts(s, t, a)))

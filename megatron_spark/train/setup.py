@@ -37,10 +37,10 @@ def build_data(cfg: RunConfig):
 
 
 def _tokenizer_files(spec: str) -> list[Path]:
-    from megatron_spark.data.tokenizer import ARITH_MODEL_PATH, BUILTIN_ARITH
+    from megatron_spark.data.tokenizer import BUILTIN_MODELS
 
-    if spec == BUILTIN_ARITH:
-        return [ARITH_MODEL_PATH]
+    if spec in BUILTIN_MODELS:
+        return [BUILTIN_MODELS[spec]]
     path = Path(spec)
     if path.is_file():
         return [path]

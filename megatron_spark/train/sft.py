@@ -11,6 +11,7 @@ import random
 import time
 
 from megatron_spark.errors import UserError
+from megatron_spark.spark.checks import checks_for
 from megatron_spark.spark.warmstart import warm_start_example
 from megatron_spark.train.batch import LossCoefficients, Sample
 from megatron_spark.train.session import Session
@@ -23,6 +24,7 @@ def sft_samples(s: Session, problems) -> list[Sample]:
     if missing:
         raise UserError(f"sft: problem {missing[0]} has no worked solution (set task.file.solution_key)")
     tok, mix = s.tokenizer, s.cfg.sft
+    checks = checks_for(s.task.name)
     rng = random.Random(s.sampling_seed(purpose=3))
     samples = []
     for p in problems:
@@ -32,7 +34,7 @@ def sft_samples(s: Session, problems) -> list[Sample]:
             kind = "pointwise" if rng.random() < 0.5 else "pairwise"
         elif u < mix.judge_fraction + mix.reflection_fraction:
             kind = "reflection"
-        example = warm_start_example(p, kind, rng, mix.judge_verdicts) if kind else None
+        example = warm_start_example(p, kind, rng, checks, mix.judge_verdicts) if kind else None
         prompt, response = example or (p.prompt, p.solution)
         samples.append(Sample(tok.encode_prompt(prompt), tok.encode(response) + [tok.eos_id], objective="ce"))
     return samples

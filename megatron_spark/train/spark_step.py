@@ -32,6 +32,7 @@ import time
 import torch
 
 from megatron_spark.reward.extract import boxed_contents
+from megatron_spark.spark.checks import checks_for
 from megatron_spark.spark.config import ITEM_KINDS
 from megatron_spark.spark.recycler import Item, ScoredGroup, recycle
 from megatron_spark.train.advantages import group_advantages
@@ -65,7 +66,8 @@ def recycle_step(s: Session, problems, completions, rewards: torch.Tensor) -> li
     mine = [(p, texts[i * n : (i + 1) * n], rewards[i].tolist()) for i, p in enumerate(problems)]
     groups = [ScoredGroup(*g) for share in s.gather_replicas(mine) for g in share]
     rng = random.Random(s.sampling_seed(purpose=2))
-    return recycle(groups, s.step, s.cfg.spark, s.cfg.task.verifier.box, rng)
+    style = checks_for(s.task.name).template_style
+    return recycle(groups, s.step, s.cfg.spark, s.cfg.task.verifier.box, rng, style)
 
 
 def pop_items(s: Session) -> tuple[list[Item], list[Item], int]:

@@ -217,7 +217,7 @@ def test_an_enclosing_timer_survives_a_check():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"kind": "fuzzy"}, "reward kind 'fuzzy': expected one of math, exact, choice, function"),
+        ({"kind": "fuzzy"}, "reward kind 'fuzzy': expected one of math, exact, choice, countdown, function"),
         ({"kind": "math", "box": "middle"}, "reward box 'middle'"),
         ({"kind": "math", "timeout_s": 0}, "reward timeout_s=0"),
         ({"kind": "function"}, "exactly when kind is 'function'"),

@@ -6,11 +6,13 @@ import pytest
 
 from megatron_spark.data.tasks import ArithmeticConfig, ArithmeticTask, Problem
 from megatron_spark.spark import templates
+from megatron_spark.spark.checks import ArithmeticChecks
 from megatron_spark.spark.perturb import OFFSETS, perturb_answer, solution_steps, wrong_solution
 from megatron_spark.spark.verdict import parse_verdict
 from megatron_spark.spark.warmstart import warm_start_example
 
 TASK = ArithmeticTask(ArithmeticConfig(min_operands=2, max_operands=4, operators="+-*"))
+CHECKS = ArithmeticChecks()
 SOLUTION = "3+5=8. 8-2=6. \\boxed{6}"
 
 
@@ -75,7 +77,7 @@ def _pairwise_parts(problem, prompt):
 def _pointwise_agreement(verdicts):
     agree, shown_right = [], 0
     for seed, problem in enumerate(_problems()):
-        prompt, response = warm_start_example(problem, "pointwise", random.Random(seed), verdicts)
+        prompt, response = warm_start_example(problem, "pointwise", random.Random(seed), CHECKS, verdicts)
         shown, vocab = _pointwise_parts(problem, prompt)
         yes, no = templates.POINTWISE_VERDICTS[vocab]
         verdict = parse_verdict(response, (yes, no))
@@ -91,7 +93,7 @@ def _pointwise_agreement(verdicts):
 def _pairwise_agreement(verdicts):
     agree = []
     for seed, problem in enumerate(_problems()):
-        prompt, response = warm_start_example(problem, "pairwise", random.Random(seed), verdicts)
+        prompt, response = warm_start_example(problem, "pairwise", random.Random(seed), CHECKS, verdicts)
         a, b = _pairwise_parts(problem, prompt)
         assert (a == problem.answer) != (b == problem.answer)  # one right, one wrong
         verdict = parse_verdict(response, templates.PAIRWISE_CHOICES)
@@ -121,7 +123,7 @@ def test_pairwise_true_verdicts_always_agree():
 def test_reflection_example_shows_a_wrong_attempt_and_answers_with_the_solution():
     shows = set()
     for seed, problem in enumerate(_problems(100)):
-        prompt, response = warm_start_example(problem, "reflection", random.Random(seed))
+        prompt, response = warm_start_example(problem, "reflection", random.Random(seed), CHECKS)
         assert response == problem.solution
         attempts = {w: "answer" for w in _wrongs(problem.answer)}
         attempts |= {
@@ -143,12 +145,14 @@ def test_no_example_without_an_integer_answer_or_a_solution():
     rng = random.Random(0)
     for kind in ("pointwise", "pairwise", "reflection"):
         assert (
-            warm_start_example(Problem("u", "Compute 1/2.", "0.5", "1/2=0.5. \\boxed{0.5}"), kind, rng)
+            warm_start_example(
+                Problem("u", "Compute 1/2.", "0.5", "1/2=0.5. \\boxed{0.5}"), kind, rng, CHECKS
+            )
             is None
         )
-        assert warm_start_example(Problem("u", "Compute 3+5.", "8", None), kind, rng) is None
+        assert warm_start_example(Problem("u", "Compute 3+5.", "8", None), kind, rng, CHECKS) is None
 
 
 def test_unknown_kind_raises():
     with pytest.raises(ValueError, match="pointwise, pairwise or reflection"):
-        warm_start_example(TASK.train_problem(0), "ranking", random.Random(0))
+        warm_start_example(TASK.train_problem(0), "ranking", random.Random(0), CHECKS)

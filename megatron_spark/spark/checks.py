@@ -1,0 +1,219 @@
+r"""What SPARK needs to know about a task beyond its problems: how a judge checks an answer.
+
+One object per task kind (:func:`checks_for`), used wherever SPARK builds judge or reflection
+text that is not a policy rollout:
+
+* ``perturb``: a wrong final answer close to a right one, for the warm start's judge and
+  reflection examples and for held-out judge items, so a judge is also tested on mistakes it did
+  not make itself;
+* ``reasoning``: the worked check a judge writes before its verdict in the warm start's
+  examples (the verdict itself is not taught there); None where the task has no mechanical check
+  (free-form math: the judge answers with its verdict);
+* ``attempt``: a whole wrong response ending in a given final answer, for reflection prompts that
+  show the attempt (None: show only the final answer);
+* ``vote_key``: what majority voting compares (an expression's value for Countdown, whose
+  answers have no canonical form).
+
+Built-in checks:
+
+* arithmetic: re-derive the answer, then one subtraction per candidate (own result minus
+  candidate; 0 means right): :func:`megatron_spark.spark.templates.judge_response`;
+* countdown: per candidate, take its numbers from the offered list one at a time (writing what
+  is left, so a number not offered or used twice shows at once), evaluate it one operation at a
+  time, then subtract the target (0 means right). The check evaluates the candidate; it never
+  searches for a solution, which is what makes checking easier than solving.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Hashable, Sequence
+from fractions import Fraction
+
+from megatron_spark.data.countdown import worked_solution
+from megatron_spark.data.tasks import Problem
+from megatron_spark.reward.countdown import parse_spec, read_candidate, unused_numbers
+from megatron_spark.reward.expression import (
+    ExpressionError,
+    Node,
+    combine,
+    format_number,
+    leaf,
+    operands,
+    parse,
+    render,
+    steps,
+)
+from megatron_spark.spark import templates
+from megatron_spark.spark.perturb import perturb_answer, solution_steps, wrong_solution
+
+
+class TaskChecks:
+    """Free-form answers (datasets): integer answers are perturbed by small offsets; no
+    mechanical check; votes compare the answer text."""
+
+    template_style: templates.Style = "question_first"
+    """Where judge and reflection prompts put the question (:data:`templates.Style`)."""
+
+    def perturb(self, problem: Problem, rng: random.Random) -> str | None:
+        return perturb_answer(problem.right_answer, rng)
+
+    def reasoning(self, problem: Problem, candidates: Sequence[str]) -> str | None:
+        return None
+
+    def attempt(self, problem: Problem, final: str) -> str | None:
+        return None
+
+    def vote_key(self, problem: Problem, final: str) -> Hashable | None:
+        return final.strip() or None
+
+
+class ArithmeticChecks(TaskChecks):
+    template_style: templates.Style = "question_last"
+
+    def reasoning(self, problem: Problem, candidates: Sequence[str]) -> str | None:
+        if not problem.solution:
+            return None
+        # judge_response writes "<steps> <checks> \boxed{v}": keep everything before the box.
+        text = templates.judge_response(solution_steps(problem.solution), problem.answer, candidates, "")
+        return text.rpartition("\\boxed{")[0].rstrip()
+
+    def attempt(self, problem: Problem, final: str) -> str | None:
+        if not problem.solution:
+            return None
+        return wrong_solution(problem.solution, problem.answer, final)
+
+
+def countdown_check(candidate: str, answer: str) -> str:
+    """The worked check of one Countdown candidate (module docstring): ``3 leaves 5 7. 5 leaves 7.
+    7 leaves none. 3*5=15. 15+7=22. 22-22=0.``; it stops at the first number that is not left
+    (``8 is not left.``) or when the candidate is not an expression (``It cannot be read.``)."""
+    spec = parse_spec(answer)
+    try:
+        tree = read_candidate(candidate, spec.target)
+    except ExpressionError:
+        return "It cannot be read."
+    parts = []
+    used: list[int] = []
+    for x in operands(tree):
+        left = unused_numbers([*used, x], spec.numbers)
+        if left is None:
+            parts.append(f"{x} is not left.")
+            return " ".join(parts)
+        used.append(x)
+        parts.append(f"{x} leaves {' '.join(map(str, left)) or 'none'}.")
+    parts += [f"{format_number(a)}{op}{format_number(b)}={format_number(c)}." for a, op, b, c in steps(tree)]
+    diff = tree.value - spec.target
+    parts.append(f"{format_number(tree.value)}-{spec.target}={format_number(diff)}.")
+    return " ".join(parts)
+
+
+class CountdownChecks(TaskChecks):
+    def perturb(self, problem: Problem, rng: random.Random) -> str | None:
+        return perturb_countdown(problem, rng)
+
+    def reasoning(self, problem: Problem, candidates: Sequence[str]) -> str | None:
+        if len(candidates) == 1:
+            return countdown_check(candidates[0], problem.answer)
+        if len(candidates) != 2:
+            raise ValueError(f"a judge checks one or two candidates, got {len(candidates)}")
+        # B first: every A/B verdict (pointwise A = correct, pairwise A) follows the last check.
+        a, b = candidates
+        return f"B: {countdown_check(b, problem.answer)} A: {countdown_check(a, problem.answer)}"
+
+    def attempt(self, problem: Problem, final: str) -> str | None:
+        try:
+            return worked_solution(parse(final))
+        except ExpressionError:
+            return None
+
+    def vote_key(self, problem: Problem, final: str) -> Hashable | None:
+        """The candidate's value when it uses only offered numbers; None otherwise (no vote)."""
+        spec = parse_spec(problem.answer)
+        try:
+            tree = read_candidate(final, spec.target)
+        except ExpressionError:
+            return None
+        if unused_numbers(operands(tree), spec.numbers) is None:
+            return None
+        return tree.value
+
+
+def checks_for(task_name: str) -> TaskChecks:
+    """The checks of a task (by :attr:`TaskSource.name`); datasets get the free-form ones."""
+    return {"arithmetic": ArithmeticChecks, "countdown": CountdownChecks}.get(task_name, TaskChecks)()
+
+
+# ---------------------------------------------------------------------------------------------
+# Countdown perturbations
+
+PERTURBATIONS = ("operator", "number", "fold", "drop")
+"""``operator``: one operator changed; ``number``: one operand replaced by a nearby value or by
+another offered number (a number not offered, or one used twice); ``fold``: a sub-expression
+replaced by its value (reaches the target with a number not offered); ``drop``: one operand and
+its operator removed."""
+
+
+def _internal(node: Node) -> list[Node]:
+    if node.is_leaf:
+        return []
+    return [*_internal(node.left), *_internal(node.right), node]
+
+
+def _leaves(node: Node) -> list[Node]:
+    if node.is_leaf:
+        return [node]
+    return [*_leaves(node.left), *_leaves(node.right)]
+
+
+def _replace(node: Node, old: Node, new: Node) -> Node:
+    """``node`` with the sub-tree ``old`` (by identity) replaced by ``new``, values recomputed."""
+    if node is old:
+        return new
+    if node.is_leaf:
+        return node
+    return combine(node.op, _replace(node.left, old, new), _replace(node.right, old, new))
+
+
+def _one_perturbation(kind: str, tree: Node, numbers: tuple[int, ...], rng: random.Random) -> Node | None:
+    if kind == "operator":
+        node = rng.choice(_internal(tree))
+        op = rng.choice([o for o in "+-*" if o != node.op])
+        return _replace(tree, node, combine(op, node.left, node.right))
+    if kind == "number":
+        old = rng.choice(_leaves(tree))
+        value = int(old.value)
+        choices = [n for n in (value - 1, value + 1, *numbers) if n != value and n >= 0]
+        return _replace(tree, old, leaf(rng.choice(choices)))
+    if kind == "fold":
+        inner = [n for n in _internal(tree) if n is not tree]
+        if not inner:
+            return None
+        node = rng.choice(inner)
+        if node.value.denominator != 1 or node.value < 0:
+            return None
+        return _replace(tree, node, leaf(int(node.value)))
+    if kind == "drop":
+        node = rng.choice(_internal(tree))
+        return _replace(tree, node, rng.choice((node.left, node.right)))
+    raise ValueError(f"unknown perturbation {kind!r}")
+
+
+def perturb_countdown(
+    problem: Problem, rng: random.Random, kinds: Sequence[str] = PERTURBATIONS
+) -> str | None:
+    """A wrong candidate near the problem's reference answer (a perturbation of ``kinds``, drawn
+    at random), or None when none of a few draws is wrong."""
+    spec = parse_spec(problem.answer)
+    tree = parse(problem.right_answer)
+    for _ in range(16):
+        try:
+            cand = _one_perturbation(rng.choice(kinds), tree, spec.numbers, rng)
+        except ExpressionError:  # a perturbed division by zero
+            continue
+        if cand is None:
+            continue
+        used_ok = unused_numbers(operands(cand), spec.numbers) is not None
+        if not (used_ok and cand.value == Fraction(spec.target)):
+            return render(cand)
+    return None
