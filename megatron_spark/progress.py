@@ -4,7 +4,7 @@ On a terminal it is a rich progress bar. Anywhere else (a SLURM log, a pipe, ``n
 cannot redraw itself: rich then prints only its last state, when the task ends, so a three-hour
 run would say nothing for three hours. There the same information is printed as plain,
 timestamped lines, one when the task starts, then at most one every ``every_s`` seconds, and one
-when it ends::
+when it ends (on stdout, or stderr for a command whose stdout is its output)::
 
     2026-12-04 23:10:06 train 40/300 steps (13%) elapsed 0:01:02 eta 0:06:43 acc=0.52 loss=0.01
 
@@ -36,13 +36,17 @@ class ProgressReport:
         unit: str = "",
         every_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        stderr: bool = False,
     ):
+        """``stderr``: report there instead of stdout, for commands whose stdout is their output
+        (``generate``'s rows)."""
         from rich.console import Console
 
         self.label, self.unit, self.every_s, self.clock = label, unit, every_s, clock
         self.total, self.completed = total, completed
         self.info = ""
-        console = Console()
+        self._file = sys.stderr if stderr else sys.stdout
+        console = Console(stderr=stderr)
         self.live = console.is_terminal and not console.is_dumb_terminal
         """Whether a bar redraws in place (a terminal); else plain lines are printed."""
         self._start, self._first = clock(), completed
@@ -91,7 +95,7 @@ class ProgressReport:
         if self._bar is not None:
             self._bar.console.print(text)
         else:
-            print(text, flush=True)
+            print(text, file=self._file, flush=True)
 
     def close(self) -> None:
         """Stop the bar; elsewhere print the final state unless the last line already showed it."""
@@ -113,6 +117,6 @@ class ProgressReport:
         if self.info:
             text += f" {self.info}"
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{stamp} {text}", file=sys.stdout, flush=True)
+        print(f"{stamp} {text}", file=self._file, flush=True)
         self._printed = (self.completed, self.total, self.info)
         self._last_line = now

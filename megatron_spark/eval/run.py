@@ -24,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 from megatron_spark.errors import UserError
+from megatron_spark.eval.progress import GenerationProgress
 from megatron_spark.train.config import RunConfig
 
 
@@ -135,10 +136,12 @@ def run_eval(cfg: RunConfig, opts: EvalOptions) -> Path:
     cfg = dataclasses.replace(cfg, run_dir=str(out_dir), model=dataclasses.replace(cfg.model, init=str(src)))
     start = time.perf_counter()
     s = Session(cfg, "eval")
+    progress = GenerationProgress(s, "eval", "reasoning")
     try:
         problems = eval_problems(s)
         result: dict = {"checkpoint": str(src), "num_problems": len(problems)}
         result["reasoning"] = reasoning(s, problems, opts.maj_k)
+        progress.phase("judge")
         state = ckpt.read_rank0_state(src)
         if state is not None and state.get("judge_pool") is not None:
             s.judge_pool = state["judge_pool"]
@@ -162,10 +165,12 @@ def run_eval(cfg: RunConfig, opts: EvalOptions) -> Path:
             "accuracy": m.get("reflection_accuracy", 0.0),
             "items": int(m.get("reflection_items", 0)),
         }
+        progress.phase("test-time scaling")
         if s.judge_trained:
             result["tts"] = tts_accuracy(s, problems, opts.tts_rounds, opts.best_of_n)
         else:
             result["tts_skipped"] = "weights never trained on judge prompts"
+        progress.phase("reward bench")
         if opts.reward_bench:
             result["reward_bench"] = reward_bench(s, opts.reward_bench)
         result["wall_time_s"] = time.perf_counter() - start
@@ -179,6 +184,7 @@ def run_eval(cfg: RunConfig, opts: EvalOptions) -> Path:
             report = write_report(out_dir, result, metrics if metrics.is_file() else None)
         return report or out_dir / "report.md"
     finally:
+        progress.close()
         s.close()
 
 
@@ -214,6 +220,7 @@ def run_generate(cfg: RunConfig, opts: GenerateOptions) -> list[dict]:
             train=dataclasses.replace(cfg.train, eval_num_problems=0),
         )
         s = Session(cfg, "eval")
+        progress = GenerationProgress(s, "generate", None if opts.tts == "none" else opts.tts, stderr=True)
         try:
             gen, q = _generate_texts(s), list(opts.prompts)
             mx, jmx, box = s.cfg.rollout.max_new_tokens, s.cfg.spark.max_new_tokens, s.cfg.task.verifier.box
@@ -227,4 +234,5 @@ def run_generate(cfg: RunConfig, opts: GenerateOptions) -> list[dict]:
                 responses, gens = s.greedy(q, mx), [1] * len(q)
             return [{"prompt": p, "response": t, "generations": g} for p, t, g in zip(q, responses, gens)]
         finally:
+            progress.close()
             s.close()

@@ -131,7 +131,12 @@ class WandbSink:
         self.run.log(values, step=step)
 
     def close(self) -> None:
+        import wandb
+
         self.run.finish()
+        # finish() can return before wandb's service has written the run's records; teardown
+        # waits for it, so RUN_DIR/wandb/ is complete when the run's logger is closed.
+        wandb.teardown()
 
 
 class MetricsLogger:

@@ -8,10 +8,12 @@ import json
 import re
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from megatron_spark.progress import ProgressReport
+from megatron_spark.rollout.protocol import Completion, SamplingParams
 from megatron_spark.train.metrics import MetricsConfig, MetricsLogger, WandbConfig
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (.*)$")
@@ -145,3 +147,59 @@ def test_wandb_enabled_without_the_package_is_a_config_error(monkeypatch):
     )
     with pytest.raises(UserError, match=r"metrics.wandb: .*pip install 'megatron_spark\[wandb\]'"):
         load_config(RunConfig, None, ["metrics.wandb.enabled=true"])
+
+
+class _FakeSession:
+    """What GenerationProgress uses of a Session: its config, its rank and its generate."""
+
+    def __init__(self):
+        self.cfg = SimpleNamespace(
+            rollout=SimpleNamespace(max_batch_sequences=2), metrics=MetricsConfig(progress_every_s=0.0)
+        )
+        self.rank = 0
+        self.calls = []
+
+    def generate(self, prompts, params):
+        self.calls.append(([p[0] for p in prompts], params.first_row))
+        return [Completion(list(p), [p[0] + 100], [0.0], "stop") for p in prompts]
+
+
+def test_generation_progress_counts_every_sequence_under_the_phase_label(capsys):
+    from megatron_spark.eval.progress import GenerationProgress
+
+    s = _FakeSession()
+    progress = GenerationProgress(s, "generate", "self-reflect", stderr=True)
+    out = s.generate([[1], [2], [3], [4], [5]], SamplingParams(first_row=10))
+    # Pieces of max_batch_sequences prompts, each sampled as its rows of the whole call would be.
+    assert s.calls == [([1, 2], 10), ([3, 4], 12), ([5], 14)]
+    assert [c.token_ids for c in out] == [[101], [102], [103], [104], [105]]
+    s.generate([[6]], SamplingParams())  # a second round of the same phase: the total grows
+    progress.phase("best-of-n")
+    s.generate([[7], [8]], SamplingParams())
+    progress.close()
+    assert s.generate.__func__ is _FakeSession.generate  # the session's own method is back
+    captured = capsys.readouterr()
+    assert captured.out == ""  # generate's stdout holds its rows only
+    lines = [LINE.match(line).group(1).split(" elapsed")[0] for line in captured.err.splitlines()]
+    assert lines == [
+        "generate self-reflect 0/5 sequences (0%)",
+        "generate self-reflect 2/5 sequences (40%)",
+        "generate self-reflect 4/5 sequences (80%)",
+        "generate self-reflect 5/5 sequences (100%)",
+        "generate self-reflect 5/6 sequences (83%)",
+        "generate self-reflect 6/6 sequences (100%)",
+        "generate best-of-n 0/2 sequences (0%)",
+        "generate best-of-n 2/2 sequences (100%)",
+    ]
+
+
+def test_generation_progress_is_silent_off_rank_zero(capsys):
+    from megatron_spark.eval.progress import GenerationProgress
+
+    s = _FakeSession()
+    s.rank = 1
+    progress = GenerationProgress(s, "eval", "reasoning")
+    s.generate([[1], [2], [3]], SamplingParams())
+    progress.close()
+    assert s.calls == [([1, 2], 0), ([3], 2)]  # the same pieces as rank 0: collectives line up
+    assert capsys.readouterr() == ("", "")
