@@ -91,31 +91,25 @@ def tts_accuracy(s, problems, rounds: int, n: int) -> dict:
     return out
 
 
-def reward_bench(s, path: str) -> dict:
-    from megatron_spark.eval.reward_bench import load_reward_bench
+def reward_bench(s, path: str) -> tuple[dict, list[dict]]:
+    """The judge's score on a reward benchmark file and its per-item rows (see
+    :func:`~megatron_spark.eval.reward_bench.score_replies`)."""
+    from megatron_spark.eval.reward_bench import ITEMS_FILE, JudgeQuery, load_reward_bench, score_replies
     from megatron_spark.spark import templates
-    from megatron_spark.spark.verdict import parse_verdict
 
     items = load_reward_bench(path)
     yes, no = templates.POINTWISE_VERDICTS["yesno"]
-    prompts, labels, choices = [], [], []
+    queries = []
     for it in items:
         if it.kind == "pointwise":
-            prompts.append(templates.pointwise_prompt(it.question, it.responses[0], "yesno", 0))
-            labels.append(yes if it.label == "correct" else no)
-            choices.append((yes, no))
+            prompt = templates.pointwise_prompt(it.question, it.responses[0], "yesno", 0)
+            queries.append(JudgeQuery(prompt, (yes, no), yes if it.label == "correct" else no))
         else:
-            prompts.append(templates.pairwise_prompt(it.question, it.responses[0], it.responses[1], 0))
-            labels.append(it.label)
-            choices.append(templates.PAIRWISE_CHOICES)
-    texts = s.greedy(prompts, s.cfg.spark.max_new_tokens)
-    ok = [parse_verdict(t, c) == lab for t, c, lab in zip(texts, choices, labels)]
-    out = {"file": str(path), "items": len(items)}
-    for kind in ("pointwise", "pairwise"):
-        rows = [o for o, it in zip(ok, items) if it.kind == kind]
-        if rows:
-            out[f"{kind}_accuracy"] = sum(rows) / len(rows)
-    return out
+            prompt = templates.pairwise_prompt(it.question, it.responses[0], it.responses[1], 0)
+            queries.append(JudgeQuery(prompt, templates.PAIRWISE_CHOICES, it.label))
+    replies = s.greedy([q.prompt for q in queries], s.cfg.spark.max_new_tokens)
+    summary, rows = score_replies(items, queries, replies)
+    return {"file": str(path), **summary, "items_file": ITEMS_FILE}, rows
 
 
 def run_eval(cfg: RunConfig, opts: EvalOptions) -> Path:
@@ -171,12 +165,18 @@ def run_eval(cfg: RunConfig, opts: EvalOptions) -> Path:
         else:
             result["tts_skipped"] = "weights never trained on judge prompts"
         progress.phase("reward bench")
+        bench_rows = None
         if opts.reward_bench:
-            result["reward_bench"] = reward_bench(s, opts.reward_bench)
+            result["reward_bench"], bench_rows = reward_bench(s, opts.reward_bench)
         result["wall_time_s"] = time.perf_counter() - start
         report = None
         if s.rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
+            if bench_rows is not None:
+                write_atomically(
+                    out_dir / result["reward_bench"]["items_file"],
+                    lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in bench_rows)),
+                )
             write_atomically(
                 out_dir / "eval.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n")
             )
