@@ -224,15 +224,19 @@ def run_generate(cfg: RunConfig, opts: GenerateOptions) -> list[dict]:
         try:
             gen, q = _generate_texts(s), list(opts.prompts)
             mx, jmx, box = s.cfg.rollout.max_new_tokens, s.cfg.spark.max_new_tokens, s.cfg.task.verifier.box
+            rounds = None
             if opts.tts == "self-reflect":
                 r = self_reflect(q, gen, s.tokenizer, opts.rounds, mx, jmx, box)
-                responses, gens = r.responses, r.generations
+                responses, gens, rounds = r.responses, r.generations, r.rounds
             elif opts.tts == "best-of-n":
                 r = best_of_n(q, gen, s.tokenizer, opts.n, mx, jmx, seed=s.cfg.seed, box=box)
                 responses, gens = r.responses, r.generations
             else:
                 responses, gens = s.greedy(q, mx), [1] * len(q)
-            return [{"prompt": p, "response": t, "generations": g} for p, t, g in zip(q, responses, gens)]
+            rows = [{"prompt": p, "response": t, "generations": g} for p, t, g in zip(q, responses, gens)]
+            for row, trace in zip(rows, rounds or []):
+                row["rounds"] = trace  # each round's judged answer, verdict and reflection
+            return rows
         finally:
             progress.close()
             s.close()
