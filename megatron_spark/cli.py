@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from megatron_spark import elastic
 from megatron_spark.errors import UserError
 
 
@@ -198,9 +199,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UserError as e:
         # One line, from one rank: every rank validates the same input.
+        message = f"megatron-spark: error: {e}"
         if os.environ.get("RANK", "0") == "0":
-            print(f"megatron-spark: error: {e}", file=sys.stderr)
+            print(message, file=sys.stderr)
+        elastic.record_user_error(message)  # under torchrun: the last line of its failure summary
         return 2
+    except Exception as e:
+        elastic.record_exception(e)
+        raise
     finally:
         from megatron_spark import platform
 
