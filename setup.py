@@ -37,7 +37,9 @@ setup(
     package_data={"megatron_spark.data": ["assets/*.model"]},
     extras_require={
         # triton runs the fused-head kernels on the CPU under TRITON_INTERPRET=1 in the tests.
-        "test": ["pytest>=8", "ruff>=0.6", "triton>=3.2"],
+        "test": ["pytest>=8", "ruff>=0.6", "triton>=3.2", "wandb>=0.19,<0.32"],
+        # metrics.wandb: Weights & Biases logging (0.31 tested, offline mode; the tests use it)
+        "wandb": ["wandb>=0.19,<0.32"],
         "gpu": ["transformer-engine[pytorch]>=2.4", "vllm>=0.32,<0.33", "nvidia-modelopt>=0.33"],
     },
     entry_points={"console_scripts": ["megatron-spark=megatron_spark.cli:main"]},

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from megatron_spark import elastic
 from megatron_spark.errors import UserError
 
 
@@ -96,10 +97,12 @@ def cmd_generate(args) -> int:
         path = Path(args.input)
         if not path.is_file():
             raise UserError(f"--input {path}: no such file")
+        # The field the config's file task reads its prompts from (task.file.prompt_key).
+        key = cfg.task.file.prompt_key if cfg.task.kind == "file" and cfg.task.file else "prompt"
         for line, row in read_jsonl(path):
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"]:
-                raise UserError(f"{path}:{line}: expected an object with a non-empty string 'prompt'")
-            prompts.append(row["prompt"])
+            if not isinstance(row, dict) or not isinstance(row.get(key), str) or not row[key]:
+                raise UserError(f"{path}:{line}: expected an object with a non-empty string '{key}'")
+            prompts.append(row[key])
     if not prompts:
         raise UserError("generate: give --prompt TEXT or --input FILE.jsonl")
     rows = run_generate(cfg, GenerateOptions(args.checkpoint, tuple(prompts), args.tts, args.rounds, args.n))
@@ -170,7 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("overrides", nargs="*", help="key=value overrides")
     gen.add_argument("--checkpoint", required=True, help="checkpoint to load")
     gen.add_argument("--prompt", action="append", help="a prompt (repeatable)")
-    gen.add_argument("--input", default=None, help='jsonl with {"prompt": ...} per line')
+    gen.add_argument(
+        "--input",
+        default=None,
+        help="jsonl with a prompt per line, in the field task.file.prompt_key (default 'prompt')",
+    )
     gen.add_argument(
         "--tts", choices=["none", "self-reflect", "best-of-n"], default="none", help="test-time mode"
     )
@@ -192,9 +199,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UserError as e:
         # One line, from one rank: every rank validates the same input.
+        message = f"megatron-spark: error: {e}"
         if os.environ.get("RANK", "0") == "0":
-            print(f"megatron-spark: error: {e}", file=sys.stderr)
+            print(message, file=sys.stderr)
+        elastic.record_user_error(message)  # under torchrun: the last line of its failure summary
         return 2
+    except Exception as e:
+        elastic.record_exception(e)
+        raise
     finally:
         from megatron_spark import platform
 

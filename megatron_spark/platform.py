@@ -161,6 +161,9 @@ def _apply_cpu_patches() -> None:
     torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment]
     torch.cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]
     torch.cuda.current_stream = lambda *a, **k: _CpuStream()  # type: ignore[assignment]
+    # megatron's TP layers advise setting this (CUDA stream ordering for overlapped all-reduce)
+    # on every forward unless it is 1; without CUDA it means nothing. On GPUs the advice stands.
+    os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
     mode = _CudaToCpuMode()
     mode.__enter__()  # stays active for the life of the process
     _STATE["mode"] = mode
@@ -181,17 +184,31 @@ def unpatched_ops():
         yield
 
 
+@contextlib.contextmanager
+def silenced(*messages: str):
+    """Warnings whose message matches one of the regexes ``messages`` silenced inside the block
+    (or the decorated function) only.
+
+    For third-party notices and deprecations that our call cannot avoid and a user cannot act on;
+    each call site names the ones it causes, so no filter outlives the call or hides a warning of
+    the user's own code.
+    """
+    with warnings.catch_warnings():
+        for message in messages:
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
+
 def quiet_megatron_import_warnings() -> None:
     """Silence megatron-core's import-time notices about missing apex / Transformer Engine.
 
-    They are expected on the CPU and would otherwise bury our one-line user errors on stderr.
+    They are expected on the CPU (the local fallbacks are what we use there) and would otherwise
+    bury our one-line user errors on stderr. Unlike the deprecations that our calls cause (each
+    silenced at its call site with :func:`silenced`), these fire wherever megatron happens to be
+    imported first, so they are matched by message for the whole process; they fire only then.
     """
     warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
     warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
-    # megatron's torch_dist format still goes through torch's ShardedTensor.
-    warnings.filterwarnings("ignore", message=".*Please use DTensor instead.*")
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\..*")
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"megatron\..*")
 
 
 def init_distributed() -> tuple[int, int]:

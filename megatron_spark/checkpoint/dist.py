@@ -18,11 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from megatron_spark import platform
 from megatron_spark.errors import UserError
 from megatron_spark.model.config import ModelArch, arch_from_hf_config
 
 META_NAME = "megatron_spark.json"
 FORMAT_VERSION = 1
+DIST_CHECKPOINT_DEPRECATIONS = ("Please use DTensor instead", "`load_state_dict` is deprecated")
+"""torch's FutureWarnings about the APIs megatron-core's torch_dist format still uses
+(ShardedTensor, ``torch.distributed.checkpoint.load_state_dict``): megatron's to fix, not ours."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ def read_meta(ckpt_dir: str | Path) -> CheckpointMeta:
     return meta
 
 
+@platform.silenced(*DIST_CHECKPOINT_DEPRECATIONS)
 def save_model(model, model_dir: Path) -> None:
     """Write ``model``'s sharded state (all ranks call this collectively)."""
     from megatron.core import dist_checkpointing
@@ -81,6 +86,7 @@ def save_model(model, model_dir: Path) -> None:
     dist_checkpointing.save(model.sharded_state_dict(), str(model_dir), sharded_strategy=sync_save_strategy())
 
 
+@platform.silenced(*DIST_CHECKPOINT_DEPRECATIONS)
 def load_model(model, model_dir: Path) -> None:
     """Fill ``model`` (any TP/PP) in place from a dist checkpoint written at any TP/PP.
 

@@ -9,10 +9,15 @@ Two kinds of item, told apart by their fields::
 An optional ``"id"`` names the item, otherwise it is ``<file stem>-<line>``. Other fields are
 ignored. The whole file is validated before anything is returned: the first bad line raises a
 UserError naming ``file:line``, the field and what was expected.
+
+:func:`score_replies` scores the judge's replies: accuracy and the share of replies with a
+parseable verdict (an accuracy of 0 with a parse rate of 0 means the judge never answered in the
+verdict format, not that it judged wrongly), and one row per item for ``reward_bench.jsonl``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -122,3 +127,58 @@ def load_reward_bench(path: str | Path) -> list[BenchItem]:
     if not items:
         raise UserError(f"{path}: no items (the file has no non-blank lines)")
     return items
+
+
+ITEMS_FILE = "reward_bench.jsonl"
+"""Per-item results, written beside eval.json."""
+
+
+@dataclass(frozen=True)
+class JudgeQuery:
+    """What the judge is asked for one item and which verdict is right."""
+
+    prompt: str
+    """The judge prompt (question and response(s) in a judge template)."""
+    choices: tuple[str, str]
+    """The verdicts the parser accepts (``Yes``/``No`` or ``A``/``B``)."""
+    expected: str
+    """The verdict the item's label calls for."""
+
+
+def score_replies(
+    items: Sequence[BenchItem], queries: Sequence[JudgeQuery], replies: Sequence[str]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Summary and per-item rows of the judge's ``replies`` (one per item, in order).
+
+    Summary, per kind present: ``<kind>_accuracy`` (parsed verdict equals the expected one, over
+    the kind's items), ``<kind>_verdict_parse_rate`` (a verdict parsed, whatever it is) and
+    ``<kind>_items``; over all items ``verdict_parse_rate``. Rows: ``id``, ``kind``, ``prompt``,
+    ``label`` (the file's), ``expected`` verdict, ``reply``, ``verdict`` (parsed, or None) and
+    ``correct``.
+    """
+    from megatron_spark.spark.verdict import parse_verdict
+
+    rows = []
+    for item, query, reply in zip(items, queries, replies, strict=True):
+        verdict = parse_verdict(reply, query.choices)
+        rows.append(
+            {
+                "id": item.uid,
+                "kind": item.kind,
+                "prompt": query.prompt,
+                "label": item.label,
+                "expected": query.expected,
+                "reply": reply,
+                "verdict": verdict,
+                "correct": verdict == query.expected,
+            }
+        )
+    summary: dict[str, Any] = {"items": len(rows)}
+    for kind in LABELS:
+        mine = [r for r in rows if r["kind"] == kind]
+        if mine:
+            summary[f"{kind}_accuracy"] = sum(r["correct"] for r in mine) / len(mine)
+            summary[f"{kind}_verdict_parse_rate"] = sum(r["verdict"] is not None for r in mine) / len(mine)
+            summary[f"{kind}_items"] = len(mine)
+    summary["verdict_parse_rate"] = sum(r["verdict"] is not None for r in rows) / max(1, len(rows))
+    return summary, rows

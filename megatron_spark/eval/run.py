@@ -25,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 from megatron_spark.errors import UserError
+from megatron_spark.eval.progress import GenerationProgress
 from megatron_spark.train.config import RunConfig
 
 
@@ -161,31 +162,27 @@ def tts_accuracy(s, problems, rounds: int, n: int, majority: dict) -> dict:
     return out
 
 
-def reward_bench(s, path: str) -> dict:
-    from megatron_spark.eval.reward_bench import load_reward_bench
+def reward_bench(s, path: str) -> tuple[dict, list[dict]]:
+    """The judge's score on a reward benchmark file and its per-item rows (see
+    :func:`~megatron_spark.eval.reward_bench.score_replies`)."""
+    from megatron_spark.eval.reward_bench import ITEMS_FILE, JudgeQuery, load_reward_bench, score_replies
     from megatron_spark.spark import templates
-    from megatron_spark.spark.verdict import parse_verdict
+    from megatron_spark.spark.checks import checks_for
 
     items = load_reward_bench(path)
+    style = checks_for(s.task.name).template_style
     yes, no = templates.POINTWISE_VERDICTS["yesno"]
-    prompts, labels, choices = [], [], []
+    queries = []
     for it in items:
         if it.kind == "pointwise":
-            prompts.append(templates.pointwise_prompt(it.question, it.responses[0], "yesno", 0))
-            labels.append(yes if it.label == "correct" else no)
-            choices.append((yes, no))
+            prompt = templates.pointwise_prompt(it.question, it.responses[0], "yesno", 0, style)
+            queries.append(JudgeQuery(prompt, (yes, no), yes if it.label == "correct" else no))
         else:
-            prompts.append(templates.pairwise_prompt(it.question, it.responses[0], it.responses[1], 0))
-            labels.append(it.label)
-            choices.append(templates.PAIRWISE_CHOICES)
-    texts = s.greedy(prompts, s.cfg.spark.max_new_tokens)
-    ok = [parse_verdict(t, c) == lab for t, c, lab in zip(texts, choices, labels)]
-    out = {"file": str(path), "items": len(items)}
-    for kind in ("pointwise", "pairwise"):
-        rows = [o for o, it in zip(ok, items) if it.kind == kind]
-        if rows:
-            out[f"{kind}_accuracy"] = sum(rows) / len(rows)
-    return out
+            prompt = templates.pairwise_prompt(it.question, it.responses[0], it.responses[1], 0, style)
+            queries.append(JudgeQuery(prompt, templates.PAIRWISE_CHOICES, it.label))
+    replies = s.greedy([q.prompt for q in queries], s.cfg.spark.max_new_tokens)
+    summary, rows = score_replies(items, queries, replies)
+    return {"file": str(path), **summary, "items_file": ITEMS_FILE}, rows
 
 
 def run_eval(cfg: RunConfig, opts: EvalOptions) -> Path:
@@ -207,10 +204,12 @@ def run_eval(cfg: RunConfig, opts: EvalOptions) -> Path:
     cfg = dataclasses.replace(cfg, run_dir=str(out_dir), model=dataclasses.replace(cfg.model, init=str(src)))
     start = time.perf_counter()
     s = Session(cfg, "eval")
+    progress = GenerationProgress(s, "eval", "reasoning")
     try:
         problems = eval_problems(s)
         result: dict = {"checkpoint": str(src), "num_problems": len(problems)}
         result["reasoning"], greedy, greedy_rewards = reasoning(s, problems, opts.maj_k)
+        progress.phase("judge")
         state = ckpt.read_rank0_state(src)
         if state is not None and state.get("judge_pool") is not None:
             s.judge_pool = state["judge_pool"]
@@ -237,17 +236,25 @@ def run_eval(cfg: RunConfig, opts: EvalOptions) -> Path:
             "accuracy": m.get("reflection_accuracy", 0.0),
             "items": int(m.get("reflection_items", 0)),
         }
+        progress.phase("test-time scaling")
         if s.judge_trained:
             result["judge"].update(own_verdicts(s, problems, greedy, greedy_rewards))
             result["tts"] = tts_accuracy(s, problems, opts.tts_rounds, opts.best_of_n, result["reasoning"])
         else:
             result["tts_skipped"] = "weights never trained on judge prompts"
+        progress.phase("reward bench")
+        bench_rows = None
         if opts.reward_bench:
-            result["reward_bench"] = reward_bench(s, opts.reward_bench)
+            result["reward_bench"], bench_rows = reward_bench(s, opts.reward_bench)
         result["wall_time_s"] = time.perf_counter() - start
         report = None
         if s.rank == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
+            if bench_rows is not None:
+                write_atomically(
+                    out_dir / result["reward_bench"]["items_file"],
+                    lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in bench_rows)),
+                )
             write_atomically(
                 out_dir / "eval.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n")
             )
@@ -255,6 +262,7 @@ def run_eval(cfg: RunConfig, opts: EvalOptions) -> Path:
             report = write_report(out_dir, result, metrics if metrics.is_file() else None)
         return report or out_dir / "report.md"
     finally:
+        progress.close()
         s.close()
 
 
@@ -291,13 +299,15 @@ def run_generate(cfg: RunConfig, opts: GenerateOptions) -> list[dict]:
             train=dataclasses.replace(cfg.train, eval_num_problems=0),
         )
         s = Session(cfg, "eval")
+        progress = GenerationProgress(s, "generate", None if opts.tts == "none" else opts.tts, stderr=True)
         try:
             gen, q = _generate_texts(s), list(opts.prompts)
             mx, jmx, box = s.cfg.rollout.max_new_tokens, s.cfg.spark.max_new_tokens, s.cfg.task.verifier.box
             checks = checks_for(s.task.name)
+            rounds = None
             if opts.tts == "self-reflect":
                 r = self_reflect(q, gen, s.tokenizer, opts.rounds, mx, jmx, box, style=checks.template_style)
-                responses, gens = r.responses, r.generations
+                responses, gens, rounds = r.responses, r.generations, r.rounds
             elif opts.tts == "best-of-n":
                 r = best_of_n(
                     q,
@@ -313,6 +323,10 @@ def run_generate(cfg: RunConfig, opts: GenerateOptions) -> list[dict]:
                 responses, gens = r.responses, r.generations
             else:
                 responses, gens = s.greedy(q, mx), [1] * len(q)
-            return [{"prompt": p, "response": t, "generations": g} for p, t, g in zip(q, responses, gens)]
+            rows = [{"prompt": p, "response": t, "generations": g} for p, t, g in zip(q, responses, gens)]
+            for row, trace in zip(rows, rounds or []):
+                row["rounds"] = trace  # each round's judged answer, verdict and reflection
+            return rows
         finally:
+            progress.close()
             s.close()

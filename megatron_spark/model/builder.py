@@ -56,6 +56,8 @@ def transformer_engine_available() -> bool:
     return True
 
 
+# megatron-core 0.16 warns about its own default cuda_graph_scope ("full") on every config.
+@platform.silenced("full scope is deprecated")
 def transformer_config(
     arch: ModelArch,
     parallel: platform.ParallelConfig,

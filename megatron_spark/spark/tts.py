@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from megatron_spark.reward.extract import boxed_spans, extract_boxed
 from megatron_spark.rollout.protocol import GREEDY_TOP_P, Completion, SamplingParams
@@ -40,6 +40,11 @@ class TTSResult:
     """The response that counts, per problem."""
     generations: list[int]
     """Generations spent per problem."""
+    rounds: list[list[dict]] = field(default_factory=list)
+    """Per problem, what each self-reflection round did (empty for best-of-n): ``answer`` (the
+    final answer judged, None when the response had none), ``verdict`` (``Yes``/``No``, None when
+    unjudged or unparseable), ``judge_reply`` (the judge's text, None when unjudged), and, when the
+    answer was not accepted, ``reflection`` (the new response)."""
 
 
 def _greedy(max_new_tokens: int, stop: Sequence[int]) -> SamplingParams:
@@ -64,6 +69,7 @@ def self_reflect(
     decode = tokenizer.decode
     current = [decode(c.token_ids) for c in generate(list(questions), _greedy(max_new_tokens, stop))]
     generations = [1] * len(questions)
+    trace: list[list[dict]] = [[] for _ in questions]
     active = list(range(len(questions)))
     for _ in range(rounds):
         if not active:
@@ -72,10 +78,15 @@ def self_reflect(
         judged = [i for i in active if finals[i]]
         prompts = [templates.pointwise_prompt(questions[i], finals[i], "yesno", 0, style) for i in judged]
         verdicts = generate(prompts, _greedy(judge_max_new_tokens, stop)) if prompts else []
+        replies = {i: decode(c.token_ids) for i, c in zip(judged, verdicts)}
         accepted = set()
-        for i, c in zip(judged, verdicts):
-            generations[i] += 1
-            if parse_verdict(decode(c.token_ids), (YES, NO)) == YES:
+        for i in active:
+            reply = replies.get(i)
+            verdict = parse_verdict(reply, (YES, NO)) if reply is not None else None
+            trace[i].append({"answer": finals[i] or None, "verdict": verdict, "judge_reply": reply})
+            if reply is not None:
+                generations[i] += 1
+            if verdict == YES:
                 accepted.add(i)
         active = [i for i in active if i not in accepted]
         if not active:
@@ -85,8 +96,9 @@ def self_reflect(
         ]
         for i, c in zip(active, generate(prompts, _greedy(max_new_tokens, stop))):
             current[i] = decode(c.token_ids)
+            trace[i][-1]["reflection"] = current[i]
             generations[i] += 1
-    return TTSResult(current, generations)
+    return TTSResult(current, generations, trace)
 
 
 def verdict_probability(

@@ -15,6 +15,7 @@ from megatron_spark.data.tasks import ArithmeticConfig
 from megatron_spark.model.builder import PrecisionConfig
 from megatron_spark.rollout.bridge import BridgeConfig
 from megatron_spark.spark.config import SparkConfig
+from megatron_spark.train.metrics import MetricsConfig
 from megatron_spark.train.optim import OptimConfig
 
 
@@ -240,3 +241,5 @@ class RunConfig:
     train: TrainerConfig = field(default_factory=TrainerConfig)
     sft: SFTSection = field(default_factory=SFTSection)
     spark: SparkConfig = field(default_factory=SparkConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """Metric loggers (TensorBoard, wandb) and console progress."""

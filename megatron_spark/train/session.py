@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_spark import platform
-from megatron_spark.config import dump_config
+from megatron_spark.config import dump_config, to_dict
 from megatron_spark.errors import UserError
 from megatron_spark.model.forward import FusedHead, run_packed
 from megatron_spark.rollout.protocol import GREEDY_TOP_P, Completion, SamplingParams
@@ -145,8 +145,15 @@ class Session:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.run_dir / "config.yaml")
         dist.barrier()
+        # eval and generate count their own work (megatron_spark/eval/progress.py), not steps.
         self.metrics = MetricsLogger(
-            self.run_dir, self.rank == 0, cfg.train.num_steps, start_step=self.step, title=command
+            self.run_dir,
+            self.rank == 0 and command != "eval",
+            cfg.train.num_steps,
+            start_step=self.step,
+            title=command,
+            config=cfg.metrics,
+            run_config=to_dict(cfg),
         )
         if self.bridge.transport != "none":
             self.metrics.print(f"weight bridge: TP pieces over {self.bridge.transport}")

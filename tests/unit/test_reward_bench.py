@@ -108,3 +108,46 @@ def test_file_without_items_is_refused(tmp_path, content):
 def test_missing_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match=r"absent\.jsonl: reward benchmark file not found"):
         load_reward_bench(tmp_path / "absent.jsonl")
+
+
+def test_scores_report_the_verdict_parse_rate_and_one_row_per_item(tmp_path):
+    from megatron_spark.eval.reward_bench import JudgeQuery, score_replies
+
+    items = load_reward_bench(
+        _write(tmp_path / "b.jsonl", [POINT, {**POINT, "label": "incorrect"}, PAIR, {**PAIR, "label": "A"}])
+    )
+    queries = [
+        JudgeQuery("p1", ("Yes", "No"), "Yes"),
+        JudgeQuery("p2", ("Yes", "No"), "No"),
+        JudgeQuery("p3", ("A", "B"), "B"),
+        JudgeQuery("p4", ("A", "B"), "A"),
+    ]
+    replies = ["\\boxed{Yes}", "It is right.", "\\boxed{A}", "\\boxed{A or B}"]
+    summary, rows = score_replies(items, queries, replies)
+    assert summary == {
+        "items": 4,
+        "pointwise_accuracy": 0.5,
+        "pointwise_verdict_parse_rate": 0.5,
+        "pointwise_items": 2,
+        "pairwise_accuracy": 0.0,
+        "pairwise_verdict_parse_rate": 0.5,
+        "pairwise_items": 2,
+        "verdict_parse_rate": 0.5,
+    }
+    assert rows[1] == {
+        "id": "b-2",
+        "kind": "pointwise",
+        "prompt": "p2",
+        "label": "incorrect",
+        "expected": "No",
+        "reply": "It is right.",
+        "verdict": None,  # no box: nothing parsed, which is why the item is wrong
+        "correct": False,
+    }
+    assert [(r["verdict"], r["correct"]) for r in rows] == [
+        ("Yes", True),
+        (None, False),
+        ("A", False),
+        (None, False),
+    ]
+    assert json.loads(json.dumps(rows)) == rows  # rows are written as jsonl
