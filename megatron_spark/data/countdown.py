@@ -35,7 +35,7 @@ from itertools import permutations, product
 from megatron_spark.data.tasks import Problem
 from megatron_spark.errors import UserError
 from megatron_spark.reward.countdown import CountdownSpec, check_answer, format_spec
-from megatron_spark.reward.expression import Node, combine, format_number, leaf, render, steps
+from megatron_spark.reward.expression import Node, combine, format_number, leaf, negate, render, steps
 
 
 @dataclass(frozen=True)
@@ -121,13 +121,15 @@ def flatten(node: Node) -> Node:
     them can make an intermediate value a fraction)."""
     if node.is_leaf:
         return node
+    if node.op == "neg":
+        return negate(flatten(node.right))
     left, right = flatten(node.left), flatten(node.right)
-    if not right.is_leaf and node.op in "+-" and right.op in "+-":
+    if right.is_binary and node.op in "+-" and right.op in "+-":
         # a + (b ± c) = (a + b) ± c;  a - (b ± c) = (a - b) ∓ c
         inner = combine(node.op, left, right.left)
         outer = right.op if node.op == "+" else _FLIP[right.op]
         return flatten(combine(outer, inner, right.right))
-    if not right.is_leaf and node.op == "*" and right.op == "*":
+    if right.is_binary and node.op == "*" and right.op == "*":
         return flatten(combine("*", combine("*", left, right.left), right.right))
     return combine(node.op, left, right)
 

@@ -5,10 +5,10 @@ associative)::
 
     expr   := term (('+' | '-') term)*
     term   := factor (('*' | '/') factor)*
-    factor := INTEGER | '(' expr ')'
+    factor := INTEGER | '(' expr ')' | '-' factor
 
-No unary minus (Countdown combines the given numbers; ``-3`` is not one of them), no exponent, no
-implicit multiplication. ``\times``, ``\cdot``, ``×`` and ``x`` between operands read as ``*``;
+A unary minus negates what follows (``-7+30`` is ``30-7``: 7 is still used once, as sympy and
+reasoning-gym's answers write it); no exponent, no implicit multiplication. ``\times``, ``\cdot``, ``×`` and ``x`` between operands read as ``*``;
 ``\div``, ``÷`` and ``:`` as ``/``; ``−`` (U+2212) as ``-``; ``\left(``/``\right)`` and ``{}``
 LaTeX grouping braces are ignored. Arithmetic is on :class:`fractions.Fraction`, so ``7/2*2`` is
 exactly 7 and division by zero is an error, never a float.
@@ -53,7 +53,8 @@ class ExpressionError(ValueError):
 
 @dataclass(frozen=True)
 class Node:
-    """An integer leaf (``op`` empty) or a binary operation over two sub-trees."""
+    """An integer leaf (``op`` empty), a binary operation over two sub-trees, or a negation
+    (``op`` ``"neg"``, its operand in ``right``)."""
 
     value: Fraction
     op: str = ""
@@ -64,9 +65,17 @@ class Node:
     def is_leaf(self) -> bool:
         return not self.op
 
+    @property
+    def is_binary(self) -> bool:
+        return self.op in _PRECEDENCE
+
 
 def leaf(n: int) -> Node:
     return Node(Fraction(n))
+
+
+def negate(node: Node) -> Node:
+    return Node(-node.value, "neg", None, node)
 
 
 def combine(op: str, left: Node, right: Node) -> Node:
@@ -144,6 +153,13 @@ class _Parser:
 
     def factor(self) -> Node:
         tok = self.take()
+        if tok == "-":
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise ExpressionError(f"brackets or minus signs nested deeper than {MAX_DEPTH}")
+            node = negate(self.factor())
+            self.depth -= 1
+            return node
         if tok == "(":
             self.depth += 1
             if self.depth > MAX_DEPTH:
@@ -183,14 +199,19 @@ def operands(node: Node) -> list[int]:
     """The integer literals of a tree, left to right."""
     if node.is_leaf:
         return [int(node.value)]
+    if node.op == "neg":
+        return operands(node.right)
     return operands(node.left) + operands(node.right)
 
 
 def steps(node: Node) -> list[tuple[Fraction, str, Fraction, Fraction]]:
     """The operations in evaluation order (left sub-tree, right sub-tree, then the node):
-    ``(a, op, b, result)`` per operation, so ``3+4*5`` gives ``[(4,*,5,20), (3,+,20,23)]``."""
+    ``(a, op, b, result)`` per operation, so ``3+4*5`` gives ``[(4,*,5,20), (3,+,20,23)]``; a
+    negation is the step ``0-x``."""
     if node.is_leaf:
         return []
+    if node.op == "neg":
+        return [*steps(node.right), (Fraction(0), "-", node.right.value, node.value)]
     return [*steps(node.left), *steps(node.right), (node.left.value, node.op, node.right.value, node.value)]
 
 
@@ -201,15 +222,21 @@ def format_number(x: Fraction) -> str:
 
 def render(node: Node) -> str:
     """The tree as text with only the brackets its structure needs: ``(3+4)*5``, ``3+4*5``,
-    ``8-(3-1)``, ``8-3-1``. ``parse(render(t))`` is ``t``."""
+    ``8-(3-1)``, ``8-3-1``; a negation inside another operation is bracketed, ``(-7)+30``.
+    ``parse(render(t))`` is ``t``."""
     if node.is_leaf:
         return format_number(node.value)
+    if node.op == "neg":
+        inner = render(node.right)
+        return f"-{inner}" if node.right.is_leaf or node.right.op == "neg" else f"-({inner})"
     prec = _PRECEDENCE[node.op]
 
     def side(child: Node, right: bool) -> str:
         text = render(child)
         if child.is_leaf:
             return text
+        if child.op == "neg":
+            return f"({text})"
         cp = _PRECEDENCE[child.op]
         # A right operand of equal precedence needs brackets, since every operator is left
         # associative (``8-(3-1)``, ``8/(4*2)``).

@@ -39,6 +39,7 @@ from megatron_spark.reward.expression import (
     combine,
     format_number,
     leaf,
+    negate,
     operands,
     parse,
     render,
@@ -155,14 +156,19 @@ its operator removed."""
 
 
 def _internal(node: Node) -> list[Node]:
+    """The binary operations of a tree (negations are not perturbed)."""
     if node.is_leaf:
         return []
+    if node.op == "neg":
+        return _internal(node.right)
     return [*_internal(node.left), *_internal(node.right), node]
 
 
 def _leaves(node: Node) -> list[Node]:
     if node.is_leaf:
         return [node]
+    if node.op == "neg":
+        return _leaves(node.right)
     return [*_leaves(node.left), *_leaves(node.right)]
 
 
@@ -172,6 +178,8 @@ def _replace(node: Node, old: Node, new: Node) -> Node:
         return new
     if node.is_leaf:
         return node
+    if node.op == "neg":
+        return negate(_replace(node.right, old, new))
     return combine(node.op, _replace(node.left, old, new), _replace(node.right, old, new))
 
 

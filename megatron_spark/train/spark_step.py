@@ -26,8 +26,10 @@ on the verdict tokens only.
 
 from __future__ import annotations
 
+import math
 import random
 import time
+from collections import Counter
 
 import torch
 
@@ -136,13 +138,46 @@ def verdict_ce_sample(s: Session, completions, item: Item) -> Sample | None:
     return None
 
 
-def item_metrics(s: Session, items: list[Item], built: list[Item], rewards: torch.Tensor) -> dict[str, float]:
+def verdict_stats(s: Session, items: list[Item], completions) -> dict[str, float]:
+    """Sums over this rank's judge groups of what decides whether RL can teach the verdict: how
+    many samples box a verdict, how many groups say one verdict in every sample (all rewards
+    equal: zero advantage, nothing to learn), and the entropy (bits) of each group's verdicts."""
+    from megatron_spark.spark.verdict import parse_verdict
+
+    m = s.cfg.spark.num_samples_per_item
+    out = {"judge_groups": 0.0, "judge_samples": 0.0, "parsed": 0.0, "unanimous": 0.0, "entropy": 0.0}
+    for i, item in enumerate(items):
+        if not item.choices:
+            continue
+        verdicts = [
+            parse_verdict(s.tokenizer.decode(c.token_ids), item.choices)
+            for c in completions[i * m : (i + 1) * m]
+        ]
+        counts = Counter(verdicts)
+        out["judge_groups"] += 1
+        out["judge_samples"] += len(verdicts)
+        out["parsed"] += sum(v is not None for v in verdicts)
+        out["unanimous"] += float(len(counts) == 1)
+        out["entropy"] -= sum(c / m * math.log2(c / m) for c in counts.values())
+    return out
+
+
+def item_metrics(
+    s: Session, items: list[Item], built: list[Item], rewards: torch.Tensor, completions=()
+) -> dict[str, float]:
     """``judge/*``, ``reflection/*`` and ``spark/*`` of this step, summed over the world.
-    ``items`` and ``rewards`` are this rank's share; ``built`` and the queue are the same on
-    every rank and counted once."""
+    ``items``, ``rewards`` and ``completions`` are this rank's share; ``built`` and the queue are
+    the same on every rank and counted once."""
     mine = s.rank == s.mp_leader
     once = mine and s.dp_rank == 0
     sums: dict[str, float] = {}
+    verdicts = verdict_stats(s, items, completions) if completions else {}
+    for key in ("judge_groups", "judge_samples", "parsed", "unanimous", "entropy"):
+        sums[key] = verdicts.get(key, 0.0) if mine else 0.0
+    judge_rows = [i for i, x in enumerate(items) if x.choices]
+    flat = rewards[judge_rows] if judge_rows else rewards[:0]
+    # Groups whose rewards are all equal (zero advantage), whatever the verdicts say.
+    sums["zero_adv"] = float((flat.max(1).values == flat.min(1).values).sum()) if mine and judge_rows else 0.0
     for kind in ITEM_KINDS:
         rows = [i for i, x in enumerate(items) if x.kind == kind]
         sums[f"reward_{kind}"] = float(rewards[rows].sum()) if mine and rows else 0.0
@@ -163,6 +198,11 @@ def item_metrics(s: Session, items: list[Item], built: list[Item], rewards: torc
         "spark/items_expired": t["expired"],
         "spark/label_balance": t["pos"] / t["point"] if t["point"] else 0.5,
     }
+    if t["judge_groups"]:
+        out["judge/verdict_parse_rate"] = t["parsed"] / t["judge_samples"]
+        out["judge/unanimous_groups"] = t["unanimous"] / t["judge_groups"]
+        out["judge/zero_advantage_groups"] = t["zero_adv"] / t["judge_groups"]
+        out["judge/verdict_entropy_bits"] = t["entropy"] / t["judge_groups"]
     for kind in ITEM_KINDS:
         out[f"spark/items_built/{kind}"] = t[f"built_{kind}"]
         out[f"spark/items_trained/{kind}"] = t[f"trained_{kind}"]
@@ -194,7 +234,7 @@ def spark_step(s: Session) -> dict[str, float]:
     # Each optimizer step takes its share of every kind (policy, each item kind, verdict CE).
     t = update(s, groups, ce_coef=s.cfg.spark.judge_ce_weight, kinds=kinds)
     metrics = {**policy_metrics(s, completions, rewards, timeouts + item_timeouts), **train_metrics(t)}
-    metrics.update(item_metrics(s, items, built, item_rewards))
+    metrics.update(item_metrics(s, items, built, item_rewards, item_completions))
     metrics.update(throughput(s, [x for g in groups for x in g], start))
     return finish(s, metrics, t)
 
@@ -230,6 +270,7 @@ def alternating_step(s: Session) -> dict[str, float]:
         s.queue.requeue(popped)  # too few for every rank: kept for the next step
     metrics.update(train_metrics(t))
     metrics["spark/item_phase_skipped"] = 0.0 if run_items else 1.0
-    metrics.update(item_metrics(s, items if run_items else [], built, item_rewards))
+    completions = item_completions if run_items else ()
+    metrics.update(item_metrics(s, items if run_items else [], built, item_rewards, completions))
     metrics.update(throughput(s, samples, start))
     return finish(s, metrics, t)
