@@ -2,8 +2,9 @@
 
 ``RUN_DIR/checkpoints/step_000040/`` is a megatron_spark checkpoint (``megatron_spark.json``,
 ``model/``, ``hf/``: loadable by ``convert megatron-to-hf``, ``logprobs`` and ``model.init``) plus
-``train_state/rank_NNNNN.pt`` per rank (optimizer, RNG states, data position, step, counters) and
-``train_state/meta.json`` (the layout it was written with).
+``train_state/rank_NNNNN.{json,safetensors}`` per rank (optimizer, RNG states, data position, step,
+counters; no pickle: :mod:`megatron_spark.checkpoint.safe_state`) and ``train_state/meta.json``
+(the layout it was written with).
 
 Atomicity: everything is written under ``.step_000040.tmp/``; after every rank has finished, rank 0
 renames it to ``step_000040/`` and then replaces the ``latest`` file (write + ``os.replace``). A
@@ -25,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_spark.checkpoint import dist as mckpt
+from megatron_spark.checkpoint import safe_state
 from megatron_spark.errors import UserError
 from megatron_spark.model.config import ModelArch
 
@@ -50,6 +52,25 @@ def _step_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
+def _state_stem(ckpt: Path, rank: int) -> Path:
+    return Path(ckpt) / "train_state" / f"rank_{rank:05d}"
+
+
+def _read_state(ckpt: Path, rank: int) -> dict[str, Any] | None:
+    """Rank ``rank``'s train state (None if the checkpoint has none), never unpickling code."""
+    stem = _state_stem(ckpt, rank)
+    legacy = stem.with_name(stem.name + ".pt")
+    if legacy.is_file() and not safe_state.paths(stem)[0].exists():
+        state = safe_state.load_legacy(legacy)  # written before the JSON + safetensors format
+    elif safe_state.paths(stem)[0].exists() or safe_state.paths(stem)[1].exists():
+        state = safe_state.load(stem)
+    else:
+        return None
+    if not isinstance(state, dict):
+        raise UserError(f"{stem}: not a train state (a {type(state).__name__})")
+    return state
+
+
 def save(
     root: Path,
     step: int,
@@ -71,7 +92,7 @@ def save(
         (tmp / "train_state").mkdir(parents=True)
     dist.barrier()
     mckpt.save_model(model, tmp / "model")
-    torch.save({**train_state, "rng": rng_state()}, tmp / "train_state" / f"rank_{rank:05d}.pt")
+    safe_state.save({**train_state, "rng": rng_state()}, _state_stem(tmp, rank))
     if rank == 0:
         mckpt.write_meta(tmp, mckpt.CheckpointMeta(arch.hf_config, params_dtype, arch.padded_vocab_size))
         (tmp / "hf").mkdir()
@@ -113,7 +134,7 @@ def load_train_state(ckpt: Path, layout: dict[str, int]) -> dict[str, Any]:
     meta_path = ckpt / "train_state" / "meta.json"
     if not meta_path.is_file():
         raise UserError(f"{ckpt}: not a training checkpoint (no train_state/meta.json)")
-    meta = {**LAYOUT_DEFAULTS, **json.loads(meta_path.read_text())}
+    meta = {**LAYOUT_DEFAULTS, **_read_json(meta_path)}
     want = {"world_size": dist.get_world_size(), **layout}
     for key, value in want.items():
         if meta.get(key) != value:
@@ -121,17 +142,28 @@ def load_train_state(ckpt: Path, layout: dict[str, int]) -> dict[str, Any]:
                 f"{ckpt}: written with {key}={meta.get(key)}, this run has {key}={value}; resume with "
                 f"the same layout (or start a new run with model.init={ckpt})"
             )
-    state = torch.load(ckpt / "train_state" / f"rank_{dist.get_rank():05d}.pt", weights_only=False)
+    state = _read_state(ckpt, dist.get_rank())
+    if state is None:
+        raise UserError(f"{_state_stem(ckpt, dist.get_rank())}: missing (incomplete checkpoint)")
     return state
 
 
 def read_meta(ckpt: Path) -> dict[str, Any]:
     """A training checkpoint's ``train_state/meta.json`` ({} for other checkpoints)."""
     path = Path(ckpt) / "train_state" / "meta.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return _read_json(path) if path.is_file() else {}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: damaged ({e})") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"{path}: damaged (expected a JSON object)")
+    return doc
 
 
 def read_rank0_state(ckpt: Path) -> dict[str, Any] | None:
     """Rank 0's train state of a training checkpoint (None for other checkpoints)."""
-    path = Path(ckpt) / "train_state" / "rank_00000.pt"
-    return torch.load(path, weights_only=False) if path.is_file() else None
+    return _read_state(Path(ckpt), 0)
