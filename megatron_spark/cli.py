@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
 
-from megatron_spark.errors import UserError
+from megatron_spark.errors import Stopped, UserError
+
+ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.ENAMETOOLONG,
+}
+"""``OSError``s of a named file that the user's environment causes (full disk, quota, permissions,
+a file where a directory should be): reported like a :class:`UserError`, not as a traceback."""
 
 
 def _parallel(args):
@@ -63,7 +76,7 @@ def cmd_run(args) -> int:
     from megatron_spark.train.run import run
 
     cfg = load_config(RunConfig, args.config, args.overrides)
-    run_dir = run(cfg, args.command, resume=args.resume)
+    run_dir = run(cfg, args.command, resume=args.resume, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":
         print(f"run directory: {run_dir}")
     return 0
@@ -150,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument(
             "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
         )
+        c.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace the previous run in run_dir (its checkpoints, metrics, config, summary)",
+        )
         c.set_defaults(func=cmd_run)
 
     ev = sub.add_parser("eval", help="score a checkpoint as policy, judge and self-corrector")
@@ -186,15 +204,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _say(line: str) -> None:
+    if os.environ.get("RANK", "0") == "0":
+        print(f"megatron-spark: {line}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except UserError as e:
         # One line, from one rank: every rank validates the same input.
-        if os.environ.get("RANK", "0") == "0":
-            print(f"megatron-spark: error: {e}", file=sys.stderr)
+        _say(f"error: {e}")
         return 2
+    except Stopped as e:
+        _say(str(e))
+        return e.exit_status
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS or not e.filename:
+            raise
+        _say(f"error: {e.filename}: {e.strerror}")
+        return 2
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
     finally:
         from megatron_spark import platform
 

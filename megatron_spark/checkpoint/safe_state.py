@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from megatron_spark.errors import UserError
@@ -110,7 +111,15 @@ def save(state: Any, stem: Path) -> None:
         if not t.is_contiguous() or t.untyped_storage().data_ptr() in seen:
             t = tensors[key] = t.contiguous().clone()
         seen.add(t.untyped_storage().data_ptr())
-    save_file(tensors, str(st))
+    try:
+        save_file(tensors, str(st))
+    except SafetensorError as e:
+        # safetensors reports a failed write (a full disk) as its own error type: give it back
+        # its errno and file name so that it reads like any other write error.
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(st)) from e
     with open(js, "w", encoding="utf-8") as f:
         json.dump(doc, f)
         f.flush()
@@ -132,6 +141,24 @@ def load(stem: Path) -> Any:
     except (SafetensorError, OSError) as e:
         raise UserError(f"{st}: truncated or corrupt train state ({e})") from None
     return _decode(doc, tensors, str(js))
+
+
+def check(stem: Path) -> None:
+    """Raise :class:`UserError` if the state at ``stem`` is missing or damaged (headers and JSON
+    only: safetensors checks that its file covers every tensor the header lists)."""
+    js, st = paths(stem)
+    for p in (js, st):
+        if not p.is_file():
+            raise UserError(f"{p}: missing (incomplete checkpoint)")
+    try:
+        json.loads(js.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{js}: damaged train state ({e})") from None
+    try:
+        with safe_open(str(st), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{st}: truncated or corrupt train state ({e})") from None
 
 
 LEGACY_SAFE_GLOBALS = (

@@ -174,6 +174,13 @@ class SFTSection:
             raise ValueError("judge_fraction and reflection_fraction must be >= 0 and sum to at most 1")
 
 
+_ZERO = {
+    "save_every_steps": "only at the end",
+    "eval_every_steps": "only at the start and the end",
+    "eval_num_problems": "no evaluation",
+}
+
+
 @dataclass(frozen=True)
 class TrainerConfig:
     """The training loop."""
@@ -211,9 +218,20 @@ class TrainerConfig:
     """Vocabulary rows per tile of the fused loss head."""
 
     def __post_init__(self) -> None:
-        for name in ("num_steps", "num_prompts_per_step", "micro_batch_tokens", "max_consecutive_bad_steps"):
+        for name in (
+            "num_steps",
+            "num_prompts_per_step",
+            "micro_batch_tokens",
+            "max_consecutive_bad_steps",
+            "keep_checkpoints",  # 0 would delete the checkpoint just written
+            "token_chunk",
+            "vocab_chunk",
+        ):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"{name}={getattr(self, name)} is invalid; expected >= 1")
+        for name in ("save_every_steps", "eval_every_steps", "eval_num_problems"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} is invalid; expected >= 0 (0: {_ZERO[name]})")
 
 
 @dataclass(frozen=True)
