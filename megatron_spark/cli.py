@@ -88,7 +88,9 @@ def cmd_eval(args) -> int:
     from megatron_spark.train.config import RunConfig
 
     cfg = load_config(RunConfig, args.config, args.overrides)
-    opts = EvalOptions(args.checkpoint, args.out, args.maj_k, args.rounds, args.n, args.reward_bench)
+    opts = EvalOptions(
+        args.checkpoint, args.out, args.maj_k, args.rounds, args.n, args.reward_bench, args.overwrite
+    )
     report = run_eval(cfg, opts)
     if os.environ.get("RANK", "0") == "0":
         print(f"report: {report}")
@@ -105,6 +107,8 @@ def cmd_generate(args) -> int:
 
     cfg = load_config(RunConfig, args.config, args.overrides)
     prompts = list(args.prompt or [])
+    for i, prompt in enumerate(prompts, start=1):
+        _check_prompt(prompt, f"--prompt #{i}")
     if args.input:
         path = Path(args.input)
         if not path.is_file():
@@ -112,6 +116,7 @@ def cmd_generate(args) -> int:
         for line, row in read_jsonl(path):
             if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"]:
                 raise UserError(f"{path}:{line}: expected an object with a non-empty string 'prompt'")
+            _check_prompt(row["prompt"], f"{path}:{line}: 'prompt'")
             prompts.append(row["prompt"])
     if not prompts:
         raise UserError("generate: give --prompt TEXT or --input FILE.jsonl")
@@ -120,6 +125,20 @@ def cmd_generate(args) -> int:
         for row in rows:
             print(json.dumps(row))
     return 0
+
+
+def _check_prompt(prompt: str, where: str) -> None:
+    """A prompt must hold text and be encodable: a lone surrogate (an undecodable byte of the
+    command line, or a ``\\udc80`` escape in JSON) would fail deep inside the tokenizer."""
+    if not prompt.strip():
+        raise UserError(f"{where}: the prompt is empty")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UserError(
+            f"{where}: not valid text (a lone surrogate {prompt[e.start]!r} at character {e.start}; "
+            f"is the input UTF-8?)"
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--rounds", type=int, default=2, help="self-reflection rounds")
     ev.add_argument("--n", type=int, default=8, help="samples for best-of-n")
     ev.add_argument("--reward-bench", default=None, help="reward benchmark jsonl to score as a judge")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     ev.set_defaults(func=cmd_eval)
 
     gen = sub.add_parser("generate", help="answer prompts, optionally with test-time self-reflection")

@@ -114,8 +114,8 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str, source: str) -> T:
         message = str(e)
         # "keep_checkpoints=0 is invalid ..." from the train section reads "train.keep_checkpoints=0 ...".
         head = re.match(r"[A-Za-z_]\w*", message)
-        if prefix and head and head.group(0) in fields:
-            raise UserError(f"{source}: {prefix}.{message}") from None
+        if head and head.group(0) in fields:
+            raise UserError(f"{source}: {prefix + '.' if prefix else ''}{message}") from None
         raise UserError(f"{source}: {prefix or cls.__name__}: {message}") from None
 
 

@@ -34,7 +34,7 @@ def cli(args: list[str], pythonpath: Path | None = None, timeout: int = 300) -> 
     if pythonpath is not None:
         env["PYTHONPATH"] = f"{pythonpath}{os.pathsep}{env['PYTHONPATH']}"
     return subprocess.run(
-        [sys.executable, "-m", "megatron_spark.cli", *map(str, args)],
+        [sys.executable, "-m", "megatron_spark.cli", *(a if isinstance(a, bytes) else str(a) for a in args)],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -43,6 +43,9 @@ class ParallelSection:
     padded to a multiple of tensor_parallel_size."""
 
     def __post_init__(self) -> None:
+        for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} is invalid; expected >= 1")
         if self.sequence_parallel and self.tensor_parallel_size < 2:
             raise ValueError("sequence_parallel needs tensor_parallel_size > 1")
 
@@ -61,6 +64,10 @@ class VerifierConfig:
     function: str | None = None
     """``package.module:function`` for ``kind: function``."""
 
+    def __post_init__(self) -> None:
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s={self.timeout_s} is invalid; expected > 0 seconds")
+
 
 @dataclass(frozen=True)
 class TaskSection:
@@ -78,6 +85,8 @@ class TaskSection:
     """Longest prompt (after the chat template); longer prompts are refused before training."""
 
     def __post_init__(self) -> None:
+        if self.max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens={self.max_prompt_tokens} is invalid; expected >= 1")
         if self.kind == "file" and self.file is None:
             raise ValueError("kind is 'file' but the 'file' section (train_path, ...) is missing")
 
@@ -114,6 +123,12 @@ class RolloutConfig:
             raise ValueError(f"num_samples_per_prompt must be >= 1, got {self.num_samples_per_prompt}")
         if not self.temperature > 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1:
             raise ValueError("need temperature > 0, 0 < top_p <= 1 and max_new_tokens >= 1")
+        if self.max_batch_sequences < 1:
+            raise ValueError(f"max_batch_sequences={self.max_batch_sequences} is invalid; expected >= 1")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ValueError(
+                f"vllm_gpu_memory_utilization={self.vllm_gpu_memory_utilization} is invalid; expected in (0, 1]"
+            )
         if self.engine == "vllm" and self.top_p < 1:
             # vLLM reports log-probs after top-p truncation; the trainer's are before it.
             raise ValueError("engine vllm needs top_p = 1 (its log-probs would not match the trainer's)")
@@ -149,6 +164,19 @@ class GRPOConfig:
     0 to the loss and its gradient. The loss is still divided by every response token of the
     step, so the update is the same up to float rounding; ``train/*`` statistics then cover the
     trained tokens only."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.clip_low < 1:
+            raise ValueError(f"clip_low={self.clip_low} is invalid; expected in [0, 1)")
+        if self.clip_high < 0:
+            raise ValueError(f"clip_high={self.clip_high} is invalid; expected >= 0")
+        if self.dual_clip is not None and not self.dual_clip > 1:
+            raise ValueError(f"dual_clip={self.dual_clip} is invalid; expected > 1 or null")
+        for name in ("kl_coef", "entropy_coef"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} is invalid; expected >= 0")
+        if self.num_minibatches < 1:
+            raise ValueError(f"num_minibatches={self.num_minibatches} is invalid; expected >= 1")
 
 
 @dataclass(frozen=True)
@@ -252,3 +280,13 @@ class RunConfig:
     train: TrainerConfig = field(default_factory=TrainerConfig)
     sft: SFTSection = field(default_factory=SFTSection)
     spark: SparkConfig = field(default_factory=SparkConfig)
+
+    def __post_init__(self) -> None:
+        # Each optimizer step of a GRPO update trains whole prompt groups (the DP split is
+        # checked once the world size is known: Session).
+        if self.grpo.num_minibatches > self.train.num_prompts_per_step:
+            raise ValueError(
+                f"grpo.num_minibatches={self.grpo.num_minibatches} is more than the step's "
+                f"{self.train.num_prompts_per_step} prompt groups (train.num_prompts_per_step); "
+                f"expected 1 to {self.train.num_prompts_per_step}"
+            )

@@ -102,6 +102,12 @@ class Session:
                 f"train.num_prompts_per_step={cfg.train.num_prompts_per_step} must be divisible by the "
                 f"{self.dp_size} data-parallel ranks"
             )
+        groups = cfg.train.num_prompts_per_step // self.dp_size
+        if command == "train" and cfg.grpo.num_minibatches > groups:
+            raise UserError(
+                f"grpo.num_minibatches={cfg.grpo.num_minibatches} is more than the {groups} prompt groups "
+                f"each of the {self.dp_size} data-parallel ranks trains per step; expected 1 to {groups}"
+            )
 
         self.run_dir = resolve_run_dir(cfg, command)
         self.ckpt_root = self.run_dir / "checkpoints"
