@@ -248,6 +248,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say("interrupted")
         return 130
+    except RuntimeError as e:
+        from megatron_spark import platform
+
+        if not platform.is_collective_failure(e):
+            raise
+        # Said by every rank that noticed (rank 0 may be the one that stopped).
+        timeout = platform.collective_timeout_s()
+        limit = f"={timeout:g} s" if timeout else ""
+        print(
+            f"megatron-spark: error: rank {os.environ.get('RANK', '0')}: a collective got no answer from "
+            f"another rank within parallel.collective_timeout_s{limit} (a rank stopped, hung or died); "
+            f"ending the job",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
     finally:
         from megatron_spark import platform
 

@@ -41,8 +41,17 @@ class ParallelSection:
     """Split the activations between tensor-parallel blocks along the sequence over the TP group
     (megatron sequence parallelism; saves activation memory at TP > 1). Packed micro-batches are
     padded to a multiple of tensor_parallel_size."""
+    collective_timeout_s: float = 600.0
+    """Seconds any collective may wait for the other ranks (every process group: the default one
+    and megatron's); a rank that stopped, hung or died then ends the job with a message instead
+    of hanging it. Must exceed the longest wait of a healthy run: a rollout on the replica leader
+    while its other ranks wait, a checkpoint write."""
 
     def __post_init__(self) -> None:
+        if not self.collective_timeout_s > 0:
+            raise ValueError(
+                f"collective_timeout_s={self.collective_timeout_s} is invalid; expected > 0 seconds"
+            )
         for name in ("tensor_parallel_size", "pipeline_parallel_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} is invalid; expected >= 1")

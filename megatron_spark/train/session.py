@@ -80,6 +80,7 @@ class Session:
             tensor_parallel_size=cfg.parallel.tensor_parallel_size,
             pipeline_parallel_size=cfg.parallel.pipeline_parallel_size,
             sequence_parallel=cfg.parallel.sequence_parallel,
+            collective_timeout_s=cfg.parallel.collective_timeout_s,
         )
         platform.setup(parallel, seed=cfg.seed)
         self.rank = dist.get_rank()
