@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
 
 from megatron_spark import elastic
-from megatron_spark.errors import UserError
+from megatron_spark.errors import Stopped, UserError
+
+ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.ENAMETOOLONG,
+}
+"""``OSError``s of a named file that the user's environment causes (full disk, quota, permissions,
+a file where a directory should be): reported like a :class:`UserError`, not as a traceback."""
 
 
 def _parallel(args):
@@ -64,7 +77,7 @@ def cmd_run(args) -> int:
     from megatron_spark.train.run import run
 
     cfg = load_config(RunConfig, args.config, args.overrides)
-    run_dir = run(cfg, args.command, resume=args.resume)
+    run_dir = run(cfg, args.command, resume=args.resume, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":
         print(f"run directory: {run_dir}")
     return 0
@@ -76,7 +89,9 @@ def cmd_eval(args) -> int:
     from megatron_spark.train.config import RunConfig
 
     cfg = load_config(RunConfig, args.config, args.overrides)
-    opts = EvalOptions(args.checkpoint, args.out, args.maj_k, args.rounds, args.n, args.reward_bench)
+    opts = EvalOptions(
+        args.checkpoint, args.out, args.maj_k, args.rounds, args.n, args.reward_bench, args.overwrite
+    )
     report = run_eval(cfg, opts)
     if os.environ.get("RANK", "0") == "0":
         print(f"report: {report}")
@@ -93,6 +108,8 @@ def cmd_generate(args) -> int:
 
     cfg = load_config(RunConfig, args.config, args.overrides)
     prompts = list(args.prompt or [])
+    for i, prompt in enumerate(prompts, start=1):
+        _check_prompt(prompt, f"--prompt #{i}")
     if args.input:
         path = Path(args.input)
         if not path.is_file():
@@ -102,6 +119,7 @@ def cmd_generate(args) -> int:
         for line, row in read_jsonl(path):
             if not isinstance(row, dict) or not isinstance(row.get(key), str) or not row[key]:
                 raise UserError(f"{path}:{line}: expected an object with a non-empty string '{key}'")
+            _check_prompt(row[key], f"{path}:{line}: '{key}'")
             prompts.append(row[key])
     if not prompts:
         raise UserError("generate: give --prompt TEXT or --input FILE.jsonl")
@@ -110,6 +128,20 @@ def cmd_generate(args) -> int:
         for row in rows:
             print(json.dumps(row))
     return 0
+
+
+def _check_prompt(prompt: str, where: str) -> None:
+    """A prompt must hold text and be encodable: a lone surrogate (an undecodable byte of the
+    command line, or a ``\\udc80`` escape in JSON) would fail deep inside the tokenizer."""
+    if not prompt.strip():
+        raise UserError(f"{where}: the prompt is empty")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UserError(
+            f"{where}: not valid text (a lone surrogate {prompt[e.start]!r} at character {e.start}; "
+            f"is the input UTF-8?)"
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument(
             "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
         )
+        c.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace the previous run in run_dir (its checkpoints, metrics, config, summary)",
+        )
         c.set_defaults(func=cmd_run)
 
     ev = sub.add_parser("eval", help="score a checkpoint as policy, judge and self-corrector")
@@ -166,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--rounds", type=int, default=2, help="self-reflection rounds")
     ev.add_argument("--n", type=int, default=8, help="samples for best-of-n")
     ev.add_argument("--reward-bench", default=None, help="reward benchmark jsonl to score as a judge")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     ev.set_defaults(func=cmd_eval)
 
     gen = sub.add_parser("generate", help="answer prompts, optionally with test-time self-reflection")
@@ -193,18 +231,53 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _say(line: str) -> str:
+    """Print ``megatron-spark: LINE`` on stderr from rank 0; return it."""
+    message = f"megatron-spark: {line}"
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr, flush=True)
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except UserError as e:
         # One line, from one rank: every rank validates the same input.
-        message = f"megatron-spark: error: {e}"
-        if os.environ.get("RANK", "0") == "0":
-            print(message, file=sys.stderr)
+        message = _say(f"error: {e}")
         elastic.record_user_error(message)  # under torchrun: the last line of its failure summary
         return 2
-    except Exception as e:
+    except Stopped as e:
+        _say(str(e))
+        return e.exit_status
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS or not e.filename:
+            elastic.record_exception(e)
+            raise
+        elastic.record_user_error(_say(f"error: {e.filename}: {e.strerror}"))
+        return 2
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    except RuntimeError as e:
+        from megatron_spark import platform
+
+        if not platform.is_collective_failure(e):
+            elastic.record_exception(e)
+            raise
+        # Said by every rank that noticed (rank 0 may be the one that stopped).
+        timeout = platform.collective_timeout_s()
+        limit = f"={timeout:g} s" if timeout else ""
+        print(
+            f"megatron-spark: error: rank {os.environ.get('RANK', '0')}: a collective got no answer from "
+            f"another rank within parallel.collective_timeout_s{limit} (a rank stopped, hung or died); "
+            f"ending the job",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
+    except Exception as e:  # a bug: its traceback, and under torchrun the last line of the summary
         elastic.record_exception(e)
         raise
     finally:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -109,10 +110,13 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str, source: str) -> T:
     }
     try:
         return cls(**kwargs)
-    except UserError as e:
-        raise UserError(f"{source}: {prefix or cls.__name__}: {e}") from None
-    except (ValueError, TypeError) as e:
-        raise UserError(f"{source}: {prefix or cls.__name__}: {e}") from None
+    except (UserError, ValueError, TypeError) as e:
+        message = str(e)
+        # "keep_checkpoints=0 is invalid ..." from the train section reads "train.keep_checkpoints=0 ...".
+        head = re.match(r"[A-Za-z_]\w*", message)
+        if head and head.group(0) in fields:
+            raise UserError(f"{source}: {prefix + '.' if prefix else ''}{message}") from None
+        raise UserError(f"{source}: {prefix or cls.__name__}: {message}") from None
 
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:

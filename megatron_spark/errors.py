@@ -10,3 +10,12 @@ class UserError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(message.split()))
+
+
+class Stopped(Exception):
+    """A run ended early on request (a signal), its state saved: the CLI prints ``str(error)``
+    as one line and exits with ``exit_status``."""
+
+    def __init__(self, message: str, exit_status: int):
+        super().__init__(message)
+        self.exit_status = exit_status

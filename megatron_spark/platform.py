@@ -46,10 +46,15 @@ class ParallelConfig:
     """Megatron sequence parallelism: the activations between the tensor-parallel blocks (norms,
     residuals, dropout) are split along the sequence over the TP group instead of replicated.
     Needs tensor_parallel_size > 1."""
+    collective_timeout_s: float = 600.0
+    """How long any collective (on the default group and on every megatron group alike) may wait
+    for the other ranks before it fails and ends the job: a stopped, hung or dead rank."""
 
     def __post_init__(self) -> None:
         if self.sequence_parallel and self.tensor_parallel_size < 2:
             raise UserError("sequence_parallel needs tensor_parallel_size > 1")
+        if not self.collective_timeout_s > 0:
+            raise UserError(f"collective_timeout_s={self.collective_timeout_s} is invalid; expected > 0")
 
 
 def use_cuda() -> bool:
@@ -211,8 +216,9 @@ def quiet_megatron_import_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
 
 
-def init_distributed() -> tuple[int, int]:
-    """Initialise torch.distributed from torchrun's env (or as a 1-process group). Returns (rank, world)."""
+def init_distributed(timeout_s: float = 600.0) -> tuple[int, int]:
+    """Initialise torch.distributed from torchrun's env (or as a 1-process group), its collectives
+    failing after ``timeout_s``. Returns (rank, world)."""
     if not use_cuda():
         _apply_cpu_patches()
     if not dist.is_initialized():
@@ -228,9 +234,31 @@ def init_distributed() -> tuple[int, int]:
             init_method=init_method,
             rank=rank,
             world_size=world,
-            timeout=datetime.timedelta(minutes=10),
+            timeout=datetime.timedelta(seconds=timeout_s),
         )
+        _STATE["collective_timeout_s"] = timeout_s
     return dist.get_rank(), dist.get_world_size()
+
+
+def collective_timeout_s() -> float | None:
+    """The collective timeout this process's groups were created with (None before setup)."""
+    return _STATE.get("collective_timeout_s")
+
+
+def is_collective_failure(error: BaseException) -> bool:
+    """Whether ``error`` is a collective that gave up on another rank: gloo's and NCCL's timeout,
+    or the connection of a rank that died."""
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        s in text
+        for s in (
+            "Timed out",
+            "timed out",
+            "Watchdog caught collective operation timeout",
+            "Connection closed by peer",
+            "Connection reset by peer",
+        )
+    )
 
 
 def _free_port() -> int:
@@ -244,7 +272,7 @@ def _free_port() -> int:
 def setup(parallel: ParallelConfig, seed: int = 1234) -> None:
     """Initialise the process group and megatron's parallel groups for ``parallel``."""
     quiet_megatron_import_warnings()
-    _, world = init_distributed()
+    _, world = init_distributed(parallel.collective_timeout_s)
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
@@ -260,6 +288,8 @@ def setup(parallel: ParallelConfig, seed: int = 1234) -> None:
         tensor_model_parallel_size=parallel.tensor_parallel_size,
         pipeline_model_parallel_size=parallel.pipeline_parallel_size,
         create_gloo_process_groups=False,
+        # megatron's groups get their own timeout (30 minutes unless told): the same as ours.
+        distributed_timeout_minutes=parallel.collective_timeout_s / 60,
     )
     torch.manual_seed(seed)
     if use_cuda():

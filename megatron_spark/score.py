@@ -8,7 +8,6 @@ tokens[:i+1]). Sequences are packed into micro-batches of at most ``max_tokens_p
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch.distributed as dist
@@ -18,6 +17,7 @@ from megatron_spark.data.datasets import read_jsonl
 from megatron_spark.errors import UserError
 from megatron_spark.model.builder import PrecisionConfig
 from megatron_spark.model.forward import pack, run_packed, split_logprobs
+from megatron_spark.outputs import atomic_file, check_output
 
 
 def read_token_jsonl(path: str | Path) -> list[dict]:
@@ -71,8 +71,8 @@ def score_file(
     from megatron_spark.checkpoint.convert import load_pretrained, read_arch
 
     out = Path(out_path)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out}: already exists; pass --overwrite to replace it")
+    inputs = [("--input", input_path), ("--model", model_path)]
+    check_output(out, overwrite, inputs)  # before loading the model
     rows = read_token_jsonl(input_path)
     read_arch(model_path).check_parallel(parallel.tensor_parallel_size, parallel.pipeline_parallel_size)
     precision = PrecisionConfig(params_dtype=params_dtype) if params_dtype else None
@@ -98,13 +98,10 @@ def score_file(
     )
     written = None
     if is_writer and parallel_state.get_data_parallel_rank() == 0:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_file(out, overwrite, inputs) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for group, batch, logprobs in zip(groups, batches, results):
                 for i, lps in zip(group, split_logprobs(logprobs, batch)):
                     f.write(json.dumps({**rows[i], "logprobs": lps}) + "\n")
-        os.replace(tmp, out)
         written = out
     dist.barrier()
     return written

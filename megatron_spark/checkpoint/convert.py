@@ -27,6 +27,7 @@ from megatron_spark.checkpoint.mapping import export_hf_tensors, load_hf_into_mo
 from megatron_spark.errors import UserError
 from megatron_spark.model.builder import PrecisionConfig
 from megatron_spark.model.config import ModelArch, arch_from_hf_dir
+from megatron_spark.outputs import check_output
 
 SINGLE = platform.ParallelConfig(tensor_parallel_size=1, pipeline_parallel_size=1)
 
@@ -40,9 +41,11 @@ def _single_process() -> None:
 def hf_to_megatron(hf_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Convert a Hugging Face directory into a megatron_spark checkpoint at ``out``."""
     hf_dir = Path(hf_dir)
+    inputs = [("--hf", hf_dir)]
+    check_output(Path(out), overwrite, inputs, want_dir=True)  # before reading gigabytes
     arch = arch_from_hf_dir(hf_dir)
     reader = HFCheckpointReader(hf_dir, arch)
-    with atomic_output_dir(out, overwrite) as tmp:
+    with atomic_output_dir(out, overwrite, inputs) as tmp:
         from megatron_spark.model.builder import build_model
 
         _single_process()
@@ -79,10 +82,12 @@ def megatron_to_hf(
 ) -> Path:
     """Export a megatron_spark checkpoint as a Hugging Face directory at ``out``."""
     ckpt = Path(ckpt)
+    inputs = [("--ckpt", ckpt)]
+    check_output(Path(out), overwrite, inputs, want_dir=True)
     meta = mckpt.read_meta(ckpt)
     arch = meta.arch(str(ckpt / mckpt.META_NAME))
     max_bytes = parse_size(max_shard_size)
-    with atomic_output_dir(out, overwrite) as tmp:
+    with atomic_output_dir(out, overwrite, inputs) as tmp:
         from megatron_spark.model.builder import build_model
 
         _single_process()

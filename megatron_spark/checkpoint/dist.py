@@ -14,6 +14,7 @@ vocabulary padding does not depend on TP (see ``VOCAB_PAD_MULTIPLE``), so shapes
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,60 @@ def read_meta(ckpt_dir: str | Path) -> CheckpointMeta:
         raise UserError(f"{path}: format_version {version} unsupported (expected {FORMAT_VERSION})")
     if not (Path(ckpt_dir) / "model").is_dir():
         raise UserError(f"{ckpt_dir}: missing model/ (incomplete checkpoint)")
+    verify_model_dir(Path(ckpt_dir) / "model")
     return meta
+
+
+_METADATA_GLOBALS = {
+    "torch.distributed.checkpoint.metadata": None,  # every class of DCP's metadata module
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},
+    "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"},
+    "collections": {"OrderedDict"},
+}
+"""What a dist checkpoint's ``.metadata`` pickle may construct (and torch dtypes): DCP reads the
+file with plain ``pickle.load``, which would run any function a crafted file names."""
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        import torch
+
+        allowed = _METADATA_GLOBALS.get(module, set())
+        is_dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if module in _METADATA_GLOBALS and (allowed is None or name in allowed or is_dtype):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it would call {module}.{name}, which checkpoint metadata never holds")
+
+
+def verify_model_dir(model_dir: str | Path) -> None:
+    """Refuse a damaged or crafted dist checkpoint before megatron opens it: ``.metadata`` must
+    unpickle with DCP's own classes only, and every ``.distcp`` file must hold the bytes the
+    metadata says it holds (a truncated write or copy is caught here, not deep inside torch)."""
+    model_dir = Path(model_dir)
+    meta_path = model_dir / ".metadata"
+    if not meta_path.is_file():
+        raise UserError(f"{meta_path}: missing (incomplete checkpoint)")
+    try:
+        with meta_path.open("rb") as f:
+            meta = _MetadataUnpickler(f).load()
+        ends: dict[str, int] = {}
+        for info in meta.storage_data.values():
+            ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{meta_path}: refused ({e})") from None
+    except Exception as e:  # noqa: BLE001 (a damaged pickle raises many kinds)
+        raise UserError(f"{meta_path}: damaged ({type(e).__name__}: {e})") from None
+    for name, end in sorted(ends.items()):
+        path = model_dir / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise UserError(f"{meta_path}: names {name!r}, outside the checkpoint directory")
+        if not path.is_file():
+            raise UserError(f"{path}: missing (incomplete checkpoint)")
+        size = path.stat().st_size
+        if size < end:
+            raise UserError(f"{path}: truncated ({size} bytes, the metadata needs {end})")
 
 
 @platform.silenced(*DIST_CHECKPOINT_DEPRECATIONS)
@@ -100,6 +154,7 @@ def load_model(model, model_dir: Path) -> None:
     from megatron.core.dist_checkpointing.core import CheckpointingException
     from megatron.core.dist_checkpointing.mapping import apply_factories
 
+    verify_model_dir(model_dir)
     sharded = model.sharded_state_dict()
     apply_factories(sharded)
     try:

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from megatron_spark.checkpoint.mapping import expected_hf_shapes
 from megatron_spark.errors import UserError
 from megatron_spark.model.config import ModelArch
+from megatron_spark.outputs import check_output
 
 INDEX_NAME = "model.safetensors.index.json"
 TOKENIZER_FILES = (
@@ -30,6 +31,7 @@ TOKENIZER_FILES = (
     "chat_template.json",
 )
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -64,6 +66,16 @@ class HFCheckpointReader:
                 weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
             except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
                 raise UserError(f"{index}: not a valid safetensors index ({e})") from None
+            if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+                raise UserError(
+                    f"{index}: not a valid safetensors index ('weight_map' must map names to files)"
+                )
+            for f in weight_map.values():
+                # Shards sit next to the index: a name that leads elsewhere is never followed.
+                if Path(f).name != f or f in (".", ".."):
+                    raise UserError(
+                        f"{index}: lists {f!r}, outside {self.dir}; shards must be file names there"
+                    )
             files = sorted({self.dir / f for f in weight_map.values()})
             missing = [f for f in files if not f.is_file()]
             if missing:
@@ -96,7 +108,13 @@ class HFCheckpointReader:
             dtypes.add(dtype)
         if len(dtypes) != 1:
             raise UserError(f"{self.dir}: tensors have mixed dtypes {sorted(dtypes)}")
-        return {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}[dtypes.pop()]
+        dtype = dtypes.pop()
+        if dtype not in _SAFETENSORS_DTYPES:
+            raise UserError(
+                f"{self._location[next(iter(expected_hf_shapes(arch)))]}: weights are {dtype}; "
+                f"supported: {', '.join(_SAFETENSORS_DTYPES)} (save the model in float32 or bfloat16)"
+            )
+        return _SAFETENSORS_DTYPES[dtype]
 
     def get(self, name: str) -> torch.Tensor:
         path = self._location[name]
@@ -181,19 +199,27 @@ def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(out: str | Path, overwrite: bool) -> Iterator[Path]:
+def atomic_output_dir(
+    out: str | Path,
+    overwrite: bool,
+    inputs: Iterable[tuple[str, str | Path]] = (),
+    writer: bool = True,
+    flag: str = "--out",
+) -> Iterator[Path]:
     """Yield a temporary sibling of ``out``; it becomes ``out`` only if the block completes.
 
-    A non-empty ``out`` is refused unless ``overwrite``; on failure nothing is left behind and an
-    existing ``out`` is untouched.
+    Refused up front (:func:`megatron_spark.outputs.check_output`): an ``out`` that is or holds
+    one of ``inputs``, a non-empty ``out`` unless ``overwrite``, an ``out`` that cannot be
+    written. On failure nothing is left behind and an existing ``out`` is untouched. Only the
+    ``writer`` process touches the disk (the others get the path it will use).
     """
     out = Path(out).absolute()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out}: already holds files (a checkpoint?); pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_output(out, overwrite, inputs, flag=flag, want_dir=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if not writer:
+        yield tmp
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:

@@ -7,6 +7,7 @@ with ``file:line`` (JSON lines, 1-based) or ``file row N`` (parquet, 0-based), n
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +86,18 @@ def _text_field(row: dict[str, Any], key: str, where: str) -> str:
         raise UserError(f"{where}: '{key}' must be a string, got {type(value).__name__}")
     if not value.strip():
         raise UserError(f"{where}: '{key}' is empty")
+    _check_encodable(value, key, where)
     return value
+
+
+def _check_encodable(text: str, key: str, where: str) -> None:
+    """A lone surrogate (JSON's ``"\\udc80"``) decodes but cannot be tokenized or written."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UserError(
+            f"{where}: '{key}' holds a lone surrogate {text[e.start]!r} at character {e.start}"
+        ) from None
 
 
 def _answer_field(row: dict[str, Any], key: str, where: str) -> str:
@@ -95,7 +107,10 @@ def _answer_field(row: dict[str, Any], key: str, where: str) -> str:
     # bool is an int subclass, but True is no ground truth anyone means.
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise UserError(f"{where}: '{key}' must be a string or a number, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{where}: '{key}' is {value}; expected a finite number or a string")
     text = str(value).strip()
+    _check_encodable(text, key, where)
     if not text:
         raise UserError(f"{where}: '{key}' is empty")
     return text

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import tempfile
 import time
 from collections import Counter
@@ -37,6 +38,8 @@ class EvalOptions:
     tts_rounds: int = 2
     best_of_n: int = 8
     reward_bench: str | None = None
+    overwrite: bool = False
+    """Replace an existing output directory (else it is refused)."""
 
 
 def _generate_texts(s):
@@ -186,12 +189,7 @@ def reward_bench(s, path: str) -> tuple[dict, list[dict]]:
 
 
 def run_eval(cfg: RunConfig, opts: EvalOptions) -> Path:
-    from megatron_spark.eval.heldout import evaluate_items, heldout_items
-    from megatron_spark.eval.report import write_atomically, write_report
-    from megatron_spark.spark.checks import checks_for
-    from megatron_spark.train import checkpoint as ckpt
-    from megatron_spark.train.evaluation import ensure_pool, eval_problems, verify_texts
-    from megatron_spark.train.session import Session
+    from megatron_spark.checkpoint.io import atomic_output_dir
 
     src = Path(opts.checkpoint)
     if not (src / "model").is_dir() and not (src / "config.json").is_file():
@@ -201,7 +199,23 @@ def run_eval(cfg: RunConfig, opts: EvalOptions) -> Path:
 
         load_reward_bench(opts.reward_bench)  # refuse a bad file before loading the model
     out_dir = Path(opts.out_dir or src / "eval")
-    cfg = dataclasses.replace(cfg, run_dir=str(out_dir), model=dataclasses.replace(cfg.model, init=str(src)))
+    # Everything goes to a temporary sibling renamed into place at the end: an earlier report is
+    # replaced only with --overwrite, and only by a complete one.
+    writer = os.environ.get("RANK", "0") == "0"
+    with atomic_output_dir(out_dir, opts.overwrite, [("--checkpoint", src)], writer, "eval --out") as tmp:
+        cfg = dataclasses.replace(cfg, run_dir=str(tmp), model=dataclasses.replace(cfg.model, init=str(src)))
+        _evaluate(cfg, opts, src, tmp)
+    return out_dir / "report.md"
+
+
+def _evaluate(cfg: RunConfig, opts: EvalOptions, src: Path, out_dir: Path) -> None:
+    from megatron_spark.eval.heldout import evaluate_items, heldout_items
+    from megatron_spark.eval.report import write_atomically, write_report
+    from megatron_spark.spark.checks import checks_for
+    from megatron_spark.train import checkpoint as ckpt
+    from megatron_spark.train.evaluation import ensure_pool, eval_problems, verify_texts
+    from megatron_spark.train.session import Session
+
     start = time.perf_counter()
     s = Session(cfg, "eval")
     progress = GenerationProgress(s, "eval", "reasoning")
@@ -247,9 +261,7 @@ def run_eval(cfg: RunConfig, opts: EvalOptions) -> Path:
         if opts.reward_bench:
             result["reward_bench"], bench_rows = reward_bench(s, opts.reward_bench)
         result["wall_time_s"] = time.perf_counter() - start
-        report = None
         if s.rank == 0:
-            out_dir.mkdir(parents=True, exist_ok=True)
             if bench_rows is not None:
                 write_atomically(
                     out_dir / result["reward_bench"]["items_file"],
@@ -259,8 +271,7 @@ def run_eval(cfg: RunConfig, opts: EvalOptions) -> Path:
                 out_dir / "eval.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n")
             )
             metrics = src.parent.parent / "metrics.jsonl"
-            report = write_report(out_dir, result, metrics if metrics.is_file() else None)
-        return report or out_dir / "report.md"
+            write_report(out_dir, result, metrics if metrics.is_file() else None)
     finally:
         progress.close()
         s.close()

@@ -43,8 +43,20 @@ class ParallelSection:
     """Split the activations between tensor-parallel blocks along the sequence over the TP group
     (megatron sequence parallelism; saves activation memory at TP > 1). Packed micro-batches are
     padded to a multiple of tensor_parallel_size."""
+    collective_timeout_s: float = 600.0
+    """Seconds any collective may wait for the other ranks (every process group: the default one
+    and megatron's); a rank that stopped, hung or died then ends the job with a message instead
+    of hanging it. Must exceed the longest wait of a healthy run: a rollout on the replica leader
+    while its other ranks wait, a checkpoint write."""
 
     def __post_init__(self) -> None:
+        if not self.collective_timeout_s > 0:
+            raise ValueError(
+                f"collective_timeout_s={self.collective_timeout_s} is invalid; expected > 0 seconds"
+            )
+        for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} is invalid; expected >= 1")
         if self.sequence_parallel and self.tensor_parallel_size < 2:
             raise ValueError("sequence_parallel needs tensor_parallel_size > 1")
 
@@ -64,6 +76,10 @@ class VerifierConfig:
     """Wall-clock limit per response; a timeout scores 0 and is counted."""
     function: str | None = None
     """``package.module:function`` for ``kind: function``."""
+
+    def __post_init__(self) -> None:
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s={self.timeout_s} is invalid; expected > 0 seconds")
 
 
 @dataclass(frozen=True)
@@ -85,6 +101,8 @@ class TaskSection:
     """Longest prompt (after the chat template); longer prompts are refused before training."""
 
     def __post_init__(self) -> None:
+        if self.max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens={self.max_prompt_tokens} is invalid; expected >= 1")
         if self.kind == "file" and self.file is None:
             raise ValueError("kind is 'file' but the 'file' section (train_path, ...) is missing")
 
@@ -121,6 +139,12 @@ class RolloutConfig:
             raise ValueError(f"num_samples_per_prompt must be >= 1, got {self.num_samples_per_prompt}")
         if not self.temperature > 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1:
             raise ValueError("need temperature > 0, 0 < top_p <= 1 and max_new_tokens >= 1")
+        if self.max_batch_sequences < 1:
+            raise ValueError(f"max_batch_sequences={self.max_batch_sequences} is invalid; expected >= 1")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ValueError(
+                f"vllm_gpu_memory_utilization={self.vllm_gpu_memory_utilization} is invalid; expected in (0, 1]"
+            )
         if self.engine == "vllm" and self.top_p < 1:
             # vLLM reports log-probs after top-p truncation; the trainer's are before it.
             raise ValueError("engine vllm needs top_p = 1 (its log-probs would not match the trainer's)")
@@ -157,6 +181,19 @@ class GRPOConfig:
     step, so the update is the same up to float rounding; ``train/*`` statistics then cover the
     trained tokens only."""
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.clip_low < 1:
+            raise ValueError(f"clip_low={self.clip_low} is invalid; expected in [0, 1)")
+        if self.clip_high < 0:
+            raise ValueError(f"clip_high={self.clip_high} is invalid; expected >= 0")
+        if self.dual_clip is not None and not self.dual_clip > 1:
+            raise ValueError(f"dual_clip={self.dual_clip} is invalid; expected > 1 or null")
+        for name in ("kl_coef", "entropy_coef"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} is invalid; expected >= 0")
+        if self.num_minibatches < 1:
+            raise ValueError(f"num_minibatches={self.num_minibatches} is invalid; expected >= 1")
+
 
 @dataclass(frozen=True)
 class SFTSection:
@@ -179,6 +216,13 @@ class SFTSection:
             or self.judge_fraction + self.reflection_fraction > 1
         ):
             raise ValueError("judge_fraction and reflection_fraction must be >= 0 and sum to at most 1")
+
+
+_ZERO = {
+    "save_every_steps": "only at the end",
+    "eval_every_steps": "only at the start and the end",
+    "eval_num_problems": "no evaluation",
+}
 
 
 @dataclass(frozen=True)
@@ -218,9 +262,20 @@ class TrainerConfig:
     """Vocabulary rows per tile of the fused loss head."""
 
     def __post_init__(self) -> None:
-        for name in ("num_steps", "num_prompts_per_step", "micro_batch_tokens", "max_consecutive_bad_steps"):
+        for name in (
+            "num_steps",
+            "num_prompts_per_step",
+            "micro_batch_tokens",
+            "max_consecutive_bad_steps",
+            "keep_checkpoints",  # 0 would delete the checkpoint just written
+            "token_chunk",
+            "vocab_chunk",
+        ):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"{name}={getattr(self, name)} is invalid; expected >= 1")
+        for name in ("save_every_steps", "eval_every_steps", "eval_num_problems"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} is invalid; expected >= 0 (0: {_ZERO[name]})")
 
 
 @dataclass(frozen=True)
@@ -243,3 +298,13 @@ class RunConfig:
     spark: SparkConfig = field(default_factory=SparkConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     """Metric loggers (TensorBoard, wandb) and console progress."""
+
+    def __post_init__(self) -> None:
+        # Each optimizer step of a GRPO update trains whole prompt groups (the DP split is
+        # checked once the world size is known: Session).
+        if self.grpo.num_minibatches > self.train.num_prompts_per_step:
+            raise ValueError(
+                f"grpo.num_minibatches={self.grpo.num_minibatches} is more than the step's "
+                f"{self.train.num_prompts_per_step} prompt groups (train.num_prompts_per_step); "
+                f"expected 1 to {self.train.num_prompts_per_step}"
+            )

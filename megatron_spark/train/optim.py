@@ -61,8 +61,13 @@ class OptimConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.warmup_steps < 0 or self.clip_grad_norm < 0:
-            raise ValueError("warmup_steps and clip_grad_norm must be >= 0")
+        if self.warmup_steps < 0 or self.clip_grad_norm < 0 or self.weight_decay < 0:
+            raise ValueError("warmup_steps, clip_grad_norm and weight_decay must be >= 0")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} is invalid; expected in [0, 1)")
+        if not self.eps > 0:
+            raise ValueError(f"eps={self.eps} is invalid; expected > 0")
 
 
 def lr_at(cfg: OptimConfig, step: int, total_steps: int) -> float:

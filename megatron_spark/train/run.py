@@ -1,38 +1,69 @@
-"""The loop shared by ``megatron-spark sft`` and ``megatron-spark train``: step, evaluate, save."""
+"""The loop shared by ``megatron-spark sft`` and ``megatron-spark train``: step, evaluate, save.
+
+SIGTERM and SIGINT stop the loop at the next step boundary with a checkpoint
+(:mod:`~megatron_spark.train.preempt`).
+"""
 
 from __future__ import annotations
 
+import signal
+
+from megatron_spark.errors import Stopped
 from megatron_spark.train.config import RunConfig
+from megatron_spark.train.preempt import EXIT_STATUS, StopSignals
 from megatron_spark.train.session import Session
 
 
-def run(cfg: RunConfig, command: str, resume: bool = False) -> str:
+def run(cfg: RunConfig, command: str, resume: bool = False, overwrite: bool = False) -> str:
     """Run ``command`` ("sft" or "train") to ``cfg.train.num_steps``; returns the run directory."""
     from megatron_spark.train.grpo import grpo_step
     from megatron_spark.train.sft import sft_step
     from megatron_spark.train.spark_step import spark_step
 
     step_fn = {"sft": sft_step, "train": spark_step if cfg.spark.enabled else grpo_step}[command]
-    s = Session(cfg, command, resume=resume)
+    signals = StopSignals().install()
     try:
-        s.metrics.print(f"run directory: {s.run_dir}")
-        if s.step == 0:
-            s.log(s.evaluate())
-        if command == "sft":
-            s.release_engine()  # SFT only uses the engine to evaluate
-        while s.step < cfg.train.num_steps:
-            metrics = step_fn(s)
-            if s.stop_error is None and s.should_eval():
-                if command == "sft":
-                    s.sync_weights()
-                metrics.update(s.evaluate())
-                if command == "sft":
-                    s.release_engine()
-            s.log(metrics)  # before saving: a resumed run cuts the record back to its checkpoint
-            if s.stop_error is not None:
-                raise s.stop_error  # logged above, never saved: the last checkpoint stays good
-            if s.should_save():
-                s.save()
-        return str(s.run_dir)
+        s = Session(cfg, command, resume=resume, overwrite=overwrite)
+        stopped_by, failed = None, True
+        try:
+            s.metrics.print(f"run directory: {s.run_dir}")
+            if s.step == 0:
+                s.log(s.evaluate())
+            if command == "sft":
+                s.release_engine()  # SFT only uses the engine to evaluate
+            while s.step < cfg.train.num_steps:
+                signum = signals.agreed()
+                if signum is not None:
+                    stopped_by = signal.Signals(signum).name
+                    raise _stop(s, stopped_by, EXIT_STATUS[signum])
+                metrics = step_fn(s)
+                if s.stop_error is None and s.should_eval():
+                    if command == "sft":
+                        s.sync_weights()
+                    metrics.update(s.evaluate())
+                    if command == "sft":
+                        s.release_engine()
+                s.log(metrics)  # before saving: a resumed run cuts the record back to its checkpoint
+                if s.stop_error is not None:
+                    raise s.stop_error  # logged above, never saved: the last checkpoint stays good
+                if s.should_save():
+                    s.save()
+            failed = False
+            return str(s.run_dir)
+        finally:
+            s.close(stopped_by=stopped_by, failed=failed and stopped_by is None)
     finally:
-        s.close()
+        signals.uninstall()
+
+
+def _stop(s: Session, signal_name: str, exit_status: int) -> Stopped:
+    """Save the step just finished (unless it is saved already) and say where it is."""
+    if s.step == 0:
+        return Stopped(f"stopped by {signal_name} before the first step; nothing to save", exit_status)
+    if s.saved_step != s.step:
+        s.save()
+    return Stopped(
+        f"stopped by {signal_name} after step {s.step}: checkpoint {s.ckpt_root / f'step_{s.step:06d}'}; "
+        f"continue with --resume",
+        exit_status,
+    )

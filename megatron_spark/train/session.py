@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from megatron_spark.model.forward import FusedHead, run_packed
 from megatron_spark.rollout.protocol import GREEDY_TOP_P, Completion, SamplingParams
 from megatron_spark.spark.queue import ItemQueue
 from megatron_spark.train import checkpoint as ckpt
+from megatron_spark.train import rundir
 from megatron_spark.train.batch import (
     LossCoefficients,
     MicroBatch,
@@ -48,16 +50,37 @@ def resolve_run_dir(cfg: RunConfig, command: str) -> Path:
     return Path(name[0])
 
 
+def on_rank0(fn):
+    """``fn()`` on rank 0, its result (or its :class:`UserError`) on every rank: for decisions
+    that read or lock shared files, which only one rank may do."""
+    result, message = None, None
+    if dist.get_rank() == 0:
+        try:
+            result = fn()
+        except UserError as e:
+            message = str(e)
+    if dist.get_world_size() > 1:
+        box = [None if dist.get_rank() else (result if message is None else None), message]
+        dist.broadcast_object_list(box, src=0)  # rank 0's answer to every rank
+        _, message = box
+        result = box[0] if dist.get_rank() else result
+    if message is not None:
+        raise UserError(message)
+    return result
+
+
 class Session:
-    def __init__(self, cfg: RunConfig, command: str, resume: bool = False):
+    def __init__(self, cfg: RunConfig, command: str, resume: bool = False, overwrite: bool = False):
         from megatron.core import parallel_state as ps
 
         self.cfg = cfg
+        self.command = command
         self.timer = StageTimer()
         parallel = platform.ParallelConfig(
             tensor_parallel_size=cfg.parallel.tensor_parallel_size,
             pipeline_parallel_size=cfg.parallel.pipeline_parallel_size,
             sequence_parallel=cfg.parallel.sequence_parallel,
+            collective_timeout_s=cfg.parallel.collective_timeout_s,
         )
         platform.setup(parallel, seed=cfg.seed)
         self.rank = dist.get_rank()
@@ -80,16 +103,29 @@ class Session:
                 f"train.num_prompts_per_step={cfg.train.num_prompts_per_step} must be divisible by the "
                 f"{self.dp_size} data-parallel ranks"
             )
+        groups = cfg.train.num_prompts_per_step // self.dp_size
+        if command == "train" and cfg.grpo.num_minibatches > groups:
+            raise UserError(
+                f"grpo.num_minibatches={cfg.grpo.num_minibatches} is more than the {groups} prompt groups "
+                f"each of the {self.dp_size} data-parallel ranks trains per step; expected 1 to {groups}"
+            )
 
         self.run_dir = resolve_run_dir(cfg, command)
         self.ckpt_root = self.run_dir / "checkpoints"
-        latest = ckpt.latest(self.ckpt_root)
-        if latest is not None and not resume:
-            raise UserError(
-                f"{self.run_dir} already holds checkpoints; pass --resume or choose another run_dir"
-            )
-        if resume and latest is None:
-            raise UserError(f"--resume: no complete checkpoint under {self.ckpt_root}")
+        self.owns_run_dir = command in ("train", "sft")
+        """Training owns its run directory (:mod:`~megatron_spark.train.rundir`); ``eval`` and
+        ``generate`` write into a scratch directory of their own."""
+        self.lock = None
+        self.resume, self.overwrite = resume, overwrite
+        latest = None
+        if self.owns_run_dir:
+            on_rank0(lambda: rundir.check(self.run_dir, resume, overwrite))
+        if resume:
+            latest, skipped = on_rank0(lambda: ckpt.newest_intact(self.ckpt_root))
+            if latest is None:
+                why = f" ({skipped[-1]})" if skipped else ""
+                raise UserError(f"--resume: no complete checkpoint under {self.ckpt_root}{why}")
+            self.skipped_checkpoints = skipped
 
         from megatron_spark.train.setup import build_data, build_engine, build_policy, build_reference
 
@@ -139,11 +175,13 @@ class Session:
         self.nonfinite_notes: list[str] = []
         """This step's micro-batches (on this rank) whose loss head saw a non-finite input or
         term, one phrase each; ``after_update`` reports and clears them."""
+        self.saved_step: int | None = None
+        """The step of the newest checkpoint this run wrote or resumed from."""
         if resume:
             self._restore(latest)
-        if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            dump_config(cfg, self.run_dir / "config.yaml")
+            self.saved_step = self.step
+        # The first write: everything above only read, so a refused run leaves nothing behind.
+        on_rank0(self._claim_run_dir)
         dist.barrier()
         # eval and generate count their own work (megatron_spark/eval/progress.py), not steps.
         self.metrics = MetricsLogger(
@@ -155,6 +193,10 @@ class Session:
             config=cfg.metrics,
             run_config=to_dict(cfg),
         )
+        for line in getattr(self, "skipped_checkpoints", []):
+            self.metrics.print(f"--resume: {line}")
+        if resume:
+            self.metrics.print(f"--resume: continuing from {latest}")
         if self.bridge.transport != "none":
             self.metrics.print(f"weight bridge: TP pieces over {self.bridge.transport}")
         self.sync_weights()
@@ -390,7 +432,7 @@ class Session:
             "judge_pool": self.judge_pool,
         }
         with self.timer("checkpoint"):
-            return ckpt.save(
+            path = ckpt.save(
                 self.ckpt_root,
                 self.step,
                 unwrap(self.model),
@@ -402,6 +444,8 @@ class Session:
                 self.tokenizer_files,
                 extra_meta={"judge_trained": self.judge_trained},
             )
+        self.saved_step = self.step
+        return path
 
     def should_save(self) -> bool:
         k = self.cfg.train.save_every_steps
@@ -427,13 +471,37 @@ class Session:
     def log(self, metrics: dict[str, float]) -> None:
         self.metrics.log(self.step, {**metrics, **self.timer.pop()})
 
-    def close(self) -> None:
+    def _claim_run_dir(self):
+        """Rank 0: lock the run directory (training), then write the resolved config."""
+        if self.owns_run_dir:
+            self.lock = rundir.claim(self.run_dir, self.command, self.resume, self.overwrite)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(self.cfg, self.run_dir / "config.yaml")
+
+    def close(self, stopped_by: str | None = None, failed: bool = False) -> None:
+        """Release everything; rank 0 records in ``summary.json`` the last step, the checkpoint
+        to resume from and why the run ended. After a failure a write error here is dropped:
+        the error that ended the run is the one to report (a full disk fails both)."""
         self.metrics.close()
         if self.engine is not None:
             self.engine.close()
         if self.rank == 0:
-            summary = {"run_dir": str(self.run_dir), "step": self.step}
-            (self.run_dir / "summary.json").write_text(json.dumps(summary) + "\n")
+            saved = self.ckpt_root / ckpt.step_name(self.saved_step) if self.saved_step is not None else None
+            summary = {
+                "run_dir": str(self.run_dir),
+                "step": self.step,
+                "checkpoint": str(saved) if saved is not None else None,
+                "status": stopped_by or ("failed" if failed else "completed"),
+            }
+            try:
+                tmp = self.run_dir / ".summary.json.tmp"
+                tmp.write_text(json.dumps(summary) + "\n")
+                os.replace(tmp, self.run_dir / "summary.json")
+            except OSError:
+                if not failed:
+                    raise
+        if self.lock is not None:
+            self.lock.release()
         platform.teardown()
 
 

@@ -6,8 +6,8 @@ import json
 import shutil
 
 import pytest
-import torch
 
+from megatron_spark.checkpoint import safe_state
 from tests.conftest import run_torchrun
 
 pytestmark = pytest.mark.distributed
@@ -35,9 +35,7 @@ def _sft(run_dir, distributed: bool, *extra: str) -> dict[int, dict]:
 
 
 def _adam_elements(run_dir, rank: int) -> int:
-    state = torch.load(
-        run_dir / f"checkpoints/step_{STEPS:06d}/train_state/rank_{rank:05d}.pt", weights_only=False
-    )
+    state = safe_state.load(run_dir / f"checkpoints/step_{STEPS:06d}/train_state/rank_{rank:05d}")
     return sum(s["exp_avg"].numel() for s in state["optimizer"]["adam"]["state"].values())
 
 

@@ -298,7 +298,7 @@ def test_resume_without_a_checkpoint(outcomes):
 def test_existing_checkpoints_need_resume(outcomes):
     case, _ = outcomes["existing_checkpoints"]
     line = failure_line(outcomes, "existing_checkpoints")
-    assert_names(line, str(case.run_dir), "already holds checkpoints", "--resume")
+    assert_names(line, str(case.run_dir), "already holds a run (checkpoints)", "--resume", "--overwrite")
     assert sorted(p.name for p in case.run_dir.iterdir()) == ["checkpoints"]  # nothing else written
 
 

@@ -145,7 +145,7 @@ def test_wandb_enabled_without_the_package_is_a_config_error(monkeypatch):
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
     )
-    with pytest.raises(UserError, match=r"metrics.wandb: .*pip install 'megatron_spark\[wandb\]'"):
+    with pytest.raises(UserError, match=r"metrics.wandb.*pip install 'megatron_spark\[wandb\]'"):
         load_config(RunConfig, None, ["metrics.wandb.enabled=true"])
 
 
