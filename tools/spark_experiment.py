@@ -1,52 +1,75 @@
-"""The tiny SPARK experiment: GRPO-only vs SPARK (joint, alternating, and three ablations).
+"""The tiny SPARK experiment on Countdown: GRPO-only against SPARK (joint, alternating, RL-only
+judge, and three ablations), each over several seeds.
 
-Every run starts from the same judge-format warm start (examples/tiny_arith/sft_spark.yaml: worked
-solutions plus judge prompts with coin-flip verdicts) with the same seed and the same number of
-policy rollouts (steps x prompts x samples); runs differ only in what is recycled and how it is
-trained. Each final checkpoint is scored by ``megatron-spark eval`` (held-out policy pass@1,
-balanced held-out judge items from one frozen answer pool, reflection, self-reflection TTS).
+Each seed has its own warm start (``examples/tiny_countdown/sft_spark.yaml``: worked solutions,
+plus judge prompts answered by a worked check and a coin-flip verdict, and reflection prompts),
+and every configuration of that seed starts from it with the same policy rollouts (steps x
+prompts x samples); configurations differ only in what is recycled and how it is trained. Each
+final checkpoint is scored by ``megatron-spark eval``: held-out policy pass@1, judge accuracy on
+balanced held-out items (by the source of the wrong answer), the model's verdicts on its own
+answers, reflection, self-reflection TTS beside majority voting at the same number of
+generations, and best-of-n by the model's own verdict beside maj@n.
 
-    python tools/spark_experiment.py --out runs/experiment            # all runs (~1 h on 2 cores)
-    python tools/spark_experiment.py --out runs/exp --runs grpo_only spark_joint --num-steps 20
+    python tools/spark_experiment.py --out runs/experiment                 # everything (~hours)
+    python tools/spark_experiment.py --out runs/exp --runs grpo_only spark_joint --seeds 0 1
+    python tools/spark_experiment.py --out runs/experiment --repeat spark_joint   # run-to-run check
 
-Writes OUT/<run>/ (training run and eval/), OUT/results.json, and regenerates
-docs/experiments/tiny_arith.md (keeping its hand-written "## Analysis" section) with comparison
-plots and a copy of results.json in docs/experiments/tiny_arith/.
+Runs are separate ``megatron-spark`` processes, ``--jobs`` at a time (default: one per two
+cores), each with ``cores / jobs`` threads; the script resumes where it stopped (a run with an
+``eval/eval.json`` is done). Writes OUT/seed<S>/<run>/, OUT/results.json, and regenerates
+docs/experiments/tiny_countdown.md (keeping its hand-written "## Analysis" section) with a copy of
+results.json and the curves in docs/experiments/tiny_countdown/.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = REPO / "examples" / "tiny_arith"
-DOC = REPO / "docs" / "experiments" / "tiny_arith.md"
+RECIPES = REPO / "examples" / "tiny_countdown"
+DOC = REPO / "docs" / "experiments" / "tiny_countdown.md"
 
 RUNS: dict[str, list[str]] = {
     "grpo_only": ["spark.enabled=false"],
     "spark_joint": [],
     "spark_alternating": ["spark.schedule=alternating"],
+    "rl_only_judge": ["spark.judge_ce_weight=0"],
     "no_pointwise": ["spark.pointwise=false"],
     "no_pairwise": ["spark.pairwise=false"],
     "no_reflection": ["spark.reflection=false"],
 }
-"""The issue's six runs (the default)."""
-EXTRA_RUNS: dict[str, list[str]] = {
-    # SPARK joint with the judge trained by its RL reward alone (the recipe adds verdict CE).
-    "spark_joint_rl_only_judge": ["spark.judge_ce_weight=0"],
-}
-"""Runs done only when asked for with ``--runs``."""
-ALL_RUNS = RUNS | EXTRA_RUNS
-COLUMNS = (
+"""Configuration name -> overrides of ``spark.yaml``."""
+
+METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("policy pass@1", ("reasoning", "pass@1")),
     ("pointwise judge", ("judge", "pointwise_accuracy")),
     ("pairwise judge", ("judge", "pairwise_accuracy")),
+    ("pointwise: right answers", ("judge", "pointwise_by_source", "none")),
+    ("pointwise: policy's mistakes", ("judge", "pointwise_by_source", "policy")),
+    ("pointwise: perturbations", ("judge", "pointwise_by_source", "perturbed")),
+    ("pairwise: vs policy's mistakes", ("judge", "pairwise_by_source", "policy")),
+    ("pairwise: vs perturbations", ("judge", "pairwise_by_source", "perturbed")),
+    ("own mistakes rejected", ("judge", "own_wrong_rejected")),
+    ("own right answers accepted", ("judge", "own_right_accepted")),
     ("reflection", ("reflection", "accuracy")),
-    ("self-reflect TTS", ("tts", "self-reflect", "accuracy")),
+    ("self-reflection TTS", ("tts", "self-reflect", "accuracy")),
+    ("TTS generations", ("tts", "self-reflect", "generations_mean")),
+    ("majority vote, same generations", ("tts", "self-reflect", "majority_at_equal_generations")),
+    ("best-of-8 by own verdict", ("tts", "best-of-n", "accuracy")),
+    ("maj@8", ("reasoning", "maj@8")),
+    ("random pick (sample mean)", ("reasoning", "sample_mean")),
 )
+"""(row label, path in eval.json) of the metrics reported per configuration."""
+COUNTS = {"TTS generations"}
+"""Rows that are not fractions."""
 
 
 def _get(d: dict, path: tuple[str, ...]):
@@ -57,130 +80,218 @@ def _get(d: dict, path: tuple[str, ...]):
     return d
 
 
+def _cli(args: list[str], threads: int, log: Path) -> None:
+    """``megatron-spark ARGS`` in its own process; raises with the log's tail on failure."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as f:
+        proc = subprocess.run([sys.executable, "-m", "megatron_spark.cli", *args], stdout=f, stderr=f, env=env)
+    if proc.returncode != 0:
+        tail = log.read_text()[-3000:]
+        raise SystemExit(f"megatron-spark {' '.join(args[:2])} failed (exit {proc.returncode}); {log}:\n{tail}")
+
+
 def _latest(run_dir: Path) -> Path:
-    from megatron_spark.train.checkpoint import latest
-
-    path = latest(run_dir / "checkpoints")
-    if path is None:
+    pointer = run_dir / "checkpoints" / "latest"
+    if not pointer.is_file():
         raise SystemExit(f"{run_dir}: no complete checkpoint")
-    return path
+    return run_dir / "checkpoints" / pointer.read_text().strip()
 
 
-def run_one(name: str, out: Path, warm: Path, common: list[str]) -> dict:
-    from megatron_spark.config import load_config
-    from megatron_spark.eval.run import EvalOptions, run_eval
-    from megatron_spark.train.config import RunConfig
-    from megatron_spark.train.run import run
-
-    run_dir = out / name
-    overrides = [f"run_dir={run_dir}", f"model.init={warm}", *common, *ALL_RUNS[name]]
-    cfg = load_config(RunConfig, RECIPES / "spark.yaml", overrides)
+def warm_start(out: Path, seed: int, threads: int) -> tuple[Path, float]:
+    run_dir = out / f"seed{seed}" / "warm_start"
     start = time.perf_counter()
-    run(cfg, "train")
+    if not (run_dir / "checkpoints" / "latest").is_file():
+        over = ["--overwrite"] if run_dir.exists() else []
+        _cli(["sft", str(RECIPES / "sft_spark.yaml"), f"run_dir={run_dir}", f"seed={seed}", *over], threads,
+             run_dir.parent / "warm_start.log")
+    return _latest(run_dir), time.perf_counter() - start
+
+
+def run_one(name: str, out: Path, seed: int, warm: Path, common: list[str], threads: int, tag: str = "") -> dict:
+    run_dir = out / f"seed{seed}" / (name + tag)
+    result_path = run_dir / "eval" / "eval.json"
+    if result_path.is_file() and (run_dir / "times.json").is_file():
+        return {"eval": json.loads(result_path.read_text()), **json.loads((run_dir / "times.json").read_text())}
+    log = run_dir.parent / f"{name}{tag}.log"
+    overrides = [f"run_dir={run_dir}", f"model.init={warm}", f"seed={seed}", *common, *RUNS[name]]
+    start = time.perf_counter()
+    over = ["--overwrite"] if run_dir.exists() else []
+    _cli(["train", str(RECIPES / "spark.yaml"), *overrides, *over], threads, log)
     train_s = time.perf_counter() - start
     start = time.perf_counter()
-    run_eval(cfg, EvalOptions(str(_latest(run_dir)), str(run_dir / "eval")))
-    eval_s = time.perf_counter() - start
-    result = json.loads((run_dir / "eval" / "eval.json").read_text())
-    return {"eval": result, "train_s": train_s, "eval_s": eval_s, "overrides": ALL_RUNS[name]}
+    _cli(
+        ["eval", str(RECIPES / "spark.yaml"), f"seed={seed}", *common, "--checkpoint", str(_latest(run_dir)),
+         "--out", str(run_dir / "eval"), "--overwrite"],
+        threads,
+        log,
+    )
+    times = {"train_s": train_s, "eval_s": time.perf_counter() - start}
+    (run_dir / "times.json").write_text(json.dumps(times) + "\n")
+    return {"eval": json.loads(result_path.read_text()), **times}
 
 
-def write_doc(results: dict, out: Path, args, warm_eval: dict) -> None:
+def _fmt(value, count: bool) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if count else f"{100 * value:.1f}"
+
+
+def _mean_std(values: list[float], count: bool) -> str:
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    scale = 1 if count else 100
+    return f"**{scale * mean:.{2 if count else 1}f}** ± {scale * std:.{2 if count else 1}f}"
+
+
+def summary(results: dict, seeds: list[int]) -> dict[str, dict[str, dict]]:
+    """run -> metric label -> {"per_seed": [...], "mean": m, "std": s}."""
+    out: dict[str, dict[str, dict]] = {}
+    for name in RUNS:
+        rows = {}
+        for label, path in METRICS:
+            values = [_get(results.get(f"{name}/seed{s}", {}).get("eval", {}), path) for s in seeds]
+            present = [v for v in values if v is not None]
+            rows[label] = {
+                "per_seed": values,
+                "mean": statistics.fmean(present) if present else None,
+                "std": statistics.stdev(present) if len(present) > 1 else 0.0 if present else None,
+            }
+        if any(r["mean"] is not None for r in rows.values()):
+            out[name] = rows
+    return out
+
+
+def write_doc(results: dict, seeds: list[int], args, warm_times: dict, repeat: dict | None) -> None:
     from megatron_spark.eval.report import plot_comparison, read_curves
 
-    figs = DOC.parent / "tiny_arith"
+    figs = DOC.parent / "tiny_countdown"
     figs.mkdir(parents=True, exist_ok=True)
-    # The measured numbers beside the doc, checkpoint paths relative to the experiment directory.
-    kept = json.loads(json.dumps(results).replace(f"{out}/", ""))
+    kept = json.loads(json.dumps(results).replace(f"{args.out.absolute()}/", ""))
     (figs / "results.json").write_text(json.dumps(kept, indent=2) + "\n")
-    curves = {n: read_curves(out / n / "metrics.jsonl") for n in results}
-    plots = []
+    table = summary(results, seeds)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    lines = [
+        "# Tiny SPARK experiment (built-in Countdown, 2 CPU cores)",
+        "",
+        "<!-- Generated by tools/spark_experiment.py; the Analysis section below is kept by hand. -->",
+        "",
+        f"Regenerate: `python tools/spark_experiment.py --out runs/experiment --seeds {' '.join(map(str, seeds))}"
+        + (f" --num-steps {args.num_steps}" if args.num_steps else "")
+        + "`. "
+        + f"Measured {time.strftime('%Y-%m-%d')} at commit {commit.stdout.strip() or '?'} on a 2-core CPU machine.",
+        "",
+        "Each seed has its own warm start (`examples/tiny_countdown/sft_spark.yaml`); every",
+        "configuration of a seed starts from it and rolls out the same policy prompts",
+        "(`examples/tiny_countdown/spark.yaml`, the overrides below). Numbers are `megatron-spark eval`",
+        "on each run's last checkpoint, on the 200 held-out problems: greedy pass@1; judge accuracy on",
+        "balanced held-out items (half right answers, half wrong; wrong ones half from the warm",
+        "start's own samples, half perturbations: an operator or number changed, a number not",
+        "offered, a sub-expression folded into its value, an operand dropped); the model's verdict",
+        "on its own greedy answers; reflection on held-out wrong attempts; self-reflection (2 rounds)",
+        "beside majority voting over temperature-1 samples with at least as many generations; best",
+        "of 8 samples by the model's own verdict beside maj@8 (votes on the expression's value).",
+        "Percentages; mean ± standard deviation over seeds, then each seed.",
+        "",
+    ]
+    for name, overrides in RUNS.items():
+        if name not in table:
+            continue
+        lines += [f"## {name}" + (f" (`{' '.join(overrides)}`)" if overrides else " (the recipe)"), ""]
+        lines += ["| metric | mean ± std | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+                  "|---|---|" + "---|" * len(seeds)]
+        for label, _ in METRICS:
+            row = table[name][label]
+            count = label in COUNTS
+            per_seed = " | ".join(_fmt(v, count) for v in row["per_seed"])
+            lines.append(f"| {label} | {_mean_std([v for v in row['per_seed'] if v is not None], count)} | {per_seed} |")
+        walls = [results.get(f"{name}/seed{s}", {}).get("train_s") for s in seeds]
+        walls = [w for w in walls if w is not None]
+        if walls:
+            lines.append(f"| train wall time (s) | {statistics.fmean(walls):.0f} | " +
+                         " | ".join(f"{w:.0f}" for w in walls) + " |")
+        lines.append("")
+    if warm_times:
+        lines += ["Warm start wall time per seed: " + ", ".join(f"seed {s}: {t:.0f} s" for s, t in warm_times.items()),
+                  ""]
+    if repeat:
+        lines += ["## Run to run", "", repeat["text"], ""]
+    curves = {name: read_curves(args.out / f"seed{seeds[0]}" / name / "metrics.jsonl")
+              for name in RUNS if (args.out / f"seed{seeds[0]}" / name / "metrics.jsonl").is_file()}
     for metric, title in (
         ("eval/accuracy", "policy accuracy (held-out, greedy)"),
         ("eval/judge_pointwise_accuracy", "pointwise judge accuracy (held-out)"),
         ("eval/judge_pairwise_accuracy", "pairwise judge accuracy (held-out)"),
-        ("eval/reflection_accuracy", "reflection accuracy (held-out)"),
     ):
         runs = {n: c for n, c in curves.items() if c.get(metric)}
         if runs:
             png = figs / (metric.split("/")[1] + ".png")
-            plot_comparison(runs, metric, png, title)
-            plots.append(png.name)
-    lines = [
-        "# Tiny SPARK experiment (built-in arithmetic, 2 CPU cores)",
-        "",
-        "<!-- Generated by tools/spark_experiment.py; the Analysis section below is kept by hand. -->",
-        "",
-        f"Regenerate: `python tools/spark_experiment.py --out runs/experiment --num-steps {args.num_steps}"
-        + ("" if list(args.runs) == list(RUNS) else f" --runs {' '.join(args.runs)}")
-        + f"` (seed {args.seed}). Date: {time.strftime('%Y-%m-%d')}.",
-        "",
-        "Setup: one warm start (`examples/tiny_arith/sft_spark.yaml`: worked solutions, plus judge",
-        "prompts with coin-flip verdicts and reflection prompts, so it teaches the formats but not",
-        f"the skill), then each run for {args.num_steps} steps of `examples/tiny_arith/spark.yaml`",
-        "with the overrides below: the same seed and the same policy rollouts (prompts x 8 samples",
-        "per step) in every run. Numbers are from `megatron-spark eval` on each run's last",
-        "checkpoint: greedy held-out pass@1; judge accuracy on balanced held-out items (half right,",
-        "half wrong answers; the wrong ones half from the warm start's own samples, half perturbed",
-        "right answers), from one frozen pool for every run; reflection on held-out wrong attempts;",
-        "self-reflection TTS with 2 rounds. Self-reflection numbers are marked as such; all other",
-        "columns are without test-time scaling.",
-        "",
-        "| run | overrides | " + " | ".join(c for c, _ in COLUMNS) + " | train wall time | eval wall time |",
-        "|---|---|" + "---|" * len(COLUMNS) + "---|---|",
-    ]
-    if warm_eval:
-        row = [f"{_get(warm_eval, p):.1%}" if _get(warm_eval, p) is not None else "-" for _, p in COLUMNS]
-        lines.append("| warm start | - | " + " | ".join(row) + " | - | - |")
-    for name, r in results.items():
-        row = [f"{_get(r['eval'], p):.1%}" if _get(r["eval"], p) is not None else "-" for _, p in COLUMNS]
-        over = " ".join(f"`{o}`" for o in r["overrides"]) or "-"
-        lines.append(
-            f"| {name} | {over} | " + " | ".join(row) + f" | {r['train_s']:.0f} s | {r['eval_s']:.0f} s |"
-        )
-    lines += ["", *(f"![{p}](tiny_arith/{p})" for p in plots), ""]
+            plot_comparison(runs, metric, png, f"{title}, seed {seeds[0]}")
+            lines.append(f"![{png.name}](tiny_countdown/{png.name})")
+    lines.append("")
     analysis = ""
     if DOC.is_file() and "## Analysis" in DOC.read_text():
         analysis = DOC.read_text()[DOC.read_text().index("## Analysis") :]
-    DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text("\n".join(lines) + "\n" + (analysis or "## Analysis\n\n(to be written)\n"))
+
+
+def compare_repeat(first: dict, second: dict) -> dict:
+    """How far a second run of the same seed and configuration lands from the first."""
+    diffs = {}
+    for label, path in METRICS:
+        a, b = _get(first["eval"], path), _get(second["eval"], path)
+        if a is not None and b is not None:
+            diffs[label] = b - a
+    identical = all(d == 0 for d in diffs.values())
+    worst = max(diffs.items(), key=lambda kv: abs(kv[1])) if diffs else ("-", 0.0)
+    text = (
+        "A second run of the same seed and configuration on the same machine gave "
+        + ("identical numbers in every metric." if identical else
+           f"different numbers: the largest difference is {worst[0]} ({100 * worst[1]:+.1f} points).")
+    )
+    return {"diffs": diffs, "identical": identical, "text": text}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/experiment", help="experiment directory")
-    p.add_argument("--runs", nargs="*", default=list(RUNS), choices=list(ALL_RUNS), help="runs to do")
-    p.add_argument("--num-steps", type=int, default=60, help="training steps per run")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-doc", action="store_true", help="do not rewrite docs/experiments/tiny_arith.md")
+    p.add_argument("--out", type=Path, default=Path("runs/experiment"), help="experiment directory")
+    p.add_argument("--runs", nargs="*", default=list(RUNS), choices=list(RUNS), help="configurations")
+    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    p.add_argument("--num-steps", type=int, default=0, help="training steps per run (0: the recipe's)")
+    p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="runs at a time")
+    p.add_argument("--repeat", choices=list(RUNS), help="also run this configuration's first seed again")
+    p.add_argument("--no-doc", action="store_true", help="do not rewrite docs/experiments/tiny_countdown.md")
     args = p.parse_args()
-
-    from megatron_spark.config import load_config
-    from megatron_spark.eval.run import EvalOptions, run_eval
-    from megatron_spark.train.config import RunConfig
-    from megatron_spark.train.run import run
-
-    out = Path(args.out).absolute()
-    out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.json"
+    args.out = args.out.absolute()
+    args.out.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 2) // args.jobs)
+    common = [f"train.num_steps={args.num_steps}"] if args.num_steps else []
+    results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    warm_dir = out / "warm_start"
-    if not (warm_dir / "checkpoints" / "latest").is_file():
-        cfg = load_config(RunConfig, RECIPES / "sft_spark.yaml", [f"run_dir={warm_dir}", f"seed={args.seed}"])
-        run(cfg, "sft")
-    warm = _latest(warm_dir)
-    common = [f"seed={args.seed}", f"train.num_steps={args.num_steps}"]
-    if not (warm_dir / "eval" / "eval.json").is_file():
-        cfg = load_config(RunConfig, RECIPES / "spark.yaml", common)
-        run_eval(cfg, EvalOptions(str(warm), str(warm_dir / "eval")))
-    warm_eval = json.loads((warm_dir / "eval" / "eval.json").read_text())
-    for name in args.runs:
-        if name in results:
-            continue  # finished earlier: the script resumes where it stopped
-        results[name] = run_one(name, out, warm, common)
-        results_path.write_text(json.dumps(results, indent=2) + "\n")
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        warm = dict(zip(args.seeds, pool.map(lambda s: warm_start(args.out, s, threads), args.seeds)))
+        jobs = [(name, s) for s in args.seeds for name in args.runs if f"{name}/seed{s}" not in results]
+        if args.repeat:
+            jobs.append((args.repeat, args.seeds[0], "_repeat"))
+        futures = {
+            job: pool.submit(run_one, job[0], args.out, job[1], warm[job[1]][0], common, threads, *job[2:])
+            for job in jobs
+        }
+        for job, future in futures.items():
+            key = f"{job[0]}/seed{job[1]}" + (job[2] if len(job) > 2 else "")
+            results[key] = future.result()
+            results_path.write_text(json.dumps(results, indent=2) + "\n")
+            print(f"done: {key}", flush=True)
+    repeat = None
+    if args.repeat:
+        key = f"{args.repeat}/seed{args.seeds[0]}"
+        repeat = compare_repeat(results[key], results[key + "_repeat"])
+        print(repeat["text"])
     if not args.no_doc:
-        write_doc({n: results[n] for n in ALL_RUNS if n in results}, out, args, warm_eval)
+        write_doc(results, args.seeds, args, {s: t for s, (_, t) in warm.items()}, repeat)
         print(f"wrote {DOC}")
     print(f"results: {results_path}")
     return 0
