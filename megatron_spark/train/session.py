@@ -148,6 +148,10 @@ class Session:
         self.metrics = MetricsLogger(
             self.run_dir, self.rank == 0, cfg.train.num_steps, start_step=self.step, title=command
         )
+        from megatron_spark.data.datasets import FileTask
+
+        if isinstance(self.task, FileTask):  # which format the rows were read in, and from where
+            self.metrics.print(self.task.description)
         if self.bridge.transport != "none":
             self.metrics.print(f"weight bridge: TP pieces over {self.bridge.transport}")
         self.sync_weights()

@@ -23,7 +23,7 @@ def build_data(cfg: RunConfig):
     from megatron_spark.data.tokenizer import load_tokenizer
     from megatron_spark.reward.verifiers import make_verifier
 
-    tokenizer = load_tokenizer(cfg.model.tokenizer)
+    tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.task.system_prompt)
     task = load_task(cfg.task.source_config())
     limit = cfg.task.max_prompt_tokens
     check_prompt_lengths(task.held_out(), tokenizer, limit, source=f"task {task.name} (held-out)")
