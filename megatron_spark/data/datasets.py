@@ -18,7 +18,6 @@ import numpy as np
 from megatron_spark.data.countdown import CountdownConfig, CountdownTask
 from megatron_spark.data.formats import Extract, Format, RowSpec, read_row, resolve_spec
 from megatron_spark.data.tasks import ArithmeticConfig, ArithmeticTask, Problem, TaskSource
-from megatron_spark.data.tokenizer import Tokenizer
 from megatron_spark.errors import UserError
 
 SUFFIXES = (".jsonl", ".parquet")
@@ -209,19 +208,6 @@ class FileTask:
 
     def held_out(self) -> list[Problem]:
         return list(self._held_out)
-
-
-def check_prompt_lengths(
-    problems: Sequence[Problem], tokenizer: Tokenizer, max_prompt_tokens: int, source: str
-) -> None:
-    """Raise a UserError naming the first problem whose prompt is longer than the limit."""
-    for problem in problems:
-        length = len(tokenizer.encode_prompt(problem.prompt))
-        if length > max_prompt_tokens:
-            raise UserError(
-                f"{source}: the prompt of problem {problem.uid} is {length} tokens, more than "
-                f"max_prompt_tokens={max_prompt_tokens}"
-            )
 
 
 def load_task(cfg: ArithmeticConfig | CountdownConfig | FileTaskConfig) -> TaskSource:

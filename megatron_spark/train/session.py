@@ -91,9 +91,18 @@ class Session:
         if resume and latest is None:
             raise UserError(f"--resume: no complete checkpoint under {self.ckpt_root}")
 
-        from megatron_spark.train.setup import build_data, build_engine, build_policy, build_reference
+        from megatron_spark.train.lengths import check_lengths
+        from megatron_spark.train.setup import (
+            build_data,
+            build_engine,
+            build_policy,
+            build_reference,
+            max_positions,
+        )
 
         self.tokenizer, self.task, self.sampler, self.verifier = build_data(cfg)
+        # Every phase's longest sequence against the model's positions, before loading weights.
+        check_lengths(cfg, command, self.tokenizer, self.task, max_positions(cfg, self.tokenizer))
         self.model, self.arch, self.tokenizer_files = build_policy(cfg, self.tokenizer, parallel)
         self.ref_model = build_reference(cfg, self.tokenizer, parallel) if cfg.grpo.kl_coef > 0 else None
         # The schedule counts every optimizer step: a GRPO step takes num_minibatches of them,
