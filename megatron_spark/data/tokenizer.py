@@ -94,12 +94,13 @@ class SentencePieceTokenizer:
 class HFTokenizer:
     """A Hugging Face tokenizer directory (``tokenizer.json`` / ``tokenizer_config.json``).
 
-    Prompts go through the tokenizer's chat template as one user message with the generation
-    prompt added; without a template, they are the text and a newline. bos is prepended unless
-    the rendered prompt already starts with it (many templates write it themselves).
+    Prompts go through the tokenizer's chat template as one user message (after a system message
+    when ``system_prompt`` is set) with the generation prompt added; without a template, they are
+    the text and a newline. bos is prepended unless the rendered prompt already starts with it
+    (many templates write it themselves).
     """
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, system_prompt: str | None = None):
         from transformers import AutoTokenizer
 
         path = Path(directory)
@@ -116,6 +117,19 @@ class HFTokenizer:
         # Without a pad token, eos fills the padding: padded positions are masked anyway.
         self.pad_id = self.eos_id if self._tok.pad_token_id is None else int(self._tok.pad_token_id)
         self.has_chat_template = bool(getattr(self._tok, "chat_template", None))
+        self.system_prompt = system_prompt
+        if system_prompt is not None:
+            if not self.has_chat_template:
+                raise UserError(
+                    f"task.system_prompt is set but the tokenizer {path} has no chat template to put it in"
+                )
+            try:
+                self.render_prompt("x")
+            except Exception as e:  # jinja's TemplateError and whatever a template raises
+                raise UserError(
+                    f"task.system_prompt: the chat template of {path} refuses a system message "
+                    f"({_first_line(e)})"
+                ) from None
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False))
@@ -128,6 +142,8 @@ class HFTokenizer:
         if not self.has_chat_template:
             return prompt + "\n"
         messages = [{"role": "user", "content": prompt}]
+        if self.system_prompt is not None:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
         return self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def encode_prompt(self, prompt: str) -> list[int]:
@@ -142,16 +158,20 @@ def _first_line(error: Exception) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def load_tokenizer(spec: str) -> Tokenizer:
+def load_tokenizer(spec: str, system_prompt: str | None = None) -> Tokenizer:
     """``builtin:arith``, ``builtin:countdown``, a sentencepiece ``.model`` file, or a Hugging
-    Face tokenizer directory."""
-    if spec in BUILTIN_MODELS:
-        return SentencePieceTokenizer(BUILTIN_MODELS[spec])
+    Face tokenizer directory; ``system_prompt`` (``task.system_prompt``) needs the latter's chat
+    template."""
     path = Path(spec)
-    if path.is_file() and path.suffix == ".model":
-        return SentencePieceTokenizer(path)
+    if spec in BUILTIN_MODELS or (path.is_file() and path.suffix == ".model"):
+        if system_prompt is not None:
+            raise UserError(
+                f"task.system_prompt is set but model.tokenizer={spec} is a sentencepiece model "
+                f"without a chat template; use a Hugging Face tokenizer directory or drop it"
+            )
+        return SentencePieceTokenizer(BUILTIN_MODELS.get(spec, path))
     if path.is_dir():
-        return HFTokenizer(path)
+        return HFTokenizer(path, system_prompt)
     raise UserError(
         f"tokenizer '{spec}': expected {' or '.join(map(repr, BUILTIN_MODELS))}, a sentencepiece "
         f".model file or a Hugging Face tokenizer directory"

@@ -1,4 +1,4 @@
-"""Pull the final answer out of a response: the content of ``\\boxed{...}``."""
+"""Pull the final answer out of a text: the content of ``\\boxed{...}``, or GSM8K's ``#### N``."""
 
 from __future__ import annotations
 
@@ -65,3 +65,18 @@ def extract_boxed(text: str, which: BoxChoice = "last") -> str | None:
     if not contents:
         return None
     return contents[-1] if which == "last" else contents[0]
+
+
+# GSM8K's final-answer line: "#### 72" (the last one counts).
+_HASHES = re.compile(r"####[ \t]*([^\n]*)")
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
+
+
+def extract_gsm8k(text: str) -> str | None:
+    """The answer after the last ``####`` (GSM8K's final-answer marker), stripped, with thousands
+    separators dropped (``1,600`` -> ``1600``); None when there is no ``####`` or nothing follows it."""
+    matches = _HASHES.findall(text)
+    if not matches:
+        return None
+    answer = _THOUSANDS.sub("", matches[-1].strip())
+    return answer or None

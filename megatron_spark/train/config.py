@@ -99,6 +99,10 @@ class TaskSection:
     """How responses are scored."""
     max_prompt_tokens: int = 256
     """Longest prompt (after the chat template); longer prompts are refused before training."""
+    system_prompt: str | None = None
+    """A system message put before every prompt the model sees (policy, judge and reflection) by
+    the tokenizer's chat template (a Hugging Face tokenizer with a template is needed); None: the
+    template's default (Qwen2.5's writes its own system line)."""
 
     def __post_init__(self) -> None:
         if self.max_prompt_tokens < 1:

@@ -127,9 +127,18 @@ class Session:
                 raise UserError(f"--resume: no complete checkpoint under {self.ckpt_root}{why}")
             self.skipped_checkpoints = skipped
 
-        from megatron_spark.train.setup import build_data, build_engine, build_policy, build_reference
+        from megatron_spark.train.lengths import check_lengths
+        from megatron_spark.train.setup import (
+            build_data,
+            build_engine,
+            build_policy,
+            build_reference,
+            max_positions,
+        )
 
         self.tokenizer, self.task, self.sampler, self.verifier = build_data(cfg)
+        # Every phase's longest sequence against the model's positions, before loading weights.
+        check_lengths(cfg, command, self.tokenizer, self.task, max_positions(cfg, self.tokenizer))
         self.model, self.arch, self.tokenizer_files = build_policy(cfg, self.tokenizer, parallel)
         self.ref_model = build_reference(cfg, self.tokenizer, parallel) if cfg.grpo.kl_coef > 0 else None
         # The schedule counts every optimizer step: a GRPO step takes num_minibatches of them,
@@ -193,6 +202,10 @@ class Session:
             config=cfg.metrics,
             run_config=to_dict(cfg),
         )
+        from megatron_spark.data.datasets import FileTask
+
+        if isinstance(self.task, FileTask):  # which format the rows were read in, and from where
+            self.metrics.print(self.task.description)
         for line in getattr(self, "skipped_checkpoints", []):
             self.metrics.print(f"--resume: {line}")
         if resume:

@@ -17,23 +17,30 @@ from megatron_spark.train.config import RunConfig
 
 
 def build_data(cfg: RunConfig):
-    """Tokenizer, task, sampler and verifier; every prompt that will be used is checked now."""
-    from megatron_spark.data.datasets import check_prompt_lengths, load_task
+    """Tokenizer, task (every row of a dataset checked), sampler and verifier."""
+    from megatron_spark.data.datasets import load_task
     from megatron_spark.data.tasks import ProblemSampler
     from megatron_spark.data.tokenizer import load_tokenizer
     from megatron_spark.reward.verifiers import make_verifier
 
-    tokenizer = load_tokenizer(cfg.model.tokenizer)
+    tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.task.system_prompt)
     task = load_task(cfg.task.source_config())
-    limit = cfg.task.max_prompt_tokens
-    check_prompt_lengths(task.held_out(), tokenizer, limit, source=f"task {task.name} (held-out)")
-    n = task.num_train()
-    if n is not None:  # a dataset: refuse to start rather than fail hours in
-        problems = [task.train_problem(i) for i in range(n)]
-        check_prompt_lengths(problems, tokenizer, limit, source=f"task {task.name}")
     v = cfg.task.verifier
     verifier = make_verifier(v.kind, box=v.box, timeout_s=v.timeout_s, function=v.function)
     return tokenizer, task, ProblemSampler(task, seed=cfg.seed), verifier
+
+
+def max_positions(cfg: RunConfig, tokenizer) -> int | None:
+    """The model's ``max_position_embeddings``, read from its config before any weight is loaded;
+    None when ``model.init`` names nothing (loading it reports that)."""
+    from megatron_spark.checkpoint.convert import read_arch
+
+    init = cfg.model.init
+    if init.startswith("preset:"):
+        return preset_arch(init.removeprefix("preset:"), tokenizer).max_position_embeddings
+    if not Path(init).exists():
+        return None
+    return read_arch(init).max_position_embeddings
 
 
 def _tokenizer_files(spec: str) -> list[Path]:

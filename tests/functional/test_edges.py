@@ -224,7 +224,7 @@ def build_cases(root: Path, hf: Path, ckpt: Path) -> dict[str, Case]:
         "train_state/meta.json: damaged",
     )
     for name, row, needle in (
-        ("answer_nan", b'{"prompt": "Compute 1+2.", "answer": NaN}', "'answer' is nan"),
+        ("answer_nan", b'{"prompt": "Compute 1+2.", "answer": NaN}', "'nan', not a finite number"),
         ("prompt_lone_surrogate", b'{"prompt": "Compute \\udc80.", "answer": "3"}', "lone surrogate"),
     ):
         data = root / f"{name}.jsonl"

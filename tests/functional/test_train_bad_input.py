@@ -283,7 +283,14 @@ def test_prompt_longer_than_max_prompt_tokens(outcomes):
 
 
 def test_prompt_plus_response_beyond_the_model_context(outcomes):
-    assert_names(failure_line(outcomes, "beyond_context"), "608 positions", "max_position_embeddings=512")
+    # Refused before the model is built, naming every phase that cannot fit and its longest prompt.
+    assert_names(
+        failure_line(outcomes, "beyond_context"),
+        "held-out evaluation: the prompt of problem",
+        "policy rollout: the prompt of problem",
+        "rollout.max_new_tokens=600 = 608 positions",
+        "max_position_embeddings=512",
+    )
 
 
 # ------------------------------------------------------------------------------- run directory

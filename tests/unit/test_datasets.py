@@ -7,12 +7,10 @@ import pytest
 from megatron_spark.data.datasets import (
     FileTask,
     FileTaskConfig,
-    check_prompt_lengths,
     load_task,
     read_problems,
 )
 from megatron_spark.data.tasks import ArithmeticConfig, ArithmeticTask, Problem
-from megatron_spark.data.tokenizer import load_tokenizer
 from megatron_spark.errors import UserError
 
 
@@ -163,18 +161,6 @@ def test_bad_parquet_names_file_row_and_problem(tmp_path, columns, message):
     path = _write_parquet(tmp_path / "d.parquet", columns)
     with pytest.raises(UserError, match=message.replace(".", r"\.")):
         FileTask(FileTaskConfig(str(path), held_out_fraction=0.0))
-
-
-def test_check_prompt_lengths_names_the_problem():
-    tokenizer = load_tokenizer("builtin:arith")
-    problems = [Problem("short", "Compute 1+2.", "3"), Problem("long", "Compute " + "1+" * 40 + "1.", "41")]
-    check_prompt_lengths(problems[:1], tokenizer, max_prompt_tokens=16, source="train.jsonl")
-    length = len(tokenizer.encode_prompt(problems[1].prompt))
-    with pytest.raises(UserError) as e:
-        check_prompt_lengths(problems, tokenizer, max_prompt_tokens=16, source="train.jsonl")
-    assert str(e.value) == (
-        f"train.jsonl: the prompt of problem long is {length} tokens, more than max_prompt_tokens=16"
-    )
 
 
 def test_load_task_dispatches_on_the_config():
