@@ -178,7 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     lp.set_defaults(func=cmd_logprobs)
 
-    for name, text in (("train", "GRPO training"), ("sft", "supervised warm start on worked solutions")):
+    for name, text in (
+        ("train", "RL training: GRPO, or SPARK with spark.enabled"),
+        ("sft", "supervised warm start on worked solutions"),
+    ):
         c = sub.add_parser(name, help=f"{text} (torchrun for TP/PP/DP > 1)")
         c.add_argument("config", help="YAML run config (see examples/tiny_arith/)")
         c.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4")
@@ -223,7 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--n", type=int, default=8, help="samples for best-of-n")
     gen.set_defaults(func=cmd_generate)
 
-    demo = sub.add_parser("demo", help="the tiny demo on the CPU: SFT then GRPO on arithmetic")
+    demo = sub.add_parser(
+        "demo",
+        help="the tiny SPARK demo on the CPU (Countdown): warm start, SPARK, then policy, judge and TTS eval",
+    )
     demo.add_argument("--run-dir", default=None, help="where the demo writes (default runs/demo-<time>)")
     demo.add_argument("overrides", nargs="*", help="key=value overrides applied to both stages")
     demo.add_argument("--seed", type=int, default=0, help="random seed")

@@ -1,9 +1,12 @@
 """The embedded tiny demo on the CPU: judge-format warm start, SPARK, evaluation and report.
 
-Stages run from the committed recipes in ``examples/tiny_arith/`` under one run directory::
+The task is Countdown (reach a target with given numbers; checking an answer is an evaluation,
+finding one is a search). Stages run from the committed recipes in ``examples/tiny_countdown/``
+under one run directory::
 
     RUN_DIR/sft/     supervised warm start (sft_spark.yaml): worked solutions, plus judge prompts
-                     with coin-flip verdicts and reflection prompts (format, not skill)
+                     answered by a worked check and a coin-flip verdict, and reflection prompts
+                     (the formats and the checking arithmetic, not which verdict is right)
     RUN_DIR/spark/   SPARK joint training from the warm start (spark.yaml)
     RUN_DIR/eval/    eval.json and report.md (+ curves.png) of SPARK's last checkpoint
     RUN_DIR/summary.json   held-out numbers after each stage and wall times
@@ -17,7 +20,7 @@ from pathlib import Path
 
 from megatron_spark.errors import UserError
 
-RECIPES = Path(__file__).resolve().parents[1] / "examples" / "tiny_arith"
+RECIPES = Path(__file__).resolve().parents[1] / "examples" / "tiny_countdown"
 STAGES = (("sft", "sft_spark.yaml", "sft"), ("spark", "spark.yaml", "train"))
 
 
@@ -33,6 +36,33 @@ def _latest_checkpoint(run_dir: Path) -> Path:
     if path is None:
         raise UserError(f"{run_dir}: the stage finished without a complete checkpoint")
     return path
+
+
+def _test_time_lines(result: dict) -> str:
+    """The final checkpoint as its own judge: its verdicts on its own answers and what test-time
+    self-reflection and best-of-n by its own verdict do, each beside its baseline."""
+    judge, tts, reasoning = result.get("judge", {}), result.get("tts", {}), result["reasoning"]
+    lines = []
+    if "own_wrong_rejected" in judge:
+        lines.append(
+            f"its own answers: rejects {judge['own_wrong_rejected']:.1%} of the wrong ones, "
+            f"accepts {judge['own_right_accepted']:.1%} of the right ones"
+        )
+    reflect = tts.get("self-reflect")
+    if reflect:
+        lines.append(
+            f"self-reflection at test time: {reflect['accuracy']:.1%} (greedy {reasoning['pass@1']:.1%}; "
+            f"majority vote with as many generations, {reflect['majority_k']}: "
+            f"{reflect['majority_at_equal_generations']:.1%})"
+        )
+    best = tts.get("best-of-n")
+    if best:
+        n = best["n"]
+        lines.append(
+            f"best of {n} by its own verdict: {best['accuracy']:.1%} (majority of {n}: "
+            f"{best.get(f'maj@{n}', float('nan')):.1%})"
+        )
+    return "\n".join(lines)
 
 
 def run_demo(run_dir: str | Path, seed: int = 0, overrides: list[str] = ()) -> int:
@@ -98,11 +128,7 @@ def run_demo(run_dir: str | Path, seed: int = 0, overrides: list[str] = ()) -> i
             f"{times[stage]:.0f} s",
         )
     console.print(table)
-    tts = result.get("tts", {}).get("self-reflect", {})
-    if tts:
-        console.print(
-            f"self-reflection at test time: {tts['accuracy']:.1%} (greedy {result['reasoning']['pass@1']:.1%})"
-        )
+    console.print(_test_time_lines(result))
     console.print(f"report: {report}")
     console.print(f"run directory: {root}")
     return 0

@@ -85,10 +85,14 @@ def _cli(args: list[str], threads: int, log: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as f:
-        proc = subprocess.run([sys.executable, "-m", "megatron_spark.cli", *args], stdout=f, stderr=f, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-m", "megatron_spark.cli", *args], stdout=f, stderr=f, env=env
+        )
     if proc.returncode != 0:
         tail = log.read_text()[-3000:]
-        raise SystemExit(f"megatron-spark {' '.join(args[:2])} failed (exit {proc.returncode}); {log}:\n{tail}")
+        raise SystemExit(
+            f"megatron-spark {' '.join(args[:2])} failed (exit {proc.returncode}); {log}:\n{tail}"
+        )
 
 
 def _latest(run_dir: Path) -> Path:
@@ -103,16 +107,24 @@ def warm_start(out: Path, seed: int, threads: int) -> tuple[Path, float]:
     start = time.perf_counter()
     if not (run_dir / "checkpoints" / "latest").is_file():
         over = ["--overwrite"] if run_dir.exists() else []
-        _cli(["sft", str(RECIPES / "sft_spark.yaml"), f"run_dir={run_dir}", f"seed={seed}", *over], threads,
-             run_dir.parent / "warm_start.log")
+        _cli(
+            ["sft", str(RECIPES / "sft_spark.yaml"), f"run_dir={run_dir}", f"seed={seed}", *over],
+            threads,
+            run_dir.parent / "warm_start.log",
+        )
     return _latest(run_dir), time.perf_counter() - start
 
 
-def run_one(name: str, out: Path, seed: int, warm: Path, common: list[str], threads: int, tag: str = "") -> dict:
+def run_one(
+    name: str, out: Path, seed: int, warm: Path, common: list[str], threads: int, tag: str = ""
+) -> dict:
     run_dir = out / f"seed{seed}" / (name + tag)
     result_path = run_dir / "eval" / "eval.json"
     if result_path.is_file() and (run_dir / "times.json").is_file():
-        return {"eval": json.loads(result_path.read_text()), **json.loads((run_dir / "times.json").read_text())}
+        return {
+            "eval": json.loads(result_path.read_text()),
+            **json.loads((run_dir / "times.json").read_text()),
+        }
     log = run_dir.parent / f"{name}{tag}.log"
     overrides = [f"run_dir={run_dir}", f"model.init={warm}", f"seed={seed}", *common, *RUNS[name]]
     start = time.perf_counter()
@@ -121,8 +133,17 @@ def run_one(name: str, out: Path, seed: int, warm: Path, common: list[str], thre
     train_s = time.perf_counter() - start
     start = time.perf_counter()
     _cli(
-        ["eval", str(RECIPES / "spark.yaml"), f"seed={seed}", *common, "--checkpoint", str(_latest(run_dir)),
-         "--out", str(run_dir / "eval"), "--overwrite"],
+        [
+            "eval",
+            str(RECIPES / "spark.yaml"),
+            f"seed={seed}",
+            *common,
+            "--checkpoint",
+            str(_latest(run_dir)),
+            "--out",
+            str(run_dir / "eval"),
+            "--overwrite",
+        ],
         threads,
         log,
     )
@@ -200,26 +221,39 @@ def write_doc(results: dict, seeds: list[int], args, warm_times: dict, repeat: d
         if name not in table:
             continue
         lines += [f"## {name}" + (f" (`{' '.join(overrides)}`)" if overrides else " (the recipe)"), ""]
-        lines += ["| metric | mean ± std | " + " | ".join(f"seed {s}" for s in seeds) + " |",
-                  "|---|---|" + "---|" * len(seeds)]
+        lines += [
+            "| metric | mean ± std | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+            "|---|---|" + "---|" * len(seeds),
+        ]
         for label, _ in METRICS:
             row = table[name][label]
             count = label in COUNTS
             per_seed = " | ".join(_fmt(v, count) for v in row["per_seed"])
-            lines.append(f"| {label} | {_mean_std([v for v in row['per_seed'] if v is not None], count)} | {per_seed} |")
+            lines.append(
+                f"| {label} | {_mean_std([v for v in row['per_seed'] if v is not None], count)} | {per_seed} |"
+            )
         walls = [results.get(f"{name}/seed{s}", {}).get("train_s") for s in seeds]
         walls = [w for w in walls if w is not None]
         if walls:
-            lines.append(f"| train wall time (s) | {statistics.fmean(walls):.0f} | " +
-                         " | ".join(f"{w:.0f}" for w in walls) + " |")
+            lines.append(
+                f"| train wall time (s) | {statistics.fmean(walls):.0f} | "
+                + " | ".join(f"{w:.0f}" for w in walls)
+                + " |"
+            )
         lines.append("")
     if warm_times:
-        lines += ["Warm start wall time per seed: " + ", ".join(f"seed {s}: {t:.0f} s" for s, t in warm_times.items()),
-                  ""]
+        lines += [
+            "Warm start wall time per seed: "
+            + ", ".join(f"seed {s}: {t:.0f} s" for s, t in warm_times.items()),
+            "",
+        ]
     if repeat:
         lines += ["## Run to run", "", repeat["text"], ""]
-    curves = {name: read_curves(args.out / f"seed{seeds[0]}" / name / "metrics.jsonl")
-              for name in RUNS if (args.out / f"seed{seeds[0]}" / name / "metrics.jsonl").is_file()}
+    curves = {
+        name: read_curves(args.out / f"seed{seeds[0]}" / name / "metrics.jsonl")
+        for name in RUNS
+        if (args.out / f"seed{seeds[0]}" / name / "metrics.jsonl").is_file()
+    }
     for metric, title in (
         ("eval/accuracy", "policy accuracy (held-out, greedy)"),
         ("eval/judge_pointwise_accuracy", "pointwise judge accuracy (held-out)"),
@@ -246,10 +280,10 @@ def compare_repeat(first: dict, second: dict) -> dict:
             diffs[label] = b - a
     identical = all(d == 0 for d in diffs.values())
     worst = max(diffs.items(), key=lambda kv: abs(kv[1])) if diffs else ("-", 0.0)
-    text = (
-        "A second run of the same seed and configuration on the same machine gave "
-        + ("identical numbers in every metric." if identical else
-           f"different numbers: the largest difference is {worst[0]} ({100 * worst[1]:+.1f} points).")
+    text = "A second run of the same seed and configuration on the same machine gave " + (
+        "identical numbers in every metric."
+        if identical
+        else f"different numbers: the largest difference is {worst[0]} ({100 * worst[1]:+.1f} points)."
     )
     return {"diffs": diffs, "identical": identical, "text": text}
 

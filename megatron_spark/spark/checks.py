@@ -20,8 +20,10 @@ Built-in checks:
   candidate; 0 means right): :func:`megatron_spark.spark.templates.judge_response`;
 * countdown: per candidate, take its numbers from the offered list one at a time (writing what
   is left, so a number not offered or used twice shows at once), evaluate it one operation at a
-  time, then subtract the target (0 means right). The check evaluates the candidate; it never
-  searches for a solution, which is what makes checking easier than solving.
+  time, then set its value beside the target (``17 vs 70: different.``). The check evaluates the
+  candidate; it never searches for a solution, which is what makes checking easier than solving.
+  (A subtraction from the target, as the arithmetic check does, was written ``=0`` for most wrong
+  candidates by the tiny model: it had learnt that a solution's steps end on the target.)
 """
 
 from __future__ import annotations
@@ -87,8 +89,8 @@ class ArithmeticChecks(TaskChecks):
 
 def countdown_check(candidate: str, answer: str) -> str:
     """The worked check of one Countdown candidate (module docstring): ``3 leaves 5 7. 5 leaves 7.
-    7 leaves none. 3*5=15. 15+7=22. 22-22=0.``; it stops at the first number that is not left
-    (``8 is not left.``) or when the candidate is not an expression (``It cannot be read.``)."""
+    7 leaves none. 3*5=15. 15+7=22. 22 vs 22: equal.``; it stops at the first number that is not
+    left (``8 is not left.``) or when the candidate is not an expression (``It cannot be read.``)."""
     spec = parse_spec(answer)
     try:
         tree = read_candidate(candidate, spec.target)
@@ -104,8 +106,8 @@ def countdown_check(candidate: str, answer: str) -> str:
         used.append(x)
         parts.append(f"{x} leaves {' '.join(map(str, left)) or 'none'}.")
     parts += [f"{format_number(a)}{op}{format_number(b)}={format_number(c)}." for a, op, b, c in steps(tree)]
-    diff = tree.value - spec.target
-    parts.append(f"{format_number(tree.value)}-{spec.target}={format_number(diff)}.")
+    same = "equal" if tree.value == spec.target else "different"
+    parts.append(f"{format_number(tree.value)} vs {spec.target}: {same}.")
     return " ".join(parts)
 
 

@@ -1,7 +1,9 @@
 """Supervised warm-start examples that teach the judge and reflection *formats*, not the skill.
 
 For a problem with a worked solution: a pointwise or pairwise prompt whose candidates are the
-right answer and/or a wrong one the task supplies (:meth:`TaskChecks.perturb`), answered by the
+right answer and/or a wrong one: the task's perturbation of the right answer
+(:meth:`TaskChecks.perturb`) or, where the task has none (free-form answers that are not integers),
+the answer of another problem of the same batch; answered by the
 task's worked check (:meth:`TaskChecks.reasoning`; none for free-form answers) and a verdict.
 With ``verdicts="random"`` (the recipes' setting) the verdict is a coin flip, independent of the
 candidates: the model learns to check and to box a verdict, but not which verdict is right; RL on
@@ -12,6 +14,7 @@ where the task can write one, else its final answer) and are answered by the wor
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Literal
 
 from megatron_spark.data.tasks import Problem
@@ -31,12 +34,17 @@ def warm_start_example(
     rng: random.Random,
     checks: TaskChecks,
     verdicts: Literal["random", "correct"] = "random",
+    distractors: Sequence[str] = (),
 ) -> tuple[str, str] | None:
-    """``(prompt, response)`` of one ``kind`` example, or None when the task has no wrong answer
-    for the problem or it has no worked solution."""
+    """``(prompt, response)`` of one ``kind`` example, or None when the problem has no worked
+    solution or no wrong answer (no perturbation, and no ``distractors``: other problems'
+    answers, of which one that differs from this problem's is drawn)."""
     if kind not in ("pointwise", "pairwise", "reflection"):
         raise ValueError(f"kind must be pointwise, pairwise or reflection, got {kind!r}")
     wrong = checks.perturb(problem, rng)
+    if wrong is None:
+        others = [d for d in distractors if d.strip() != problem.right_answer.strip()]
+        wrong = rng.choice(others) if others else None
     if wrong is None or not problem.solution:
         return None
     right = problem.right_answer

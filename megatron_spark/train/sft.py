@@ -17,16 +17,19 @@ from megatron_spark.train.batch import LossCoefficients, Sample
 from megatron_spark.train.session import Session
 
 
-def sft_samples(s: Session, problems) -> list[Sample]:
+def sft_samples(s: Session, problems) -> tuple[list[Sample], int]:
     """Worked solutions, with a ``sft.judge_fraction`` / ``sft.reflection_fraction`` share of
-    judge and reflection examples (:mod:`megatron_spark.spark.warmstart`)."""
+    judge and reflection examples (:mod:`megatron_spark.spark.warmstart`; a problem's wrong
+    candidate is the task's perturbation or another problem's answer); and how many problems drawn
+    for a judge or reflection example had no wrong candidate (they train on their solution)."""
     missing = [p.uid for p in problems if not p.solution]
     if missing:
         raise UserError(f"sft: problem {missing[0]} has no worked solution (set task.file.solution_key)")
     tok, mix = s.tokenizer, s.cfg.sft
     checks = checks_for(s.task.name)
     rng = random.Random(s.sampling_seed(purpose=3))
-    samples = []
+    answers = [p.right_answer for p in problems]
+    samples, without = [], 0
     for p in problems:
         u = rng.random()
         kind = None
@@ -34,16 +37,20 @@ def sft_samples(s: Session, problems) -> list[Sample]:
             kind = "pointwise" if rng.random() < 0.5 else "pairwise"
         elif u < mix.judge_fraction + mix.reflection_fraction:
             kind = "reflection"
-        example = warm_start_example(p, kind, rng, checks, mix.judge_verdicts) if kind else None
+        example = (
+            warm_start_example(p, kind, rng, checks, mix.judge_verdicts, distractors=answers) if kind else None
+        )
+        without += kind is not None and example is None
         prompt, response = example or (p.prompt, p.solution)
         samples.append(Sample(tok.encode_prompt(prompt), tok.encode(response) + [tok.eos_id], objective="ce"))
-    return samples
+    return samples, without
 
 
 def sft_step(s: Session) -> dict[str, float]:
     start = time.perf_counter()
     # Built for the whole step, then shared: the example mix does not depend on the DP size.
-    samples = s.my_share(sft_samples(s, s.sampler.next_batch(s.cfg.train.num_prompts_per_step)))
+    samples, without = sft_samples(s, s.sampler.next_batch(s.cfg.train.num_prompts_per_step))
+    samples = s.my_share(samples)
     with s.timer("train"):
         mbs = s.micro_batches(samples)
         stats = s.train_on(mbs, LossCoefficients(ce=1.0))
@@ -54,6 +61,8 @@ def sft_step(s: Session) -> dict[str, float]:
         "train/loss": totals["loss"],
         "train/grad_norm": stats["grad_norm"],
         "perf/tokens_per_s": totals["tokens"] / (time.perf_counter() - start),
+        # the same on every rank (the whole step's examples are built everywhere)
+        "sft/examples_without_wrong_answer": float(without),
     }
     metrics.update(s.after_update(bool(stats["applied"]), totals["loss"], stats["grad_norm"], stats["lr"]))
     return metrics

@@ -290,22 +290,25 @@ def test_solutions_are_all_right():
 # --- judge check and perturbations --------------------------------------------------------------
 
 
-def test_check_of_a_right_answer_ends_in_zero():
+def test_check_of_a_right_answer_ends_equal():
     assert (
-        countdown_check("3*5+7", SPEC) == "3 leaves 5 7. 5 leaves 7. 7 leaves none. 3*5=15. 15+7=22. 22-22=0."
+        countdown_check("3*5+7", SPEC)
+        == "3 leaves 5 7. 5 leaves 7. 7 leaves none. 3*5=15. 15+7=22. 22 vs 22: equal."
     )
-    assert countdown_check("7+5*3", SPEC).endswith("22-22=0.")
+    assert countdown_check("7+5*3", SPEC).endswith("22 vs 22: equal.")
 
 
 def test_check_of_a_wrong_answer_names_what_is_wrong():
     assert countdown_check("3*5+8", SPEC) == "3 leaves 5 7. 5 leaves 7. 8 is not left."
     assert countdown_check("5*5-3", SPEC) == "5 leaves 3 7. 5 is not left."
-    assert countdown_check("3*7", SPEC) == "3 leaves 5 7. 7 leaves 5. 3*7=21. 21-22=-1."
+    assert countdown_check("3*7", SPEC) == "3 leaves 5 7. 7 leaves 5. 3*7=21. 21 vs 22: different."
     assert countdown_check("3*(5+", SPEC) == "It cannot be read."
-    assert countdown_check("7/2", "22 using 7 2") == "7 leaves 2. 2 leaves none. 7/2=7/2. 7/2-22=-37/2."
+    assert (
+        countdown_check("7/2", "22 using 7 2") == "7 leaves 2. 2 leaves none. 7/2=7/2. 7/2 vs 22: different."
+    )
 
 
-def test_a_check_ends_in_zero_exactly_when_the_answer_is_right():
+def test_a_check_ends_equal_exactly_when_the_answer_is_right():
     task = CountdownTask(CountdownConfig(held_out_size=0))
     rng = random.Random(1)
     checks = CountdownChecks()
@@ -313,7 +316,7 @@ def test_a_check_ends_in_zero_exactly_when_the_answer_is_right():
         p = task.train_problem(i)
         for cand in (p.right_answer, checks.perturb(p, rng)):
             assert cand is not None
-            assert countdown_check(cand, p.answer).endswith("=0.") == check_answer(cand, p.answer)
+            assert countdown_check(cand, p.answer).endswith(": equal.") == check_answer(cand, p.answer)
         pair = checks.reasoning(p, ["1+1", p.right_answer])
         assert pair.startswith("B: ") and " A: " in pair
 

@@ -95,7 +95,7 @@ def test_sft_samples_are_the_chat_conversation_ending_in_im_end(qwen, qwen_token
     from megatron_spark.train.sft import sft_samples
 
     problem = Problem("gsm:1", QUESTION, "72", SOLUTION)
-    (sample,) = sft_samples(_session(qwen), [problem])
+    (sample,), _ = sft_samples(_session(qwen), [problem])
     assert sample.response_ids[-1] == qwen.eos_id
     assert qwen._tok.convert_ids_to_tokens(sample.response_ids[-1]) == "<|im_end|>"
     # Prompt then target is token for token Qwen's own rendering of the conversation.
@@ -119,7 +119,7 @@ def test_judge_and_reflection_prompts_go_through_the_template(qwen):
         assert text.startswith(SYSTEM + "<|im_start|>user\n") and QUESTION in text
         assert text.endswith("<|im_end|>\n<|im_start|>assistant\n")
     # The warm start's judge examples: template around the prompt, verdict then <|im_end|>.
-    samples = sft_samples(_session(qwen, judge_fraction=1.0), [problem] * 8)
+    samples, _ = sft_samples(_session(qwen, judge_fraction=1.0), [problem] * 8)
     for s in samples:
         prompt = qwen._tok.decode(s.prompt_ids)
         assert prompt.startswith(SYSTEM + "<|im_start|>user\n") and "\\boxed{}" in prompt

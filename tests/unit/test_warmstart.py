@@ -156,3 +156,22 @@ def test_no_example_without_an_integer_answer_or_a_solution():
 def test_unknown_kind_raises():
     with pytest.raises(ValueError, match="pointwise, pairwise or reflection"):
         warm_start_example(TASK.train_problem(0), "ranking", random.Random(0), CHECKS)
+
+
+def test_free_form_answers_take_another_problems_answer_as_the_wrong_candidate():
+    from megatron_spark.spark.checks import TaskChecks
+
+    problem = Problem("u", "Simplify 2/4.", "\\frac{1}{2}", "2/4 = \\boxed{\\frac{1}{2}}")
+    checks = TaskChecks()
+    assert warm_start_example(problem, "pointwise", random.Random(0), checks) is None  # nothing to show
+    same = ["\\frac{1}{2}", " \\frac{1}{2} "]
+    assert warm_start_example(problem, "pairwise", random.Random(0), checks, distractors=same) is None
+    for seed in range(20):
+        prompt, response = warm_start_example(
+            problem, "pairwise", random.Random(seed), checks, distractors=[*same, "x^2", "7"]
+        )
+        assert "\\frac{1}{2}" in prompt and ("x^2" in prompt or "7" in prompt)
+        assert response in ("\\boxed{A}", "\\boxed{B}")  # free-form: no worked check, the verdict only
+        assert prompt.startswith("Problem: Simplify 2/4.") or prompt.startswith(
+            "Simplify 2/4."
+        )  # question first
