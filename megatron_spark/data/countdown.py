@@ -8,15 +8,23 @@ gap (a model that can check its answers can reject its own mistakes at test time
 A problem::
 
     prompt    Make 22 from 3 5 7.
-    solution  3*5+7: 3*5=15. 15+7=22. \boxed{3*5+7}
+    solution  \boxed{3*5+7}             (``solution: answer``, the default)
+              3*5+7: 3*5=15. 15+7=22. \boxed{3*5+7}     (``solution: evaluated``)
     answer    22 using 3 5 7            (what the ``countdown`` verifier reads)
     reference 3*5+7                     (a correct final answer, as a response boxes it)
 
 The generator draws the numbers, combines all of them in a random expression tree with random
 operators (a division only where it is exact), and keeps the value as the target when it is a
 whole number in ``[min_target, max_target]`` and none of the numbers already equals it. The
-worked solution writes that expression, evaluates it one operation at a time (the order
-:func:`megatron_spark.reward.expression.steps` gives), and boxes it.
+solution boxes that expression; ``solution: evaluated`` also writes it out and evaluates it one
+operation at a time first (the order :func:`megatron_spark.reward.expression.steps` gives).
+
+Why the default solution shows no arithmetic: every evaluation in such a solution ends on the
+target, and a tiny model trained on them learnt that an evaluation ends on the target: checking a
+wrong candidate, it wrote the target as the result of the last step (``10+7=70``) in most checks of
+its own mistakes (measured on the warm start: docs/experiments/tiny_countdown.md). With boxed
+answers only, the arithmetic the model sees is the judge's checks, half of which end elsewhere.
+The evaluation written after the expression does not help the policy choose it either.
 
 Why not reasoning-gym's countdown: its scorer evaluates the answer with sympy's ``parse_expr``
 (``eval`` underneath, with no bound on time or size), gives partial credit for wrong answers,
@@ -31,6 +39,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from itertools import permutations, product
+from typing import Literal
 
 from megatron_spark.data.tasks import Problem
 from megatron_spark.errors import UserError
@@ -59,6 +68,9 @@ class CountdownConfig:
     """Largest target."""
     held_out_size: int = 200
     """Number of distinct held-out problems, never returned by the train split."""
+    solution: Literal["answer", "evaluated"] = "answer"
+    """What a worked solution (the warm start's target) holds: ``answer``, the boxed expression
+    alone; ``evaluated``: the expression, its evaluation step by step, then the box."""
     seed: int = 0
     """Seed of both splits; the same seed gives the same problems."""
 
@@ -134,22 +146,24 @@ def flatten(node: Node) -> Node:
     return combine(node.op, left, right)
 
 
-def worked_solution(expression: Node) -> str:
-    r"""``3*5+7: 3*5=15. 15+7=22. \boxed{3*5+7}``."""
+def worked_solution(expression: Node, evaluated: bool = True) -> str:
+    r"""``3*5+7: 3*5=15. 15+7=22. \boxed{3*5+7}`` (``evaluated``), or ``\boxed{3*5+7}``."""
     text = render(expression)
+    if not evaluated:
+        return f"\\boxed{{{text}}}"
     work = " ".join(
         f"{format_number(a)}{op}{format_number(b)}={format_number(c)}." for a, op, b, c in steps(expression)
     )
     return f"{text}: {work} \\boxed{{{text}}}"
 
 
-def countdown_problem(uid: str, numbers: list[int], expression: Node) -> Problem:
+def countdown_problem(uid: str, numbers: list[int], expression: Node, evaluated: bool = False) -> Problem:
     target = int(expression.value)
     return Problem(
         uid=uid,
         prompt=f"Make {target} from {' '.join(map(str, numbers))}.",
         answer=format_spec(CountdownSpec(target, tuple(numbers))),
-        solution=worked_solution(expression),
+        solution=worked_solution(expression, evaluated),
         reference=render(expression),
     )
 
@@ -165,7 +179,7 @@ def draw_problem(cfg: CountdownConfig, rng: random.Random, uid: str) -> Problem:
         tree = flatten(tree)
         target = int(tree.value)
         if cfg.min_target <= target <= cfg.max_target and target not in numbers:
-            return countdown_problem(uid, numbers, tree)
+            return countdown_problem(uid, numbers, tree, cfg.solution == "evaluated")
 
 
 class CountdownTask:

@@ -38,7 +38,9 @@ def sft_samples(s: Session, problems) -> tuple[list[Sample], int]:
         elif u < mix.judge_fraction + mix.reflection_fraction:
             kind = "reflection"
         example = (
-            warm_start_example(p, kind, rng, checks, mix.judge_verdicts, distractors=answers) if kind else None
+            warm_start_example(p, kind, rng, checks, mix.judge_verdicts, distractors=answers)
+            if kind
+            else None
         )
         without += kind is not None and example is None
         prompt, response = example or (p.prompt, p.solution)
