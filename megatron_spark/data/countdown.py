@@ -13,7 +13,7 @@ A problem::
     answer    22 using 3 5 7            (what the ``countdown`` verifier reads)
     reference 3*5+7                     (a correct final answer, as a response boxes it)
 
-The generator draws the numbers, combines all of them in a random expression tree with random
+The generator draws the numbers, combines all of them left to right in a random order with random
 operators (a division only where it is exact), and keeps the value as the target when it is a
 whole number in ``[min_target, max_target]`` and none of the numbers already equals it. The
 solution boxes that expression; ``solution: evaluated`` also writes it out and evaluates it one
@@ -44,7 +44,7 @@ from typing import Literal
 from megatron_spark.data.tasks import Problem
 from megatron_spark.errors import UserError
 from megatron_spark.reward.countdown import CountdownSpec, check_answer, format_spec
-from megatron_spark.reward.expression import Node, combine, format_number, leaf, negate, render, steps
+from megatron_spark.reward.expression import Node, combine, format_number, leaf, render, steps
 
 
 @dataclass(frozen=True)
@@ -107,43 +107,23 @@ def check_countdown_config(cfg: CountdownConfig, source: str = "countdown task")
         raise UserError(f"{source}: held_out_size={cfg.held_out_size}, expected >= 0")
 
 
-def random_tree(numbers: list[int], operators: str, rng: random.Random) -> Node | None:
+def random_tree(
+    numbers: list[int], operators: str, rng: random.Random, left_deep: bool = True
+) -> Node | None:
     """A random binary tree over all ``numbers`` (in a random order), or None when the drawn
-    division is not exact or divides by zero."""
+    division is not exact or divides by zero. ``left_deep`` (the generator's choice): the numbers
+    are combined left to right, ``((a op b) op c) op d``, so a solution reads and evaluates in
+    one pass, as its check does; else any tree shape can appear."""
     nodes = [leaf(n) for n in numbers]
     rng.shuffle(nodes)
     while len(nodes) > 1:
-        i = rng.randrange(len(nodes) - 1)  # combine two neighbours: every tree shape can appear
+        i = 0 if left_deep else rng.randrange(len(nodes) - 1)  # combine two neighbours
         op = rng.choice(operators)
         a, b = nodes[i], nodes[i + 1]
         if op == "/" and (b.value == 0 or (a.value / b.value).denominator != 1):
             return None
         nodes[i : i + 2] = [combine(op, a, b)]
     return nodes[0]
-
-
-_FLIP = {"+": "-", "-": "+"}
-
-
-def flatten(node: Node) -> Node:
-    """The same value with brackets only where the order of operations needs them: a right
-    operand that is a sum or difference under ``+``/``-``, or a product under ``*``, is
-    re-associated to the left (``a-(b+c)`` -> ``a-b-c``, ``a*(b*c)`` -> ``a*b*c``), so worked
-    solutions read left to right as people write them. Divisions are left alone (re-associating
-    them can make an intermediate value a fraction)."""
-    if node.is_leaf:
-        return node
-    if node.op == "neg":
-        return negate(flatten(node.right))
-    left, right = flatten(node.left), flatten(node.right)
-    if right.is_binary and node.op in "+-" and right.op in "+-":
-        # a + (b ± c) = (a + b) ± c;  a - (b ± c) = (a - b) ∓ c
-        inner = combine(node.op, left, right.left)
-        outer = right.op if node.op == "+" else _FLIP[right.op]
-        return flatten(combine(outer, inner, right.right))
-    if right.is_binary and node.op == "*" and right.op == "*":
-        return flatten(combine("*", combine("*", left, right.left), right.right))
-    return combine(node.op, left, right)
 
 
 def worked_solution(expression: Node, evaluated: bool = True) -> str:
@@ -176,7 +156,6 @@ def draw_problem(cfg: CountdownConfig, rng: random.Random, uid: str) -> Problem:
         tree = random_tree(numbers, cfg.operators, rng)
         if tree is None or tree.value.denominator != 1:
             continue
-        tree = flatten(tree)
         target = int(tree.value)
         if cfg.min_target <= target <= cfg.max_target and target not in numbers:
             return countdown_problem(uid, numbers, tree, cfg.solution == "evaluated")

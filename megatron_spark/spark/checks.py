@@ -18,12 +18,15 @@ Built-in checks:
 
 * arithmetic: re-derive the answer, then one subtraction per candidate (own result minus
   candidate; 0 means right): :func:`megatron_spark.spark.templates.judge_response`;
-* countdown: per candidate, take its numbers from the offered list one at a time (writing what
-  is left, so a number not offered or used twice shows at once), evaluate it one operation at a
-  time, then set its value beside the target (``17 vs 70: different.``). The check evaluates the
-  candidate; it never searches for a solution, which is what makes checking easier than solving.
-  (A subtraction from the target, as the arithmetic check does, was written ``=0`` for most wrong
-  candidates by the tiny model: it had learnt that a solution's steps end on the target.)
+* countdown: per candidate, evaluate it one operation at a time, each step followed by the offered
+  numbers still unused (``3*5=15 leaves 7.``), so a number not offered or used twice shows at the
+  step that takes it (``15+8: 8 is not left.``); then set the value beside the target
+  (``22 vs 22: equal.``). The check evaluates the candidate; it never searches for a solution,
+  which is what makes checking easier than solving. Every step reads only what is just before it
+  (the candidate's next operand, the previous result and list), which the tiny model copies far
+  more reliably than a separate pass over the numbers; and the last step compares instead of
+  subtracting: a tiny model that had learnt that a solution's evaluation ends on the target wrote
+  ``=0`` for most wrong candidates (docs/experiments/tiny_countdown.md).
 """
 
 from __future__ import annotations
@@ -45,7 +48,6 @@ from megatron_spark.reward.expression import (
     operands,
     parse,
     render,
-    steps,
 )
 from megatron_spark.spark import templates
 from megatron_spark.spark.perturb import perturb_answer, solution_steps, wrong_solution
@@ -87,25 +89,48 @@ class ArithmeticChecks(TaskChecks):
         return wrong_solution(problem.solution, problem.answer, final)
 
 
+def _operations(node: Node) -> list[Node]:
+    """The operations of a tree in evaluation order (children first, left before right)."""
+    if node.is_leaf:
+        return []
+    inner = (
+        _operations(node.right) if node.op == "neg" else [*_operations(node.left), *_operations(node.right)]
+    )
+    return [*inner, node]
+
+
 def countdown_check(candidate: str, answer: str) -> str:
-    """The worked check of one Countdown candidate (module docstring): ``3 leaves 5 7. 5 leaves 7.
-    7 leaves none. 3*5=15. 15+7=22. 22 vs 22: equal.``; it stops at the first number that is not
-    left (``8 is not left.``) or when the candidate is not an expression (``It cannot be read.``)."""
+    """The worked check of one Countdown candidate (module docstring): ``3*5=15 leaves 7.
+    15+7=22 leaves none. 22 vs 22: equal.``; it stops at the first number that is not left
+    (``15+8: 8 is not left.``) or when the candidate is not an expression (``It cannot be read.``)."""
     spec = parse_spec(answer)
     try:
         tree = read_candidate(candidate, spec.target)
     except ExpressionError:
         return "It cannot be read."
+    left = list(spec.numbers)
+
+    def rest() -> str:
+        return " ".join(map(str, left)) or "none"
+
     parts = []
-    used: list[int] = []
-    for x in operands(tree):
-        left = unused_numbers([*used, x], spec.numbers)
-        if left is None:
-            parts.append(f"{x} is not left.")
-            return " ".join(parts)
-        used.append(x)
-        parts.append(f"{x} leaves {' '.join(map(str, left)) or 'none'}.")
-    parts += [f"{format_number(a)}{op}{format_number(b)}={format_number(c)}." for a, op, b, c in steps(tree)]
+    if tree.is_leaf:  # a single number
+        x = int(tree.value)
+        if x not in left:
+            return f"{x} is not left."
+        left.remove(x)
+        parts.append(f"{x} leaves {rest()}.")
+    for node in _operations(tree):
+        a = "0" if node.op == "neg" else format_number(node.left.value)
+        step = f"{a}{'-' if node.op == 'neg' else node.op}{format_number(node.right.value)}"
+        for child in (node.left, node.right):
+            if child is not None and child.is_leaf:
+                x = int(child.value)
+                if x not in left:
+                    parts.append(f"{step}: {x} is not left.")
+                    return " ".join(parts)
+                left.remove(x)
+        parts.append(f"{step}={format_number(node.value)} leaves {rest()}.")
     same = "equal" if tree.value == spec.target else "different"
     parts.append(f"{format_number(tree.value)} vs {spec.target}: {same}.")
     return " ".join(parts)

@@ -12,7 +12,6 @@ import pytest
 from megatron_spark.data.countdown import (
     CountdownConfig,
     CountdownTask,
-    flatten,
     random_tree,
     solutions,
     worked_solution,
@@ -98,7 +97,7 @@ def test_render_round_trips_and_uses_only_needed_brackets():
     rng = random.Random(0)
     for _ in range(2000):
         numbers = [rng.randint(1, 12) for _ in range(rng.randint(1, 5))]
-        tree = random_tree(numbers, "+-*/", rng)
+        tree = random_tree(numbers, "+-*/", rng, left_deep=False)
         if tree is None:
             continue
         if rng.random() < 0.2:
@@ -266,18 +265,16 @@ def test_a_config_without_enough_distinct_problems_is_refused():
         CountdownTask(CountdownConfig(min_numbers=2, max_numbers=2, max_value=2, held_out_size=50))
 
 
-def test_worked_solution_and_flatten():
+def test_worked_solution_and_left_deep_generation():
     assert worked_solution(parse("3*5+7")) == "3*5+7: 3*5=15. 15+7=22. \\boxed{3*5+7}"
-    for text, flat in [
-        ("6+(7+6)", "6+7+6"),
-        ("9-(2+3)", "9-2-3"),
-        ("9-(2-3)", "9-2+3"),
-        ("2*(3*4)", "2*3*4"),
-        ("8/(2*2)", "8/(2*2)"),
-        ("(1+2)*3", "(1+2)*3"),
-    ]:
-        assert render(flatten(parse(text))) == flat
-        assert flatten(parse(text)).value == parse(text).value
+    assert worked_solution(parse("3*5+7"), evaluated=False) == "\\boxed{3*5+7}"
+    rng = random.Random(0)
+    for _ in range(300):
+        tree = random_tree([rng.randint(1, 9) for _ in range(4)], "+-*", rng)
+        while not tree.left.is_leaf:  # ((a op b) op c) op d: every right operand is a number
+            assert tree.right.is_leaf
+            tree = tree.left
+        assert tree.right.is_leaf
 
 
 def test_solutions_are_all_right():
@@ -291,21 +288,22 @@ def test_solutions_are_all_right():
 
 
 def test_check_of_a_right_answer_ends_equal():
-    assert (
-        countdown_check("3*5+7", SPEC)
-        == "3 leaves 5 7. 5 leaves 7. 7 leaves none. 3*5=15. 15+7=22. 22 vs 22: equal."
+    assert countdown_check("3*5+7", SPEC) == "3*5=15 leaves 7. 15+7=22 leaves none. 22 vs 22: equal."
+    assert countdown_check("7+5*3", SPEC) == "5*3=15 leaves 7. 7+15=22 leaves none. 22 vs 22: equal."
+    assert countdown_check("(-3)+5*5", "22 using 3 5 5") == (
+        "0-3=-3 leaves 5 5. 5*5=25 leaves none. -3+25=22 leaves none. 22 vs 22: equal."
     )
-    assert countdown_check("7+5*3", SPEC).endswith("22 vs 22: equal.")
+    assert countdown_check("22", "22 using 22 3") == "22 leaves 3. 22 vs 22: equal."
 
 
 def test_check_of_a_wrong_answer_names_what_is_wrong():
-    assert countdown_check("3*5+8", SPEC) == "3 leaves 5 7. 5 leaves 7. 8 is not left."
-    assert countdown_check("5*5-3", SPEC) == "5 leaves 3 7. 5 is not left."
-    assert countdown_check("3*7", SPEC) == "3 leaves 5 7. 7 leaves 5. 3*7=21. 21 vs 22: different."
+    assert countdown_check("3*5+8", SPEC) == "3*5=15 leaves 7. 15+8: 8 is not left."
+    assert countdown_check("5*5-3", SPEC) == "5*5: 5 is not left."
+    assert countdown_check("15+7", SPEC) == "15+7: 15 is not left."
+    assert countdown_check("22", SPEC) == "22 is not left."
+    assert countdown_check("3*7", SPEC) == "3*7=21 leaves 5. 21 vs 22: different."
     assert countdown_check("3*(5+", SPEC) == "It cannot be read."
-    assert (
-        countdown_check("7/2", "22 using 7 2") == "7 leaves 2. 2 leaves none. 7/2=7/2. 7/2 vs 22: different."
-    )
+    assert countdown_check("7/2", "22 using 7 2") == "7/2=7/2 leaves none. 7/2 vs 22: different."
 
 
 def test_a_check_ends_equal_exactly_when_the_answer_is_right():
