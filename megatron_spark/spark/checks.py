@@ -18,15 +18,13 @@ Built-in checks:
 
 * arithmetic: re-derive the answer, then one subtraction per candidate (own result minus
   candidate; 0 means right): :func:`megatron_spark.spark.templates.judge_response`;
-* countdown: per candidate, evaluate it one operation at a time, each step followed by the offered
-  numbers still unused (``3*5=15 leaves 7.``), so a number not offered or used twice shows at the
-  step that takes it (``15+8: 8 is not left.``); then set the value beside the target
-  (``22 vs 22: equal.``). The check evaluates the candidate; it never searches for a solution,
-  which is what makes checking easier than solving. Every step reads only what is just before it
-  (the candidate's next operand, the previous result and list), which the tiny model copies far
-  more reliably than a separate pass over the numbers; and the last step compares instead of
-  subtracting: a tiny model that had learnt that a solution's evaluation ends on the target wrote
-  ``=0`` for most wrong candidates (docs/experiments/tiny_countdown.md).
+* countdown: per candidate, evaluate it one operation at a time (``3*5=15. 15+7=22.``), then set
+  its value beside the target (``22 vs 22: equal.``). The check evaluates the candidate; it never
+  searches for a solution, which is what makes checking easier than solving. It does not check
+  which numbers the candidate uses (the verifier does): a candidate that reaches the target with
+  a number not offered passes it. Writing the unused numbers after each step made the tiny
+  model's checks less reliable overall, and a subtraction from the target (the arithmetic task's
+  check) was written ``=0`` for most wrong candidates (measured: docs/experiments/tiny_countdown.md).
 """
 
 from __future__ import annotations
@@ -72,6 +70,11 @@ class TaskChecks:
     def vote_key(self, problem: Problem, final: str) -> Hashable | None:
         return final.strip() or None
 
+    def practice(self, problem: Problem, rng: random.Random) -> tuple[str, str] | None:
+        """A ``(prompt, response)`` exercise of the skill the judge's check is made of, or None
+        when the task's check has no separate skill to practise."""
+        return None
+
 
 class ArithmeticChecks(TaskChecks):
     template_style: templates.Style = "question_last"
@@ -99,38 +102,22 @@ def _operations(node: Node) -> list[Node]:
     return [*inner, node]
 
 
+def _step(node: Node) -> str:
+    """One operation as the check writes it: ``15+7=22`` (a negation: ``0-3=-3``)."""
+    a = "0" if node.op == "neg" else format_number(node.left.value)
+    op = "-" if node.op == "neg" else node.op
+    return f"{a}{op}{format_number(node.right.value)}={format_number(node.value)}"
+
+
 def countdown_check(candidate: str, answer: str) -> str:
-    """The worked check of one Countdown candidate (module docstring): ``3*5=15 leaves 7.
-    15+7=22 leaves none. 22 vs 22: equal.``; it stops at the first number that is not left
-    (``15+8: 8 is not left.``) or when the candidate is not an expression (``It cannot be read.``)."""
+    """The worked check of one Countdown candidate (module docstring): ``3*5=15. 15+7=22. 22 vs 22:
+    equal.``; ``It cannot be read.`` when the candidate is not an expression."""
     spec = parse_spec(answer)
     try:
         tree = read_candidate(candidate, spec.target)
     except ExpressionError:
         return "It cannot be read."
-    left = list(spec.numbers)
-
-    def rest() -> str:
-        return " ".join(map(str, left)) or "none"
-
-    parts = []
-    if tree.is_leaf:  # a single number
-        x = int(tree.value)
-        if x not in left:
-            return f"{x} is not left."
-        left.remove(x)
-        parts.append(f"{x} leaves {rest()}.")
-    for node in _operations(tree):
-        a = "0" if node.op == "neg" else format_number(node.left.value)
-        step = f"{a}{'-' if node.op == 'neg' else node.op}{format_number(node.right.value)}"
-        for child in (node.left, node.right):
-            if child is not None and child.is_leaf:
-                x = int(child.value)
-                if x not in left:
-                    parts.append(f"{step}: {x} is not left.")
-                    return " ".join(parts)
-                left.remove(x)
-        parts.append(f"{step}={format_number(node.value)} leaves {rest()}.")
+    parts = [f"{_step(node)}." for node in _operations(tree)]
     same = "equal" if tree.value == spec.target else "different"
     parts.append(f"{format_number(tree.value)} vs {spec.target}: {same}.")
     return " ".join(parts)
@@ -154,6 +141,18 @@ class CountdownChecks(TaskChecks):
             return worked_solution(parse(final))
         except ExpressionError:
             return None
+
+    def practice(self, problem: Problem, rng: random.Random) -> tuple[str, str] | None:
+        """Evaluate an expression step by step, in the check's own step form, with no target in
+        sight: the problem's reference answer or a perturbation of it, at random
+        (``Compute (8-1)*2.`` -> ``8-1=7. 7*2=14. \\boxed{14}``)."""
+        expr = self.perturb(problem, rng) if rng.random() < 0.5 else None
+        try:
+            tree = parse(expr or problem.right_answer)
+        except ExpressionError:
+            return None
+        work = " ".join(f"{_step(n)}." for n in _operations(tree))
+        return f"Compute {render(tree)}.", f"{work} \\boxed{{{format_number(tree.value)}}}".lstrip()
 
     def vote_key(self, problem: Problem, final: str) -> Hashable | None:
         """The candidate's value when it uses only offered numbers; None otherwise (no vote)."""

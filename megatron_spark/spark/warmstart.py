@@ -35,13 +35,15 @@ def warm_start_example(
     checks: TaskChecks,
     verdicts: Literal["random", "correct"] = "random",
     distractors: Sequence[str] = (),
+    wrong: str | None = None,
 ) -> tuple[str, str] | None:
     """``(prompt, response)`` of one ``kind`` example, or None when the problem has no worked
-    solution or no wrong answer (no perturbation, and no ``distractors``: other problems'
-    answers, of which one that differs from this problem's is drawn)."""
+    solution or no wrong answer: ``wrong`` (e.g. the model's own), else the task's perturbation,
+    else one of ``distractors`` (other problems' answers) that differs from this problem's."""
     if kind not in ("pointwise", "pairwise", "reflection"):
         raise ValueError(f"kind must be pointwise, pairwise or reflection, got {kind!r}")
-    wrong = checks.perturb(problem, rng)
+    if wrong is None:
+        wrong = checks.perturb(problem, rng)
     if wrong is None:
         others = [d for d in distractors if d.strip() != problem.right_answer.strip()]
         wrong = rng.choice(others) if others else None

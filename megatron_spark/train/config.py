@@ -212,14 +212,31 @@ class SFTSection:
     judge_verdicts: Literal["random", "correct"] = "random"
     """``random``: coin-flip verdicts (teaches the format, not the skill: the SPARK experiment's
     warm start); ``correct``: the correct verdicts (supervised judge training)."""
+    practice_fraction: float = 0.0
+    """Share of examples that exercise the skill the judge's check is made of, where the task has
+    one (Countdown: evaluate an expression step by step, no target in sight); the check then
+    evaluates rather than writes the result it expects."""
+    own_wrong_answers_from_step: int = 0
+    """From this step on, judge and reflection examples show the model's own wrong answers: each
+    step samples one answer per problem (temperature 1, current weights) and a problem whose
+    sample is boxed and wrong shows that sample instead of the task's perturbation. The worked
+    check is then learnt on the mistakes the model makes, not only on made-up ones (a check that
+    has only seen perturbations repeats the model's own slips). 0: never."""
 
     def __post_init__(self) -> None:
+        if self.own_wrong_answers_from_step < 0:
+            raise ValueError(
+                f"own_wrong_answers_from_step={self.own_wrong_answers_from_step} is invalid; expected >= 0"
+            )
         if (
             self.judge_fraction < 0
             or self.reflection_fraction < 0
-            or self.judge_fraction + self.reflection_fraction > 1
+            or self.practice_fraction < 0
+            or self.judge_fraction + self.reflection_fraction + self.practice_fraction > 1
         ):
-            raise ValueError("judge_fraction and reflection_fraction must be >= 0 and sum to at most 1")
+            raise ValueError(
+                "judge_fraction, reflection_fraction and practice_fraction must be >= 0 and sum to at most 1"
+            )
 
 
 _ZERO = {

@@ -16,12 +16,36 @@ from megatron_spark.spark.warmstart import warm_start_example
 from megatron_spark.train.batch import LossCoefficients, Sample
 from megatron_spark.train.session import Session
 
+OWN_ANSWERS_PURPOSE = 4
+"""Sampling-seed purpose of the model's own answers in the warm start (see session.sampling_seed)."""
 
-def sft_samples(s: Session, problems) -> tuple[list[Sample], int]:
+
+def own_wrong_answers(s: Session, problems) -> dict[str, str]:
+    """uid -> the model's own wrong final answer to that problem: one temperature-1 sample each
+    from the current weights, kept when it boxes an answer the verifier rejects."""
+    from megatron_spark.reward.verifiers import verify_batch
+    from megatron_spark.rollout.protocol import SamplingParams
+
+    s.sync_weights()
+    params = SamplingParams(
+        temperature=1.0,
+        max_new_tokens=s.cfg.rollout.max_new_tokens,
+        stop_token_ids=(s.tokenizer.eos_id,),
+        seed=s.sampling_seed(OWN_ANSWERS_PURPOSE),
+    )
+    # Every replica samples the whole step's problems alike (the batch is built on every rank).
+    completions = s.generate([s.tokenizer.encode_prompt(p.prompt) for p in problems], params)
+    texts = [s.tokenizer.decode(c.token_ids) for c in completions]
+    verdicts = s.on_leader(lambda: verify_batch(s.verifier, texts, [p.answer for p in problems]))
+    return {p.uid: v.extracted for p, v in zip(problems, verdicts) if v.extracted and v.reward < 1.0}
+
+
+def sft_samples(s: Session, problems, own_wrong: dict[str, str] | None = None) -> tuple[list[Sample], int]:
     """Worked solutions, with a ``sft.judge_fraction`` / ``sft.reflection_fraction`` share of
     judge and reflection examples (:mod:`megatron_spark.spark.warmstart`; a problem's wrong
     candidate is the task's perturbation or another problem's answer); and how many problems drawn
-    for a judge or reflection example had no wrong candidate (they train on their solution)."""
+    for a judge or reflection example had no wrong candidate (they train on their solution).
+    ``own_wrong``: the model's own wrong answers by uid, shown where a problem has one."""
     missing = [p.uid for p in problems if not p.solution]
     if missing:
         raise UserError(f"sft: problem {missing[0]} has no worked solution (set task.file.solution_key)")
@@ -37,8 +61,17 @@ def sft_samples(s: Session, problems) -> tuple[list[Sample], int]:
             kind = "pointwise" if rng.random() < 0.5 else "pairwise"
         elif u < mix.judge_fraction + mix.reflection_fraction:
             kind = "reflection"
+        elif u < mix.judge_fraction + mix.reflection_fraction + mix.practice_fraction:
+            exercise = checks.practice(p, rng)
+            if exercise is not None:
+                prompt, response = exercise
+                samples.append(
+                    Sample(tok.encode_prompt(prompt), tok.encode(response) + [tok.eos_id], objective="ce")
+                )
+                continue
+        wrong = (own_wrong or {}).get(p.uid)
         example = (
-            warm_start_example(p, kind, rng, checks, mix.judge_verdicts, distractors=answers)
+            warm_start_example(p, kind, rng, checks, mix.judge_verdicts, distractors=answers, wrong=wrong)
             if kind
             else None
         )
@@ -51,7 +84,13 @@ def sft_samples(s: Session, problems) -> tuple[list[Sample], int]:
 def sft_step(s: Session) -> dict[str, float]:
     start = time.perf_counter()
     # Built for the whole step, then shared: the example mix does not depend on the DP size.
-    samples, without = sft_samples(s, s.sampler.next_batch(s.cfg.train.num_prompts_per_step))
+    problems = s.sampler.next_batch(s.cfg.train.num_prompts_per_step)
+    start_own = s.cfg.sft.own_wrong_answers_from_step
+    own = None
+    if start_own and s.step >= start_own and (s.cfg.sft.judge_fraction or s.cfg.sft.reflection_fraction):
+        with s.timer("own_answers"):
+            own = own_wrong_answers(s, problems)
+    samples, without = sft_samples(s, problems, own)
     samples = s.my_share(samples)
     with s.timer("train"):
         mbs = s.micro_batches(samples)
@@ -66,5 +105,7 @@ def sft_step(s: Session) -> dict[str, float]:
         # the same on every rank (the whole step's examples are built everywhere)
         "sft/examples_without_wrong_answer": float(without),
     }
+    if own is not None:
+        metrics["sft/own_wrong_answers"] = float(len(own))
     metrics.update(s.after_update(bool(stats["applied"]), totals["loss"], stats["grad_norm"], stats["lr"]))
     return metrics

@@ -288,25 +288,35 @@ def test_solutions_are_all_right():
 
 
 def test_check_of_a_right_answer_ends_equal():
-    assert countdown_check("3*5+7", SPEC) == "3*5=15 leaves 7. 15+7=22 leaves none. 22 vs 22: equal."
-    assert countdown_check("7+5*3", SPEC) == "5*3=15 leaves 7. 7+15=22 leaves none. 22 vs 22: equal."
-    assert countdown_check("(-3)+5*5", "22 using 3 5 5") == (
-        "0-3=-3 leaves 5 5. 5*5=25 leaves none. -3+25=22 leaves none. 22 vs 22: equal."
-    )
-    assert countdown_check("22", "22 using 22 3") == "22 leaves 3. 22 vs 22: equal."
+    assert countdown_check("3*5+7", SPEC) == "3*5=15. 15+7=22. 22 vs 22: equal."
+    assert countdown_check("7+5*3", SPEC) == "5*3=15. 7+15=22. 22 vs 22: equal."
+    assert countdown_check("(-3)+5*5", "22 using 3 5 5") == "0-3=-3. 5*5=25. -3+25=22. 22 vs 22: equal."
 
 
-def test_check_of_a_wrong_answer_names_what_is_wrong():
-    assert countdown_check("3*5+8", SPEC) == "3*5=15 leaves 7. 15+8: 8 is not left."
-    assert countdown_check("5*5-3", SPEC) == "5*5: 5 is not left."
-    assert countdown_check("15+7", SPEC) == "15+7: 15 is not left."
-    assert countdown_check("22", SPEC) == "22 is not left."
-    assert countdown_check("3*7", SPEC) == "3*7=21 leaves 5. 21 vs 22: different."
+def test_check_of_a_wrong_answer_compares_its_value():
+    assert countdown_check("3*5+8", SPEC) == "3*5=15. 15+8=23. 23 vs 22: different."
+    assert countdown_check("3*7", SPEC) == "3*7=21. 21 vs 22: different."
     assert countdown_check("3*(5+", SPEC) == "It cannot be read."
-    assert countdown_check("7/2", "22 using 7 2") == "7/2=7/2 leaves none. 7/2 vs 22: different."
+    assert countdown_check("7/2", "22 using 7 2") == "7/2=7/2. 7/2 vs 22: different."
+    assert countdown_check("22", SPEC) == "22 vs 22: equal."  # the numbers are the verifier's rule
 
 
-def test_a_check_ends_equal_exactly_when_the_answer_is_right():
+def test_practice_evaluates_the_reference_or_a_perturbation_without_the_target():
+    task = CountdownTask(CountdownConfig(held_out_size=0))
+    checks, rng = CountdownChecks(), random.Random(4)
+    kinds = set()
+    for i in range(100):
+        p = task.train_problem(i)
+        prompt, response = checks.practice(p, rng)
+        expr = prompt.removeprefix("Compute ").removesuffix(".")
+        value = parse(expr).value
+        assert response.endswith(f"\\boxed{{{int(value)}}}")
+        assert countdown_check(expr, p.answer).startswith(response.rpartition(" \\boxed")[0])
+        kinds.add(check_answer(expr, p.answer))
+    assert kinds == {True, False}
+
+
+def test_a_check_ends_equal_exactly_when_the_value_is_the_target():
     task = CountdownTask(CountdownConfig(held_out_size=0))
     rng = random.Random(1)
     checks = CountdownChecks()
@@ -314,7 +324,8 @@ def test_a_check_ends_equal_exactly_when_the_answer_is_right():
         p = task.train_problem(i)
         for cand in (p.right_answer, checks.perturb(p, rng)):
             assert cand is not None
-            assert countdown_check(cand, p.answer).endswith(": equal.") == check_answer(cand, p.answer)
+            value_right = parse(cand).value == parse_spec(p.answer).target
+            assert countdown_check(cand, p.answer).endswith(": equal.") == value_right
         pair = checks.reasoning(p, ["1+1", p.right_answer])
         assert pair.startswith("B: ") and " A: " in pair
 
@@ -344,7 +355,7 @@ def test_fold_perturbations_reach_the_target_with_a_number_not_offered():
         cand = perturb_countdown(p, rng, kinds=("fold",))
         if cand is not None and parse(cand).value == parse_spec(p.answer).target:
             hits += 1
-            assert "is not left." in countdown_check(cand, p.answer)
+            assert not check_answer(cand, p.answer)  # the verifier refuses what the check passes
     assert hits >= 50
 
 
