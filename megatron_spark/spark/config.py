@@ -57,6 +57,11 @@ class SparkConfig:
     """Loss weight of pointwise and pairwise samples (joint schedule)."""
     reflection_weight: float = 1.0
     """Loss weight of reflection samples (joint schedule)."""
+    judge_rl_tokens: Literal["all", "verdict"] = "all"
+    """Which tokens of a judge sample carry its advantage: ``all`` (the whole reply, as in the
+    paper) or ``verdict`` (the boxed verdict only; the sample's own check before it is context).
+    The loss is a mean over every trained token of the step, so with a worked check of ~40
+    tokens per reply the verdict's share of the judge's RL gradient is ~1/40 under ``all``."""
     judge_ce_weight: float = 0.0
     """Weight of teacher-forced cross-entropy on the correct verdict of each judge item, after the
     first sample's own reasoning; averaged over the step's verdict tokens (0 disables)."""

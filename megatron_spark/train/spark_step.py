@@ -26,6 +26,7 @@ on the verdict tokens only.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -103,7 +104,10 @@ def item_samples(
     groups, kinds = [], []
     for i, item in enumerate(items):
         cs = completions[i * m : (i + 1) * m]
-        groups.append(to_samples(cs, adv[i], rewards[i], weight[item.kind]))
+        samples = to_samples(cs, adv[i], rewards[i], weight[item.kind])
+        if item.choices and sp.judge_rl_tokens == "verdict":
+            samples = [verdict_only(s.tokenizer, x) for x in samples]
+        groups.append(samples)
         kinds.append(item.kind)
         if sp.judge_ce_weight > 0 and item.choices:
             ce = verdict_ce_sample(s, cs, item)
@@ -111,6 +115,36 @@ def item_samples(
                 groups.append([ce])
                 kinds.append("verdict_ce")
     return groups, kinds
+
+
+def verdict_start(tok, ids: list[int]) -> int | None:
+    """Index of the first token of ``ids`` whose text reaches into the last ``\\boxed{...}``'s
+    content (the verdict), or None when the text has no complete box."""
+    text = tok.decode(ids)
+    at = text.rfind("\\boxed{")
+    if at < 0 or not boxed_contents(text[at:]):
+        return None
+    content = at + len("\\boxed{")
+    for k in range(len(ids)):
+        if len(tok.decode(ids[: k + 1])) > content:
+            return k
+    return None
+
+
+def verdict_only(tok, sample: Sample) -> Sample:
+    """``sample`` with its reply up to the verdict moved into the prompt: only the verdict and
+    what follows it carry the advantage (``spark.judge_rl_tokens: verdict``). The tokens are the
+    sampled ones, cut at a token boundary, so their rollout log-probs still apply. A reply with
+    no box is kept whole (its format error is what the advantage is about)."""
+    k = verdict_start(tok, sample.response_ids)
+    if k is None:
+        return sample
+    return dataclasses.replace(
+        sample,
+        prompt_ids=sample.prompt_ids + sample.response_ids[:k],
+        response_ids=sample.response_ids[k:],
+        rollout_logprobs=sample.rollout_logprobs[k:],
+    )
 
 
 def verdict_ce_sample(s: Session, completions, item: Item) -> Sample | None:

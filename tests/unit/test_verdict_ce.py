@@ -53,3 +53,43 @@ def test_first_completion_with_a_box_is_used_and_none_without_one():
     sample = verdict_ce_sample(SESSION, [unboxed, boxed], _item("No"))
     assert TOK.decode(sample.prompt_ids[len(PROMPT) :]) == "3+5=8. 6-7=-1. \\boxed{"
     assert verdict_ce_sample(SESSION, [unboxed, _completion("\\boxed{")], _item("No")) is None
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "3+5=8. 8-2=6. 6-7=-1. \\boxed{Yes}",
+        "B: 6-7=-1. A: 6-6=0. \\boxed{A}",
+        "\\boxed{No}",
+        "x \\boxed{B} y",
+    ],
+)
+def test_verdict_only_moves_the_check_into_the_prompt_and_keeps_the_sampled_tokens(reply):
+    from megatron_spark.train.batch import Sample
+    from megatron_spark.train.spark_step import verdict_only
+
+    ids = TOK.encode(reply) + [TOK.eos_id]
+    logprobs = [-0.1 * (i + 1) for i in range(len(ids))]
+    sample = Sample(PROMPT, ids, logprobs, advantage=0.5, reward=1.0, weight=2.0)
+    cut = verdict_only(TOK, sample)
+    k = len(cut.prompt_ids) - len(PROMPT)
+    assert cut.prompt_ids[: len(PROMPT)] == PROMPT
+    assert cut.prompt_ids[len(PROMPT) :] + cut.response_ids == ids  # the sampled tokens, split once
+    assert cut.rollout_logprobs == logprobs[k:]
+    assert (cut.advantage, cut.reward, cut.weight) == (0.5, 1.0, 2.0)
+    verdict = reply.rpartition("\\boxed{")[2].partition("}")[0]
+    head = TOK.decode(cut.prompt_ids[len(PROMPT) :])
+    assert (
+        head.startswith(reply.rpartition("\\boxed{")[0].rstrip())
+        and verdict not in head[len(reply.rpartition("\\boxed{")[0]) :]
+    )
+    assert verdict in TOK.decode(cut.response_ids)
+
+
+def test_verdict_only_keeps_a_reply_without_a_box_whole():
+    from megatron_spark.train.batch import Sample
+    from megatron_spark.train.spark_step import verdict_only
+
+    ids = TOK.encode("3+5=8. no verdict") + [TOK.eos_id]
+    sample = Sample(PROMPT, ids, [0.0] * len(ids), advantage=-1.0)
+    assert verdict_only(TOK, sample) == sample
