@@ -88,7 +88,7 @@ def heldout_items(
         yes, no = templates.POINTWISE_VERDICTS[vocab]
         correct = i % 2 == 0
         shown = p.right_answer if correct else final
-        style = checks.template_style
+        style = checks.styles.judge
         prompt = templates.pointwise_prompt(
             p.prompt, shown, vocab, rng.randrange(templates.NUM_POINTWISE_TEMPLATES), style
         )
@@ -122,7 +122,7 @@ def heldout_items(
         tone = ("wrong", "neutral")[i % 2]
         t = rng.randrange(templates.NUM_REFLECTION_TEMPLATES)
         attempt = text if show == "full" else final
-        prompt = templates.reflection_prompt(p.prompt, attempt, show, tone, t, style)
+        prompt = templates.reflection_prompt(p.prompt, attempt, show, tone, t, checks.styles.reflection)
         out.append(HeldOutItem(Item("reflection", prompt, p.answer, (), -1, p.uid, show), source, (final,)))
     return out
 

@@ -104,7 +104,7 @@ def own_verdicts(s, problems, greedy: list[str], rewards: list[float]) -> dict:
     from megatron_spark.spark.checks import checks_for
     from megatron_spark.spark.verdict import parse_verdict
 
-    style, box = checks_for(s.task.name).template_style, s.cfg.task.verifier.box
+    style, box = checks_for(s.task.name).styles.judge, s.cfg.task.verifier.box
     yes, no = templates.POINTWISE_VERDICTS["yesno"]
     finals = [extract_boxed(t, box) for t in greedy]
     judged = [i for i, f in enumerate(finals) if f]
@@ -132,9 +132,8 @@ def tts_accuracy(s, problems, rounds: int, n: int, majority: dict) -> dict:
     answers = [p.answer for p in problems]
     mx, jmx, box = s.cfg.rollout.max_new_tokens, s.cfg.spark.max_new_tokens, s.cfg.task.verifier.box
     checks = checks_for(s.task.name)
-    style = checks.template_style
     out = {}
-    r = self_reflect(q, gen, s.tokenizer, rounds, mx, jmx, box, style=style)
+    r = self_reflect(q, gen, s.tokenizer, rounds, mx, jmx, box, styles=checks.styles)
     acc = verify_texts(s, r.responses, answers)
     mean_generations = sum(r.generations) / len(q)
     # Majority voting with at least as many generations (rounded up), as far as samples were drawn.
@@ -155,7 +154,7 @@ def tts_accuracy(s, problems, rounds: int, n: int, majority: dict) -> dict:
         jmx,
         seed=s.cfg.seed,
         box=box,
-        style=style,
+        style=checks.styles.judge,
         vote_key=lambda i, final: checks.vote_key(problems[i], final),
     )
     acc = verify_texts(s, r.responses, answers)
@@ -173,7 +172,7 @@ def reward_bench(s, path: str) -> tuple[dict, list[dict]]:
     from megatron_spark.spark.checks import checks_for
 
     items = load_reward_bench(path)
-    style = checks_for(s.task.name).template_style
+    style = checks_for(s.task.name).styles.judge
     yes, no = templates.POINTWISE_VERDICTS["yesno"]
     queries = []
     for it in items:
@@ -317,7 +316,7 @@ def run_generate(cfg: RunConfig, opts: GenerateOptions) -> list[dict]:
             checks = checks_for(s.task.name)
             rounds = None
             if opts.tts == "self-reflect":
-                r = self_reflect(q, gen, s.tokenizer, opts.rounds, mx, jmx, box, style=checks.template_style)
+                r = self_reflect(q, gen, s.tokenizer, opts.rounds, mx, jmx, box, styles=checks.styles)
                 responses, gens, rounds = r.responses, r.generations, r.rounds
             elif opts.tts == "best-of-n":
                 r = best_of_n(
@@ -329,7 +328,7 @@ def run_generate(cfg: RunConfig, opts: GenerateOptions) -> list[dict]:
                     jmx,
                     seed=s.cfg.seed,
                     box=box,
-                    style=checks.template_style,
+                    style=checks.styles.judge,
                 )
                 responses, gens = r.responses, r.generations
             else:

@@ -33,7 +33,7 @@ from megatron_spark.data.tasks import Problem
 from megatron_spark.reward.extract import BoxChoice, extract_boxed
 from megatron_spark.spark import templates
 from megatron_spark.spark.config import SparkConfig
-from megatron_spark.spark.templates import Style
+from megatron_spark.spark.templates import QUESTION_LAST, Style, Styles
 
 CORRECT, INCORRECT = "correct", "incorrect"
 
@@ -189,10 +189,10 @@ def recycle(
     cfg: SparkConfig,
     box: BoxChoice,
     rng: random.Random,
-    style: Style = "question_last",
+    styles: Styles = QUESTION_LAST,
 ) -> list[Item]:
     """Judge and reflection items from one step's scored groups (rules in the module docstring);
-    ``style``: the task's template style (:attr:`TaskChecks.template_style`)."""
+    ``styles``: the task's template styles (:attr:`TaskChecks.styles`)."""
     judge: list[Item] = []
     reflection: list[Item] = []
     counts = {CORRECT: 0, INCORRECT: 0}
@@ -203,7 +203,7 @@ def recycle(
             )
         finals = [extract_boxed(r, box) for r in group.responses]
         if cfg.pointwise or cfg.pairwise:
-            item = _judge_item(group, finals, step, cfg, rng, counts, style)
+            item = _judge_item(group, finals, step, cfg, rng, counts, styles.judge)
             if item is not None:
                 judge.append(item)
                 if item.kind == "pointwise":
@@ -212,7 +212,9 @@ def recycle(
         if cfg.reflection and wrong:
             i = rng.choice(wrong)
             reflection.append(
-                reflection_item(group.problem, group.responses[i], finals[i], step, cfg, rng, style)
+                reflection_item(
+                    group.problem, group.responses[i], finals[i], step, cfg, rng, styles.reflection
+                )
             )
     if cfg.balance_pointwise:
         judge = _balance(judge, rng)

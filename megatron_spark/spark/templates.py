@@ -31,6 +31,7 @@ the tiny recipe, from verdict cross-entropy (``spark.judge_ce_weight``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 Vocab = Literal["yesno", "ab"]
@@ -47,6 +48,19 @@ Style = Literal["question_last", "question_first"]
 right after the question, as a policy response does. ``question_first``: the question, then the
 instruction, then the answer(s) or attempt under judgement, so a judge's check starts right after
 what it checks (Countdown) and a real model reads the problem before the task (free-form math)."""
+
+
+@dataclass(frozen=True)
+class Styles:
+    """The style of a task's judge prompts and of its reflection prompts."""
+
+    judge: Style = "question_last"
+    reflection: Style = "question_last"
+
+
+QUESTION_LAST = Styles()
+"""Both kinds with the question last (the arithmetic task's, and the default)."""
+
 
 # Placeholders: {question}, {answer}. The raw strings keep ``\boxed{{}}`` as ``\boxed{}``.
 # Every template ends with the question (see the module docstring).

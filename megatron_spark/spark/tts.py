@@ -15,7 +15,8 @@ generations per problem.
 pick the highest score, ties broken by how many samples share the answer (``vote_key``: the text,
 or for Countdown the expression's value), then by sample order.
 
-``style`` is the task's template style (:attr:`megatron_spark.spark.checks.TaskChecks.template_style`).
+``styles`` / ``style`` are the task's template styles (:attr:`megatron_spark.spark.checks.TaskChecks.styles`;
+best-of-n asks only judge prompts).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def self_reflect(
     max_new_tokens: int,
     judge_max_new_tokens: int,
     box: str = "last",
-    style: templates.Style = "question_last",
+    styles: templates.Styles = templates.QUESTION_LAST,
 ) -> TTSResult:
     if rounds < 0:
         raise ValueError(f"rounds must be >= 0, got {rounds}")
@@ -76,7 +77,9 @@ def self_reflect(
             break
         finals = {i: extract_boxed(current[i], box) for i in active}
         judged = [i for i in active if finals[i]]
-        prompts = [templates.pointwise_prompt(questions[i], finals[i], "yesno", 0, style) for i in judged]
+        prompts = [
+            templates.pointwise_prompt(questions[i], finals[i], "yesno", 0, styles.judge) for i in judged
+        ]
         verdicts = generate(prompts, _greedy(judge_max_new_tokens, stop)) if prompts else []
         replies = {i: decode(c.token_ids) for i, c in zip(judged, verdicts)}
         accepted = set()
@@ -92,7 +95,8 @@ def self_reflect(
         if not active:
             break
         prompts = [
-            templates.reflection_prompt(questions[i], current[i], "full", "wrong", 0, style) for i in active
+            templates.reflection_prompt(questions[i], current[i], "full", "wrong", 0, styles.reflection)
+            for i in active
         ]
         for i, c in zip(active, generate(prompts, _greedy(max_new_tokens, stop))):
             current[i] = decode(c.token_ids)

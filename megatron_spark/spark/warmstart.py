@@ -57,14 +57,14 @@ def warm_start_example(
         shown = right if correct else wrong
         truth = correct if verdicts == "correct" else rng.random() < 0.5
         t = rng.randrange(templates.NUM_POINTWISE_TEMPLATES)
-        prompt = templates.pointwise_prompt(problem.prompt, shown, vocab, t, checks.template_style)
+        prompt = templates.pointwise_prompt(problem.prompt, shown, vocab, t, checks.styles.judge)
         return prompt, judge_reply(checks.reasoning(problem, [shown]), yes if truth else no)
     if kind == "pairwise":
         right_first = rng.random() < 0.5
         a, b = (right, wrong) if right_first else (wrong, right)
         first = right_first if verdicts == "correct" else rng.random() < 0.5
         t = rng.randrange(templates.NUM_PAIRWISE_TEMPLATES)
-        prompt = templates.pairwise_prompt(problem.prompt, a, b, t, checks.template_style)
+        prompt = templates.pairwise_prompt(problem.prompt, a, b, t, checks.styles.judge)
         verdict = templates.PAIRWISE_CHOICES[0 if first else 1]
         return prompt, judge_reply(checks.reasoning(problem, [a, b]), verdict)
     show = rng.choice(("full", "answer"))
@@ -73,5 +73,5 @@ def warm_start_example(
     if attempt is None:
         show, attempt = "answer", wrong
     t = rng.randrange(templates.NUM_REFLECTION_TEMPLATES)
-    prompt = templates.reflection_prompt(problem.prompt, attempt, show, tone, t, checks.template_style)
+    prompt = templates.reflection_prompt(problem.prompt, attempt, show, tone, t, checks.styles.reflection)
     return prompt, problem.solution

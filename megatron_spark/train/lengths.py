@@ -135,19 +135,23 @@ def phase_needs(
             * judged
         )
         questions = sorted([*train, *held_out], key=lambda p: lengths[p.uid])[-LONGEST_QUESTIONS:]
-        tokens, longest = item_prompt_bound(questions, kinds, tokenizer, checks.template_style, new)
+        tokens, longest = item_prompt_bound(questions, kinds, tokenizer, checks.styles, new)
         needs.append(Need(phase, tokens + judge_new, f"{longest} + spark.max_new_tokens={judge_new}"))
     return needs
 
 
 def item_prompt_bound(
-    questions: Sequence[Problem], kinds: Sequence[str], tokenizer: Tokenizer, style: str, slot_tokens: int
+    questions: Sequence[Problem],
+    kinds: Sequence[str],
+    tokenizer: Tokenizer,
+    styles: templates.Styles,
+    slot_tokens: int,
 ) -> tuple[int, str]:
     """``(tokens, description)`` of the longest judge or reflection prompt of ``kinds`` around any
     of ``questions``, each generated slot counted as ``slot_tokens`` (see the module docstring)."""
     best = (0, "")
     for problem in questions:
-        for kind, template, text, slots in _rendered(problem.prompt, kinds, style):
+        for kind, template, text, slots in _rendered(problem.prompt, kinds, styles):
             tokens = len(tokenizer.encode_prompt(text)) + slots * slot_tokens
             if tokens > best[0]:
                 shown = {
@@ -163,9 +167,10 @@ def item_prompt_bound(
     return best
 
 
-def _rendered(question: str, kinds: Sequence[str], style: str):
+def _rendered(question: str, kinds: Sequence[str], styles: templates.Styles):
     """``(kind, template index, prompt with empty slots, number of slots)`` of every template."""
     for kind in kinds:
+        style = styles.reflection if kind == "reflection" else styles.judge
         if kind == "pointwise":
             for vocab in templates.POINTWISE_VERDICTS:
                 for t in range(templates.NUM_POINTWISE_TEMPLATES):

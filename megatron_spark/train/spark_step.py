@@ -69,8 +69,8 @@ def recycle_step(s: Session, problems, completions, rewards: torch.Tensor) -> li
     mine = [(p, texts[i * n : (i + 1) * n], rewards[i].tolist()) for i, p in enumerate(problems)]
     groups = [ScoredGroup(*g) for share in s.gather_replicas(mine) for g in share]
     rng = random.Random(s.sampling_seed(purpose=2))
-    style = checks_for(s.task.name).template_style
-    return recycle(groups, s.step, s.cfg.spark, s.cfg.task.verifier.box, rng, style)
+    styles = checks_for(s.task.name).styles
+    return recycle(groups, s.step, s.cfg.spark, s.cfg.task.verifier.box, rng, styles)
 
 
 def pop_items(s: Session) -> tuple[list[Item], list[Item], int]:

@@ -13,6 +13,8 @@ from megatron_spark.spark import templates
 from megatron_spark.train.config import RunConfig
 from megatron_spark.train.lengths import check_lengths, item_prompt_bound
 
+FIRST = templates.Styles(judge="question_first", reflection="question_first")
+
 TOK = load_tokenizer("builtin:arith")
 SHORT = Problem("f.jsonl:1", "Compute 1+2.", "3", "1+2=3. \\boxed{3}")
 LONG = Problem("f.jsonl:2", "Compute " + "1+" * 20 + "1.", "21", "\\boxed{21}")
@@ -84,7 +86,7 @@ def test_recycled_items_count_a_whole_response_per_slot():
         "spark.pairwise=false",
         "train.eval_num_problems=0",
     )
-    bound, _ = item_prompt_bound([LONG], ["pointwise", "reflection"], TOK, "question_first", 200)
+    bound, _ = item_prompt_bound([LONG], ["pointwise", "reflection"], TOK, FIRST, 200)
     assert bound > prompt_tokens(LONG) + 200
     check_lengths(c, "train", TOK, Task(), bound + 64)
     with pytest.raises(UserError) as e:
@@ -114,7 +116,7 @@ def test_the_item_bound_holds_for_a_real_reflection_prompt():
         ids = TOK.encode(response)[:100]
         attempt = TOK.decode(ids)
         slot = len(ids)
-        bound, _ = item_prompt_bound([LONG], ["reflection"], TOK, "question_first", slot)
+        bound, _ = item_prompt_bound([LONG], ["reflection"], TOK, FIRST, slot)
         for t in range(templates.NUM_REFLECTION_TEMPLATES):
             prompt = templates.reflection_prompt(LONG.prompt, attempt, "full", "wrong", t, "question_first")
             assert len(TOK.encode_prompt(prompt)) <= bound

@@ -12,6 +12,7 @@ import pytest
 from megatron_spark.data.tasks import Problem
 from megatron_spark.data.tokenizer import HFTokenizer, load_tokenizer
 from megatron_spark.errors import UserError
+from megatron_spark.spark.checks import TaskChecks
 from megatron_spark.spark.config import SparkConfig
 from megatron_spark.spark.recycler import ScoredGroup, recycle
 from megatron_spark.train.config import SFTSection
@@ -112,7 +113,7 @@ def test_judge_and_reflection_prompts_go_through_the_template(qwen):
     # Recycled items from one mixed group: a pairwise and a reflection item.
     group = ScoredGroup(problem, ["So \\boxed{72}.", "Hmm \\boxed{70}."], [1.0, 0.0])
     cfg = SparkConfig(enabled=True, pairwise_fraction=1.0)
-    items = recycle([group], 0, cfg, "last", random.Random(0), "question_first")
+    items = recycle([group], 0, cfg, "last", random.Random(0), TaskChecks.styles)
     assert sorted(x.kind for x in items) == ["pairwise", "reflection"]
     for item in items:
         text = qwen._tok.decode(qwen.encode_prompt(item.prompt))
