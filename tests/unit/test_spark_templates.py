@@ -157,3 +157,21 @@ def test_templates_fit_the_tiny_tokenizer():
         ids = tok.encode(text)
         assert tok.decode(ids) == text
         assert len(ids) <= 96
+
+
+@pytest.mark.parametrize("vocab", sorted(POINTWISE_VERDICTS))
+def test_question_first_style_puts_the_question_first_and_the_candidate_last(vocab):
+    from megatron_spark.spark.templates import pairwise_prompt as pair
+
+    for t in range(NUM_POINTWISE_TEMPLATES):
+        text = pointwise_prompt("QQQ", "CAND", vocab, t, "question_first")
+        assert text.index("QQQ") < text.index("\\boxed{}") < text.index("CAND")
+        assert text.rstrip().endswith("CAND")
+    for t in range(NUM_PAIRWISE_TEMPLATES):
+        text = pair("QQQ", "AAA", "BBB", t, "question_first")
+        assert text.index("QQQ") < text.index("AAA") < text.index("BBB") and text.endswith("BBB")
+    for (show, tone), t in itertools.product(COMBOS, range(NUM_REFLECTION_TEMPLATES)):
+        text = reflection_prompt("QQQ", "ATT", show, tone, t, "question_first")
+        assert text.index("QQQ") < text.index("ATT") and text.endswith("ATT")
+    with pytest.raises(ValueError, match="template style"):
+        pointwise_prompt("QQQ", "CAND", vocab, 0, "sideways")
