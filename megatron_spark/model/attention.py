@@ -101,13 +101,22 @@ class SDPACoreAttention(MegatronModule):
         outputs = []
         for group in plan.groups:
             # [g, L, heads, hn] -> [g, heads, L, hn]
-            q = query[group.q_idx].transpose(1, 2)
-            k, v = (x[group.kv_idx].transpose(1, 2) for x in (key, value))
+            q = _rows(query, group.q_idx).transpose(1, 2)
+            k, v = (_rows(x, group.kv_idx).transpose(1, 2) for x in (key, value))
             out = self._sdpa(q, k, v, group.mask).transpose(1, 2)
             outputs.append(out[group.own])  # [own tokens of the group, heads, hn]
         if plan.tail:  # tokens past cu_seqlens[-1] (padding to a fixed pack length) attend to nothing
             outputs.append(query.new_zeros(plan.tail, n, hn))
         return torch.cat(outputs)[plan.order].reshape(t, n * hn)
+
+
+def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[index]`` for a 2-D ``index`` of token rows: ``[g, L, heads, hn]``. Through
+    ``index_select``, whose backward sums repeated rows with ``index_add_``: advanced indexing's
+    backward (``index_put_`` with accumulation) sums them in a thread-dependent order on the CPU,
+    so two runs with two threads differed from the first training step (a shared prompt's keys
+    are gathered once per continuation)."""
+    return x.index_select(0, index.reshape(-1)).view(*index.shape, *x.shape[1:])
 
 
 @dataclass
