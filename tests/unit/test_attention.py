@@ -113,3 +113,33 @@ def test_continuations_attend_to_their_shared_prefix(attn):
     ref_total.backward()
     for mine, x in zip(got, (q, k, v)):
         torch.testing.assert_close(mine.double(), x.grad.double(), atol=1e-5, rtol=0)
+
+
+def test_shared_prefix_gradients_are_the_same_every_run_with_two_threads(attn):
+    """A prompt shared by many continuations has its keys and values gathered once per
+    continuation; their gradients are summed back. That sum must not depend on thread timing:
+    with two threads, advanced indexing's backward gave different low bits run to run."""
+    module, PackedSeqParams = attn
+    lengths = [96] + [6] * 64
+    prefix_of = [-1] + [0] * 64
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    params = PackedSeqParams(
+        qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=96, max_seqlen_kv=96
+    )
+    params.prefix_of = prefix_of
+    t = sum(lengths)
+    gen = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(t, n, 8, generator=gen) for n in (4, 2, 2)]
+    w = torch.randn(t, 32, generator=gen)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(6):
+            q, k, v = (x.clone().requires_grad_() for x in inputs)
+            (module(q, k, v, attention_mask=None, packed_seq_params=params) * w).sum().backward()
+            grads.append([x.grad for x in (q, k, v)])
+    finally:
+        torch.set_num_threads(threads)
+    for other in grads[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(grads[0], other))
