@@ -233,7 +233,10 @@ def run_packed(
 
         def fused_loss_func(hidden: torch.Tensor):
             # hidden [1, T (+ SP padding), H]; bypass.weight [V_padded/tp, H] (this rank's rows)
-            hidden = hidden[:, : batch.num_tokens] if rows is None else hidden[:, rows]
+            # index_select: its backward sums a shared prompt's last row (the head row of every
+            # continuation) with index_add_, in the same order every run (advanced indexing's
+            # backward does not, with several threads)
+            hidden = hidden[:, : batch.num_tokens] if rows is None else hidden.index_select(1, rows)
             keep = valid.to(dev)
             given = fused_head.inputs(batch)
             fields = {f.name: getattr(given, f.name).to(dev) for f in dataclasses.fields(given)}
