@@ -33,6 +33,8 @@ def warm_start(tmp_path_factory):
 
 
 def test_joint_schedule_builds_rolls_out_rewards_and_trains_items(warm_start, tmp_path):
+    """The mechanics on the arithmetic task; that the judge learns is asserted on Countdown
+    (tests/functional/test_spark_countdown.py), where checking is easier than solving."""
     run_dir = tmp_path / "joint"
     run_cli(
         [
@@ -40,10 +42,10 @@ def test_joint_schedule_builds_rolls_out_rewards_and_trains_items(warm_start, tm
             SPARK,
             f"run_dir={run_dir}",
             f"model.init={warm_start}",
-            "train.num_steps=16",
-            "optim.lr=2e-4",  # the recipe's 1e-4 takes ~24 steps to move the held-out judge
-            "train.eval_every_steps=8",
-            "train.eval_num_problems=100",
+            "train.num_steps=6",
+            "train.eval_every_steps=0",
+            "train.eval_num_problems=0",
+            "train.eval_judge=false",
             "train.save_every_steps=0",
         ],
         check=True,
@@ -51,7 +53,7 @@ def test_joint_schedule_builds_rolls_out_rewards_and_trains_items(warm_start, tm
     )
     rows = read_metrics(run_dir)
     steps = [r for r in rows if "spark/queue_size" in r]
-    assert len(steps) == 16
+    assert len(steps) == 6
     for kind in ("pointwise", "pairwise", "reflection"):
         assert sum(r[f"spark/items_built/{kind}"] for r in steps) > 0, kind
         assert sum(r[f"spark/items_trained/{kind}"] for r in steps) > 0, kind
@@ -69,17 +71,10 @@ def test_joint_schedule_builds_rolls_out_rewards_and_trains_items(warm_start, tm
     assert judge and 0.0 < sum(judge) / len(judge) < 1.0
     refl = [r["reflection/accuracy"] for r in steps[1:] if r["spark/items_trained/reflection"] > 0]
     assert refl and 0.0 < sum(refl) / len(refl) < 1.0
-    # The held-out judge learnt: the warm start's verdicts are coin flips (50% on balanced items);
-    # 16 steps of recycled items move both judges (measured: 69% pointwise and 72% pairwise, on
-    # 100 items each).
-    evals = [r for r in rows if "eval/judge_pointwise_accuracy" in r]
-    assert [r["step"] for r in evals] == [0, 8, 16]
-    first, last = evals[0], evals[-1]
-    gains = [
-        last[f"eval/judge_{k}_accuracy"] - first[f"eval/judge_{k}_accuracy"]
-        for k in ("pointwise", "pairwise")
-    ]
-    assert all(g > 0 for g in gains) and sum(gains) / 2 >= 0.1, (first, last)
+    assert all(r["judge/verdict_parse_rate"] > 0.5 for r in steps[1:])
+    # Coin-flip verdicts: judge groups mostly split, so RL has advantages to learn from.
+    entropy = [r["judge/verdict_entropy_bits"] for r in steps[1:]]
+    assert sum(entropy) / len(entropy) > 0.5
 
 
 def test_alternating_schedule_runs_both_phases(warm_start, tmp_path):
