@@ -62,6 +62,9 @@ class SparkConfig:
     paper) or ``verdict`` (the boxed verdict only; the sample's own check before it is context).
     The loss is a mean over every trained token of the step, so with a worked check of ~40
     tokens per reply the verdict's share of the judge's RL gradient is ~1/40 under ``all``."""
+    judge_ce_samples: int = 1
+    """How many of a judge item's samples (the first ones that box something) get a verdict
+    cross-entropy copy: the right verdict after that sample's own check."""
     judge_ce_weight: float = 0.0
     """Weight of teacher-forced cross-entropy on the correct verdict of each judge item, after the
     first sample's own reasoning; averaged over the step's verdict tokens (0 disables)."""
@@ -75,7 +78,7 @@ class SparkConfig:
             raise ValueError(
                 f"pointwise_vocabs must be a non-empty list of 'yesno', 'ab'; got {list(self.pointwise_vocabs)}"
             )
-        for name in ("items_per_step", "num_samples_per_item", "max_new_tokens"):
+        for name in ("items_per_step", "num_samples_per_item", "max_new_tokens", "judge_ce_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_judge_items_per_step", "max_reflection_items_per_step", "max_item_age_steps"):

@@ -27,6 +27,7 @@ on the verdict tokens only.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import random
 import time
@@ -110,9 +111,10 @@ def item_samples(
         groups.append(samples)
         kinds.append(item.kind)
         if sp.judge_ce_weight > 0 and item.choices:
-            ce = verdict_ce_sample(s, cs, item)
-            if ce is not None:
-                groups.append([ce])
+            boxed = (x for c in cs if (x := verdict_ce_sample(s, c, item)) is not None)
+            ce = list(itertools.islice(boxed, sp.judge_ce_samples))  # the first ones that box
+            if ce:
+                groups.append(ce)
                 kinds.append("verdict_ce")
     return groups, kinds
 
@@ -147,29 +149,27 @@ def verdict_only(tok, sample: Sample) -> Sample:
     )
 
 
-def verdict_ce_sample(s: Session, completions, item: Item) -> Sample | None:
-    """The first completion that boxes something, cut before its last box, + the right verdict.
+def verdict_ce_sample(s: Session, completion, item: Item) -> Sample | None:
+    """``completion`` cut before its last box, + the right verdict; None when it boxes nothing.
 
     The cut is made at a token boundary at or before the box, and the rest is re-encoded with the
     right verdict, so the tokens are split the way the model itself writes them. Only the verdict's
     tokens are trained: the re-encoded ``\\boxed{`` before them is context, and nothing follows
     them (the closing brace and eos would only dilute the verdict's share of the loss)."""
     tok = s.tokenizer
-    for c in completions:
-        ids = list(c.token_ids)
-        text = tok.decode(ids)
-        at = text.rfind("\\boxed{")
-        if at < 0 or not boxed_contents(text[at:]):
-            continue
-        k = 0  # tokens kept from the sample: their text must end at or before the box
-        while k < len(ids) and len(tok.decode(ids[: k + 1])) <= at:
-            k += 1
-        rest = text[len(tok.decode(ids[:k])) : at] + "\\boxed{"
-        head, full = tok.encode(rest), tok.encode(rest + item.label)
-        if full[: len(head)] != head or len(full) == len(head):  # the verdict merged into the brace
-            head = []
-        return Sample(list(c.prompt_ids) + ids[:k] + head, full[len(head) :], objective="ce")
-    return None
+    ids = list(completion.token_ids)
+    text = tok.decode(ids)
+    at = text.rfind("\\boxed{")
+    if at < 0 or not boxed_contents(text[at:]):
+        return None
+    k = 0  # tokens kept from the sample: their text must end at or before the box
+    while k < len(ids) and len(tok.decode(ids[: k + 1])) <= at:
+        k += 1
+    rest = text[len(tok.decode(ids[:k])) : at] + "\\boxed{"
+    head, full = tok.encode(rest), tok.encode(rest + item.label)
+    if full[: len(head)] != head or len(full) == len(head):  # the verdict merged into the brace
+        head = []
+    return Sample(list(completion.prompt_ids) + ids[:k] + head, full[len(head) :], objective="ce")
 
 
 def verdict_stats(s: Session, items: list[Item], completions) -> dict[str, float]:

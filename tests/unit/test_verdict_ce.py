@@ -36,7 +36,7 @@ def _completion(text: str) -> Completion:
 )
 def test_context_is_the_own_reasoning_and_only_the_verdict_is_trained(reply, label):
     sample = verdict_ce_sample(
-        SESSION, [_completion(reply)], _item(label, ("A", "B") if "A:" in reply else ("Yes", "No"))
+        SESSION, _completion(reply), _item(label, ("A", "B") if "A:" in reply else ("Yes", "No"))
     )
     assert sample.objective == "ce"
     assert sample.prompt_ids[: len(PROMPT)] == PROMPT
@@ -48,11 +48,12 @@ def test_context_is_the_own_reasoning_and_only_the_verdict_is_trained(reply, lab
     assert sample.prompt_ids[len(PROMPT) :] + sample.response_ids == right
 
 
-def test_first_completion_with_a_box_is_used_and_none_without_one():
-    unboxed, boxed = _completion("3+5=8. 8-2=6."), _completion("3+5=8. 6-7=-1. \\boxed{Yes}")
-    sample = verdict_ce_sample(SESSION, [unboxed, boxed], _item("No"))
+def test_a_completion_without_a_box_gives_none():
+    boxed = _completion("3+5=8. 6-7=-1. \\boxed{Yes}")
+    sample = verdict_ce_sample(SESSION, boxed, _item("No"))
     assert TOK.decode(sample.prompt_ids[len(PROMPT) :]) == "3+5=8. 6-7=-1. \\boxed{"
-    assert verdict_ce_sample(SESSION, [unboxed, _completion("\\boxed{")], _item("No")) is None
+    assert verdict_ce_sample(SESSION, _completion("3+5=8. 8-2=6."), _item("No")) is None
+    assert verdict_ce_sample(SESSION, _completion("\\boxed{"), _item("No")) is None
 
 
 @pytest.mark.parametrize(
