@@ -29,6 +29,7 @@ Built-in checks:
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Hashable, Sequence
 from fractions import Fraction
@@ -109,6 +110,25 @@ def _step(node: Node) -> str:
     return f"{a}{op}{format_number(node.right.value)}={format_number(node.value)}"
 
 
+def near_miss(value: Fraction, rng: random.Random) -> str:
+    """A number written like ``value`` but different: one digit changed, the digits swapped, or
+    a few off (an integer for a fractional value)."""
+    if value.denominator != 1:
+        return str(math.floor(value) + rng.choice((0, 1)))
+    n = value.numerator
+    digits = str(abs(n))
+    kind = rng.choice(("digit", "swap", "offset"))
+    if kind == "swap" and len(digits) > 1 and digits[0] != digits[-1]:
+        digits = digits[::-1]
+    elif kind == "digit":
+        k = rng.randrange(len(digits))
+        d = rng.choice([c for c in "0123456789" if c != digits[k] and (k or len(digits) == 1 or c != "0")])
+        digits = digits[:k] + d + digits[k + 1 :]
+    else:
+        return str(n + rng.choice((-3, -2, -1, 1, 2, 3)))
+    return ("-" if n < 0 else "") + digits
+
+
 def countdown_check(candidate: str, answer: str) -> str:
     """The worked check of one Countdown candidate (module docstring): ``3*5=15. 15+7=22. 22 vs 22:
     equal.``; ``It cannot be read.`` when the candidate is not an expression."""
@@ -150,14 +170,26 @@ class CountdownChecks(TaskChecks):
     def practice(self, problem: Problem, rng: random.Random) -> tuple[str, str] | None:
         """Evaluate an expression step by step, in the check's own step form, with no target in
         sight: the problem's reference answer or a perturbation of it, at random
-        (``Compute (8-1)*2.`` -> ``8-1=7. 7*2=14. \\boxed{14}``)."""
+        (``Compute (8-1)*2.`` -> ``8-1=7. 7*2=14. \\boxed{14}``). Half the exercises then set the
+        value beside a number, the check's last step, which is the value itself or a near miss
+        (one digit changed, the digits swapped, a few off: ``Compute (8-1)*2 vs 41.`` -> ``8-1=7.
+        7*2=14. 14 vs 41: different. \\boxed{14}``): without them the tiny model's checks wrote
+        ``13 vs 17: equal`` for a third of wrong candidates."""
         expr = self.perturb(problem, rng) if rng.random() < 0.5 else None
         try:
             tree = parse(expr or problem.right_answer)
         except ExpressionError:
             return None
         work = " ".join(f"{_step(n)}." for n in _operations(tree))
-        return f"Compute {render(tree)}.", f"{work} \\boxed{{{format_number(tree.value)}}}".lstrip()
+        value = format_number(tree.value)
+        if rng.random() < 0.5:
+            versus = value if rng.random() < 0.5 else near_miss(tree.value, rng)
+            same = "equal" if versus == value else "different"
+            return (
+                f"Compute {render(tree)} vs {versus}.",
+                f"{work} {value} vs {versus}: {same}. \\boxed{{{value}}}".lstrip(),
+            )
+        return f"Compute {render(tree)}.", f"{work} \\boxed{{{value}}}".lstrip()
 
     def vote_key(self, problem: Problem, final: str) -> Hashable | None:
         """The candidate's value when it uses only offered numbers; None otherwise (no vote)."""

@@ -18,9 +18,23 @@ from megatron_spark.data.countdown import (
 )
 from megatron_spark.errors import UserError
 from megatron_spark.reward.countdown import CountdownSpec, check_answer, format_spec, parse_spec
-from megatron_spark.reward.expression import ExpressionError, negate, operands, parse, render, steps
+from megatron_spark.reward.expression import (
+    ExpressionError,
+    format_number,
+    negate,
+    operands,
+    parse,
+    render,
+    steps,
+)
 from megatron_spark.reward.verifiers import make_verifier
-from megatron_spark.spark.checks import PERTURBATIONS, CountdownChecks, countdown_check, perturb_countdown
+from megatron_spark.spark.checks import (
+    PERTURBATIONS,
+    CountdownChecks,
+    countdown_check,
+    near_miss,
+    perturb_countdown,
+)
 
 SPEC = "22 using 3 5 7"
 VERIFY = make_verifier("countdown")
@@ -301,19 +315,42 @@ def test_check_of_a_wrong_answer_compares_its_value():
     assert countdown_check("22", SPEC) == "22 vs 22: equal."  # the numbers are the verifier's rule
 
 
-def test_practice_evaluates_the_reference_or_a_perturbation_without_the_target():
+def test_practice_evaluates_the_reference_or_a_perturbation_and_sometimes_compares_its_value():
     task = CountdownTask(CountdownConfig(held_out_size=0))
     checks, rng = CountdownChecks(), random.Random(4)
-    kinds = set()
-    for i in range(100):
+    kinds, verdicts = set(), []
+    for i in range(400):
         p = task.train_problem(i)
         prompt, response = checks.practice(p, rng)
-        expr = prompt.removeprefix("Compute ").removesuffix(".")
+        expr, _, versus = prompt.removeprefix("Compute ").removesuffix(".").partition(" vs ")
         value = parse(expr).value
-        assert response.endswith(f"\\boxed{{{int(value)}}}")
-        assert countdown_check(expr, p.answer).startswith(response.rpartition(" \\boxed")[0])
+        assert response.endswith(f"\\boxed{{{format_number(value)}}}")
+        work = response.rpartition(" \\boxed")[0]
+        steps = countdown_check(expr, p.answer).rpartition(" vs ")[0].rpartition(" ")[0]
+        assert work.startswith(steps)  # the check's own evaluation steps
+        if versus:
+            same = versus == format_number(value)
+            assert work.endswith(f"{format_number(value)} vs {versus}: {'equal' if same else 'different'}.")
+            verdicts.append(same)
+        else:
+            assert " vs " not in work
         kinds.add(check_answer(expr, p.answer))
     assert kinds == {True, False}
+    assert 0.15 < sum(verdicts) / 400 < 0.35 and 0.15 < (len(verdicts) - sum(verdicts)) / 400 < 0.35
+
+
+def test_a_near_miss_is_written_like_the_value_and_never_equals_it():
+    rng = random.Random(0)
+    for n in [0, 1, 7, 9, 10, 11, 13, 31, 33, 99, 100, 432, -5, -17]:
+        misses = {near_miss(Fraction(n), rng) for _ in range(60)}
+        assert str(n) not in misses
+        assert all(int(m) != n for m in misses)
+        assert all(
+            len(m.lstrip("-")) in (len(str(abs(n))), len(str(abs(n))) + 1, len(str(abs(n))) - 1)
+            for m in misses
+        )
+    assert near_miss(Fraction(7, 2), rng) in {"3", "4"}
+    assert "31" in {near_miss(Fraction(13), rng) for _ in range(200)}  # digits swapped
 
 
 def test_a_check_ends_equal_exactly_when_the_value_is_the_target():
