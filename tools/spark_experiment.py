@@ -187,6 +187,89 @@ def summary(results: dict, seeds: list[int]) -> dict[str, dict[str, dict]]:
     return out
 
 
+def targets(table: dict, seeds: list[int]) -> list[str]:
+    """The SPARK paper's claims as measurable bars (the targets this experiment is held to): one
+    table row per bar with each seed's value and whether it holds."""
+
+    def seed_values(run: str, label: str) -> list[float | None]:
+        return table.get(run, {}).get(label, {}).get("per_seed", [None] * len(seeds))
+
+    def diff(a: list, b: list) -> list:
+        return [x - y if x is not None and y is not None else None for x, y in zip(a, b)]
+
+    def both(a: list, b: list) -> list:
+        return [min(x, y) if x is not None and y is not None else None for x, y in zip(a, b)]
+
+    joint, grpo = "spark_joint", "grpo_only"
+    point, pair = seed_values(joint, "pointwise judge"), seed_values(joint, "pairwise judge")
+    gap = both(
+        diff(point, seed_values(grpo, "pointwise judge")), diff(pair, seed_values(grpo, "pairwise judge"))
+    )
+    tts_gain = diff(seed_values(joint, "self-reflection TTS"), seed_values(joint, "policy pass@1"))
+    tts_vs_vote = diff(
+        seed_values(joint, "self-reflection TTS"), seed_values(joint, "majority vote, same generations")
+    )
+    grpo_gain = diff(seed_values(grpo, "self-reflection TTS"), seed_values(grpo, "policy pass@1"))
+    best = diff(seed_values(joint, "best-of-8 by own verdict"), seed_values(joint, "maj@8"))
+    policy = diff(seed_values(joint, "policy pass@1"), seed_values(grpo, "policy pass@1"))
+    rl = both(seed_values("rl_only_judge", "pointwise judge"), seed_values("rl_only_judge", "pairwise judge"))
+    # (target, per-seed values, test per seed, rule over seeds, values are differences)
+    bars = [
+        ("SPARK joint: both judges >= 85%", both(point, pair), lambda v: v >= 0.85, "every", False),
+        ("SPARK joint: both judges >= 25 points above GRPO-only", gap, lambda v: v >= 0.25, "every", True),
+        (
+            "SPARK joint: own mistakes rejected >= 80%",
+            seed_values(joint, "own mistakes rejected"),
+            lambda v: v >= 0.80,
+            "every",
+            False,
+        ),
+        (
+            "SPARK joint: self-reflection minus greedy pass@1 > 0 (mean >= 3 points)",
+            tts_gain,
+            lambda v: v > 0,
+            "every+mean3",
+            True,
+        ),
+        (
+            "SPARK joint: self-reflection minus majority vote at equal generations > 0",
+            tts_vs_vote,
+            lambda v: v > 0,
+            "every",
+            True,
+        ),
+        ("GRPO-only: self-reflection minus greedy pass@1 <= 0", grpo_gain, lambda v: v <= 0, "every", True),
+        ("SPARK joint: best-of-8 by own verdict minus maj@8 >= 0", best, lambda v: v >= 0, "every", True),
+        (
+            "policy pass@1: SPARK joint minus GRPO-only >= -1 point (mean)",
+            policy,
+            lambda v: True,
+            "mean-1",
+            True,
+        ),
+        ("RL-only judge: both judges >= 70%", rl, lambda v: v >= 0.70, "every", False),
+    ]
+    lines = [
+        "## Against the targets",
+        "",
+        "The SPARK paper's claims as bars (percent; differences in points).",
+        "",
+        "| target | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | holds |",
+        "|---|" + "---|" * (len(seeds) + 2),
+    ]
+    for label, values, ok, rule, signed in bars:
+        present = [v for v in values if v is not None]
+        if not present:
+            continue
+        mean = statistics.fmean(present)
+        every = len(present) == len(seeds) and all(ok(v) for v in present)
+        holds = {"every": every, "every+mean3": every and mean >= 0.03, "mean-1": mean >= -0.01 - 1e-9}[rule]
+        fmt = "{:+.1f}" if signed else "{:.1f}"
+        cells = " | ".join("-" if v is None else fmt.format(100 * v) for v in values)
+        lines.append(f"| {label} | {cells} | {fmt.format(100 * mean)} | {'yes' if holds else '**no**'} |")
+    return lines + [""]
+
+
 def write_doc(results: dict, seeds: list[int], args, warm_times: dict, repeat: dict | None) -> None:
     from megatron_spark.eval.report import plot_comparison, read_curves
 
@@ -219,6 +302,7 @@ def write_doc(results: dict, seeds: list[int], args, warm_times: dict, repeat: d
         "Percentages; mean ± standard deviation over seeds, then each seed.",
         "",
     ]
+    lines += targets(table, seeds)
     for name, overrides in RUNS.items():
         if name not in table:
             continue
