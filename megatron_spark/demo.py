@@ -4,9 +4,9 @@ The task is Countdown (reach a target with given numbers; checking an answer is 
 finding one is a search). Stages run from the committed recipes in ``examples/tiny_countdown/``
 under one run directory::
 
-    RUN_DIR/sft/     supervised warm start (sft_spark.yaml): worked solutions, plus judge prompts
-                     answered by a worked check and a coin-flip verdict, and reflection prompts
-                     (the formats and the checking arithmetic, not which verdict is right)
+    RUN_DIR/sft/     supervised warm start (sft_spark.yaml): worked solutions, judge prompts
+                     answered by a worked check and the verdict it implies, reflection prompts
+                     and practice of the check's arithmetic
     RUN_DIR/spark/   SPARK joint training from the warm start (spark.yaml)
     RUN_DIR/eval/    eval.json and report.md (+ curves.png) of SPARK's last checkpoint
     RUN_DIR/summary.json   held-out numbers after each stage and wall times

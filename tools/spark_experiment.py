@@ -2,7 +2,8 @@
 judge, and three ablations), each over several seeds.
 
 Each seed has its own warm start (``examples/tiny_countdown/sft_spark.yaml``: worked solutions,
-plus judge prompts answered by a worked check and a coin-flip verdict, and reflection prompts),
+judge prompts answered by a worked check and the verdict it implies, reflection prompts, practice
+of the check's arithmetic),
 and every configuration of that seed starts from it with the same policy rollouts (steps x
 prompts x samples); configurations differ only in what is recycled and how it is trained. Each
 final checkpoint is scored by ``megatron-spark eval``: held-out policy pass@1, judge accuracy on

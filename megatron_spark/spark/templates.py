@@ -23,9 +23,9 @@ on every step (``a-b=c.``, operands just before the result), where a comparison 
 written apart (``Mine: 6. Given: 7.``) was not learnt by a tiny model even when supervised
 (docs/experiments/tiny_arith.md). A pairwise reply checks slot B first and slot A last, so that
 every A/B verdict follows one rule, the last check's result: 0 means A (pointwise: A = correct),
-anything else B; and Yes/No: 0 means Yes. Which verdict a check implies is not taught here (the
-warm start's verdicts are coin flips): it is learnt on recycled items, from their reward and, in
-the tiny recipe, from verdict cross-entropy (``spark.judge_ce_weight``).
+anything else B; and Yes/No: 0 means Yes. The arithmetic recipe's warm start does not teach which
+verdict a check implies (its verdicts are coin flips): it is learnt on recycled items, from their
+reward and from verdict cross-entropy (``spark.judge_ce_weight``).
 """
 
 from __future__ import annotations

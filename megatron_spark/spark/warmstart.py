@@ -1,12 +1,13 @@
-"""Supervised warm-start examples that teach the judge and reflection *formats*, not the skill.
+"""Supervised warm-start examples for the judge and reflection roles.
 
 For a problem with a worked solution: a pointwise or pairwise prompt whose candidates are the
 right answer and/or a wrong one: the task's perturbation of the right answer
 (:meth:`TaskChecks.perturb`) or, where the task has none (free-form answers that are not integers),
 the answer of another problem of the same batch; answered by the
 task's worked check (:meth:`TaskChecks.reasoning`; none for free-form answers) and a verdict.
-With ``verdicts="random"`` (the recipes' setting) the verdict is a coin flip, independent of the
-candidates: the model learns to check and to box a verdict, but not which verdict is right; RL on
+With ``verdicts="correct"`` (the Countdown recipe) the verdict is the one the check implies; with
+``verdicts="random"`` (the arithmetic recipe) it is a coin flip, independent of the candidates:
+the model learns to check and to box a verdict, but not which verdict is right, and RL on
 recycled items must teach that. Reflection prompts show a wrong attempt (the whole worked attempt
 where the task can write one, else its final answer) and are answered by the worked solution.
 """

@@ -210,8 +210,9 @@ class SFTSection:
     """Share of examples that are reflection prompts on a perturbed wrong attempt, answered by the
     worked solution."""
     judge_verdicts: Literal["random", "correct"] = "random"
-    """``random``: coin-flip verdicts (teaches the format, not the skill: the SPARK experiment's
-    warm start); ``correct``: the correct verdicts (supervised judge training)."""
+    """``random``: coin-flip verdicts (teaches the format, not the skill: the arithmetic recipe's
+    warm start); ``correct``: the correct verdicts, which after the task's worked check are the
+    ones it implies (the Countdown recipe's warm start)."""
     practice_fraction: float = 0.0
     """Share of examples that exercise the skill the judge's check is made of, where the task has
     one (Countdown: evaluate an expression step by step, no target in sight); the check then

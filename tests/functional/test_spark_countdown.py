@@ -111,7 +111,8 @@ def test_eval_scores_the_judge_on_both_wrong_answer_sources_and_tts_on_the_same_
     # Each problem's greedy answer is either right or wrong, and judged once.
     assert judge["own_wrong"] + judge["own_right"] == PROBLEMS
     assert 0.0 <= judge["own_wrong_rejected"] <= 1.0 and 0.0 <= judge["own_right_accepted"] <= 1.0
-    assert reasoning["k"] == N and reasoning["pass@1"] <= reasoning[f"pass@{N}"]
+    # pass@1 is the greedy answer; pass@N, maj@N and the sample mean are over N samples.
+    assert reasoning["k"] == N and reasoning["sample_mean"] <= reasoning[f"pass@{N}"]
     assert reasoning[f"maj@{N}"] <= reasoning[f"pass@{N}"]
     # Best-of-n picks among the very samples maj@n votes over.
     assert tts["best-of-n"]["n"] == N and tts["best-of-n"][f"maj@{N}"] == reasoning[f"maj@{N}"]
