@@ -87,7 +87,10 @@ def test_sigterm_mid_step_checkpoints_and_resume_is_bitwise_identical(tmp_path):
         proc_b.kill()
     assert proc_b.returncode == 143, err[-4000:]
     stopped = ckpt.step_of(Path((run_b / "checkpoints/latest").read_text().strip()))
-    assert 2 < stopped < NUM_STEPS, stopped
+    # Step 2 was logged when the signal went out; the run ends the step it is in: step 3, or
+    # step 2 itself when the signal lands between its metrics line and the end of its loop
+    # iteration (seen on a loaded machine).
+    assert 2 <= stopped < NUM_STEPS, stopped
     lines = stderr_lines(err)
     assert "Traceback" not in err
     assert lines[-1] == (
