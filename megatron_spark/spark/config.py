@@ -62,9 +62,17 @@ class SparkConfig:
     paper) or ``verdict`` (the boxed verdict only; the sample's own check before it is context).
     The loss is a mean over every trained token of the step, so with a worked check of ~40
     tokens per reply the verdict's share of the judge's RL gradient is ~1/40 under ``all``."""
+    judge_reward: Literal["verdict", "checked"] = "verdict"
+    """What a judge sample's reward asks for: ``verdict`` (the right verdict, as in the paper) or
+    ``checked`` (the right verdict after the task's worked check of the shown answer(s), written
+    out correctly: :meth:`~megatron_spark.spark.checks.TaskChecks.reasoning`). Under ``checked``
+    a right verdict after a wrong check earns nothing, and the verdict cross-entropy copies come
+    only from samples whose check is right, so no target ever asks the verdict to contradict the
+    check before it. Needs a task with worked checks (Countdown, arithmetic)."""
     judge_ce_samples: int = 1
-    """How many of a judge item's samples (the first ones that box something) get a verdict
-    cross-entropy copy: the right verdict after that sample's own check."""
+    """How many of a judge item's samples (the first ones that box something; under
+    ``judge_reward: checked`` the first whose check is right) get a verdict cross-entropy copy:
+    the right verdict after that sample's own check."""
     judge_ce_weight: float = 0.0
     """Weight of teacher-forced cross-entropy on the correct verdict of each judge item, after the
     first sample's own reasoning; averaged over the step's verdict tokens (0 disables)."""

@@ -26,7 +26,7 @@ mix of kinds each step. Every random choice comes from the ``rng`` passed in.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from megatron_spark.data.tasks import Problem
@@ -59,6 +59,9 @@ class Item:
     """``yesno`` / ``ab`` (pointwise), ``ab`` (pairwise), ``full`` / ``answer`` (reflection)."""
     polarity: str = ""
     """Pointwise: whether the shown answer is ``correct`` or ``incorrect``; else empty."""
+    check: str = ""
+    """Judge items: the task's worked check of the shown answer(s), which a judge reply must write
+    out under ``spark.judge_reward: checked``; empty where the task has none."""
 
     def to_dict(self) -> dict:
         return {**asdict(self), "choices": list(self.choices)}
@@ -77,8 +80,19 @@ class ScoredGroup:
     rewards: Sequence[float]
 
 
+Reasoning = Callable[[Problem, Sequence[str]], "str | None"]
+"""A task's worked check of one or two candidates (:meth:`TaskChecks.reasoning`)."""
+
+
 def pointwise_item(
-    problem: Problem, answer: str, correct: bool, step: int, cfg: SparkConfig, rng, style: Style
+    problem: Problem,
+    answer: str,
+    correct: bool,
+    step: int,
+    cfg: SparkConfig,
+    rng,
+    style: Style,
+    reasoning: Reasoning | None = None,
 ) -> Item:
     vocab = rng.choice(cfg.pointwise_vocabs)
     yes, no = templates.POINTWISE_VERDICTS[vocab]
@@ -92,10 +106,13 @@ def pointwise_item(
         source_uid=problem.uid,
         variant=vocab,
         polarity=CORRECT if correct else INCORRECT,
+        check=(reasoning(problem, [answer]) or "") if reasoning else "",
     )
 
 
-def pairwise_item(problem: Problem, right: str, wrong: str, step: int, rng, style: Style) -> Item:
+def pairwise_item(
+    problem: Problem, right: str, wrong: str, step: int, rng, style: Style, reasoning: Reasoning | None = None
+) -> Item:
     right_first = rng.random() < 0.5
     a, b = (right, wrong) if right_first else (wrong, right)
     t = rng.randrange(templates.NUM_PAIRWISE_TEMPLATES)
@@ -107,6 +124,7 @@ def pairwise_item(problem: Problem, right: str, wrong: str, step: int, rng, styl
         step=step,
         source_uid=problem.uid,
         variant="ab",
+        check=(reasoning(problem, [a, b]) or "") if reasoning else "",
     )
 
 
@@ -129,7 +147,14 @@ def reflection_item(
 
 
 def _judge_item(
-    group: ScoredGroup, finals, step: int, cfg: SparkConfig, rng, counts: dict, style: Style
+    group: ScoredGroup,
+    finals,
+    step: int,
+    cfg: SparkConfig,
+    rng,
+    counts: dict,
+    style: Style,
+    reasoning: Reasoning | None,
 ) -> Item | None:
     right = [f for f, r in zip(finals, group.rewards) if r >= 1.0 and f]
     wrong = [f for f, r in zip(finals, group.rewards) if r < 1.0 and f]
@@ -139,12 +164,12 @@ def _judge_item(
         pool = right if all_correct else wrong
         if not cfg.pointwise or not pool:
             return None
-        return pointwise_item(group.problem, rng.choice(pool), all_correct, step, cfg, rng, style)
+        return pointwise_item(group.problem, rng.choice(pool), all_correct, step, cfg, rng, style, reasoning)
     if not right:  # a reward of 1 without a box (a user verifier): nothing to show
         return None
     want_pairwise = cfg.pairwise and (not cfg.pointwise or rng.random() < cfg.pairwise_fraction)
     if want_pairwise and wrong:
-        return pairwise_item(group.problem, rng.choice(right), rng.choice(wrong), step, rng, style)
+        return pairwise_item(group.problem, rng.choice(right), rng.choice(wrong), step, rng, style, reasoning)
     if not cfg.pointwise:
         return None
     if not wrong or counts[CORRECT] < counts[INCORRECT]:
@@ -154,7 +179,7 @@ def _judge_item(
     else:
         correct = rng.random() < 0.5
     pick = rng.choice(right if correct else wrong)
-    return pointwise_item(group.problem, pick, correct, step, cfg, rng, style)
+    return pointwise_item(group.problem, pick, correct, step, cfg, rng, style, reasoning)
 
 
 def _balance(items: list[Item], rng) -> list[Item]:
@@ -190,9 +215,11 @@ def recycle(
     box: BoxChoice,
     rng: random.Random,
     styles: Styles = QUESTION_LAST,
+    reasoning: Reasoning | None = None,
 ) -> list[Item]:
     """Judge and reflection items from one step's scored groups (rules in the module docstring);
-    ``styles``: the task's template styles (:attr:`TaskChecks.styles`)."""
+    ``styles``: the task's template styles (:attr:`TaskChecks.styles`); ``reasoning``: the task's
+    worked checks, stored in each judge item (:attr:`Item.check`), or None."""
     judge: list[Item] = []
     reflection: list[Item] = []
     counts = {CORRECT: 0, INCORRECT: 0}
@@ -203,7 +230,7 @@ def recycle(
             )
         finals = [extract_boxed(r, box) for r in group.responses]
         if cfg.pointwise or cfg.pairwise:
-            item = _judge_item(group, finals, step, cfg, rng, counts, styles.judge)
+            item = _judge_item(group, finals, step, cfg, rng, counts, styles.judge, reasoning)
             if item is not None:
                 judge.append(item)
                 if item.kind == "pointwise":

@@ -72,3 +72,20 @@ def verdict_reward(text: str, label: str, choices: Sequence[str]) -> float:
     if label not in choices:
         raise ValueError(f"verdict label {label!r} is not one of the choices {list(choices)}")
     return 1.0 if parse_verdict(text, choices) == label else 0.0
+
+
+def check_matches(text: str, check: str) -> bool:
+    r"""Whether the reasoning of ``text`` before its last ``\boxed{`` is ``check``, whitespace
+    folded (``spark.judge_reward: checked``); False without a box or with an empty ``check``.
+
+    >>> check_matches(r"3*5=15. 15+7=22.  22 vs 22: equal. \boxed{Yes}", "3*5=15. 15+7=22. 22 vs 22: equal.")
+    True
+    """
+    at = text.rfind("\\boxed{")
+    return bool(check.split()) and at >= 0 and text[:at].split() == check.split()
+
+
+def judge_reward(text: str, label: str, choices: Sequence[str], check: str = "") -> float:
+    """:func:`verdict_reward`, and 0.0 unless ``text``'s check is ``check`` when one is given."""
+    reward = verdict_reward(text, label, choices)
+    return reward if not check or check_matches(text, check) else 0.0

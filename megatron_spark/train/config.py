@@ -330,3 +330,8 @@ class RunConfig:
                 f"{self.train.num_prompts_per_step} prompt groups (train.num_prompts_per_step); "
                 f"expected 1 to {self.train.num_prompts_per_step}"
             )
+        if self.spark.judge_reward == "checked" and self.task.kind == "file":
+            raise ValueError(
+                "spark.judge_reward=checked needs a task with worked checks (task.kind: arithmetic "
+                "or countdown); a file dataset's judge writes free-form reasoning: use judge_reward=verdict"
+            )

@@ -58,27 +58,29 @@ def rollout(s: Session, problems, first: int = 0):
 def score(s: Session, problems, completions) -> tuple[torch.Tensor, int]:
     """Rewards ``[prompts, n]`` and the number of verifier timeouts."""
     n = s.cfg.rollout.num_samples_per_prompt
-    return score_with(s, completions, [(p.answer, None) for p in problems for _ in range(n)], n)
+    return score_with(s, completions, [(p.answer, None, "") for p in problems for _ in range(n)], n)
 
 
 def score_with(s: Session, completions, targets, n: int) -> tuple[torch.Tensor, int]:
-    """Rewards ``[groups, n]`` of ``completions`` against per-sample ``(label, choices)``: a
-    verdict vocabulary scores the boxed verdict, None runs the task's verifier on the answer.
+    """Rewards ``[groups, n]`` of ``completions`` against per-sample ``(label, choices, check)``:
+    a verdict vocabulary scores the boxed verdict (and, with a non-empty ``check``, requires the
+    reply to write that check before it: :func:`~megatron_spark.spark.verdict.judge_reward`),
+    None runs the task's verifier on the answer.
 
     The replica leader verifies and shares: a timeout on one rank only must not give the ranks
     different advantages."""
-    from megatron_spark.spark.verdict import verdict_reward
+    from megatron_spark.spark.verdict import judge_reward
 
     def verify():
         texts = [s.tokenizer.decode(c.token_ids) for c in completions]
         rewards = [0.0] * len(texts)
-        plain = [i for i, (_, choices) in enumerate(targets) if choices is None]
+        plain = [i for i, (_, choices, _) in enumerate(targets) if choices is None]
         verdicts = verify_batch(s.verifier, [texts[i] for i in plain], [targets[i][0] for i in plain])
         for i, v in zip(plain, verdicts):
             rewards[i] = v.reward
-        for i, (label, choices) in enumerate(targets):
+        for i, (label, choices, check) in enumerate(targets):
             if choices is not None:
-                rewards[i] = verdict_reward(texts[i], label, choices)
+                rewards[i] = judge_reward(texts[i], label, choices, check)
         return rewards, sum(v.timed_out for v in verdicts)
 
     rewards, timeouts = s.on_leader(verify)

@@ -21,7 +21,7 @@ trains on the same samples as the same run in one process.
 
 The optional teacher-forced verdict loss (``spark.judge_ce_weight``) adds, per judge item, the
 first sample's response up to its verdict box followed by the correct verdict, with cross-entropy
-on the verdict tokens only.
+on the verdict tokens only (``spark.judge_reward: checked``: the first sample whose check is right).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from megatron_spark.reward.extract import boxed_contents
 from megatron_spark.spark.checks import checks_for
 from megatron_spark.spark.config import ITEM_KINDS
 from megatron_spark.spark.recycler import Item, ScoredGroup, recycle
+from megatron_spark.spark.verdict import check_matches, parse_verdict
 from megatron_spark.train.advantages import group_advantages
 from megatron_spark.train.batch import Sample
 from megatron_spark.train.grpo import (
@@ -70,8 +71,8 @@ def recycle_step(s: Session, problems, completions, rewards: torch.Tensor) -> li
     mine = [(p, texts[i * n : (i + 1) * n], rewards[i].tolist()) for i, p in enumerate(problems)]
     groups = [ScoredGroup(*g) for share in s.gather_replicas(mine) for g in share]
     rng = random.Random(s.sampling_seed(purpose=2))
-    styles = checks_for(s.task.name).styles
-    return recycle(groups, s.step, s.cfg.spark, s.cfg.task.verifier.box, rng, styles)
+    checks = checks_for(s.task.name)
+    return recycle(groups, s.step, s.cfg.spark, s.cfg.task.verifier.box, rng, checks.styles, checks.reasoning)
 
 
 def pop_items(s: Session) -> tuple[list[Item], list[Item], int]:
@@ -89,7 +90,8 @@ def roll_items(s: Session, items: list[Item], first: int = 0):
         prompts = [x.prompt for x in items]
         completions = sample_groups(s, prompts, m, s.cfg.spark.max_new_tokens, ITEM_PURPOSE, first)
     with s.timer("item_verify"):
-        targets = [(x.label, x.choices or None) for x in items for _ in range(m)]
+        checked = s.cfg.spark.judge_reward == "checked"
+        targets = [(x.label, x.choices or None, x.check if checked else "") for x in items for _ in range(m)]
         rewards, timeouts = score_with(s, completions, targets, m)
     return completions, rewards, timeouts
 
@@ -111,6 +113,8 @@ def item_samples(
         groups.append(samples)
         kinds.append(item.kind)
         if sp.judge_ce_weight > 0 and item.choices:
+            if sp.judge_reward == "checked":  # no verdict target after a wrong check
+                cs = [c for c in cs if check_matches(s.tokenizer.decode(c.token_ids), item.check)]
             boxed = (x for c in cs if (x := verdict_ce_sample(s, c, item)) is not None)
             ce = list(itertools.islice(boxed, sp.judge_ce_samples))  # the first ones that box
             if ce:
@@ -175,21 +179,22 @@ def verdict_ce_sample(s: Session, completion, item: Item) -> Sample | None:
 def verdict_stats(s: Session, items: list[Item], completions) -> dict[str, float]:
     """Sums over this rank's judge groups of what decides whether RL can teach the verdict: how
     many samples box a verdict, how many groups say one verdict in every sample (all rewards
-    equal: zero advantage, nothing to learn), and the entropy (bits) of each group's verdicts."""
-    from megatron_spark.spark.verdict import parse_verdict
-
+    equal: zero advantage, nothing to learn), the entropy (bits) of each group's verdicts, and
+    how many samples of items with a worked check write it out right."""
     m = s.cfg.spark.num_samples_per_item
     out = {"judge_groups": 0.0, "judge_samples": 0.0, "parsed": 0.0, "unanimous": 0.0, "entropy": 0.0}
+    out |= {"checked_samples": 0.0, "checks_right": 0.0}
     for i, item in enumerate(items):
         if not item.choices:
             continue
-        verdicts = [
-            parse_verdict(s.tokenizer.decode(c.token_ids), item.choices)
-            for c in completions[i * m : (i + 1) * m]
-        ]
+        texts = [s.tokenizer.decode(c.token_ids) for c in completions[i * m : (i + 1) * m]]
+        verdicts = [parse_verdict(t, item.choices) for t in texts]
         counts = Counter(verdicts)
         out["judge_groups"] += 1
         out["judge_samples"] += len(verdicts)
+        if item.check:
+            out["checked_samples"] += len(texts)
+            out["checks_right"] += sum(check_matches(t, item.check) for t in texts)
         out["parsed"] += sum(v is not None for v in verdicts)
         out["unanimous"] += float(len(counts) == 1)
         out["entropy"] -= sum(c / m * math.log2(c / m) for c in counts.values())
@@ -206,7 +211,7 @@ def item_metrics(
     once = mine and s.dp_rank == 0
     sums: dict[str, float] = {}
     verdicts = verdict_stats(s, items, completions) if completions else {}
-    for key in ("judge_groups", "judge_samples", "parsed", "unanimous", "entropy"):
+    for key in ("judge_groups", "judge_samples", "parsed", "unanimous", "entropy", "checked_samples", "checks_right"):
         sums[key] = verdicts.get(key, 0.0) if mine else 0.0
     judge_rows = [i for i, x in enumerate(items) if x.choices]
     flat = rewards[judge_rows] if judge_rows else rewards[:0]
@@ -237,6 +242,8 @@ def item_metrics(
         out["judge/unanimous_groups"] = t["unanimous"] / t["judge_groups"]
         out["judge/zero_advantage_groups"] = t["zero_adv"] / t["judge_groups"]
         out["judge/verdict_entropy_bits"] = t["entropy"] / t["judge_groups"]
+    if t["checked_samples"]:
+        out["judge/check_right_rate"] = t["checks_right"] / t["checked_samples"]
     for kind in ITEM_KINDS:
         out[f"spark/items_built/{kind}"] = t[f"built_{kind}"]
         out[f"spark/items_trained/{kind}"] = t[f"trained_{kind}"]

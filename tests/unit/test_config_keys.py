@@ -50,3 +50,14 @@ def test_null_still_clears_an_optional_section(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({"task": {"file": {"train_path": "a.jsonl"}}}))
     assert load_config(RunConfig, path, ["task.file=null"]).task.file is None
+
+
+def test_checked_judge_reward_is_refused_for_a_task_without_worked_checks():
+    over = ["task.kind=file", "task.file.train_path=x.jsonl", "spark.enabled=true"]
+    with pytest.raises(UserError, match=r"spark.judge_reward=checked needs a task with worked checks"):
+        load_config(RunConfig, None, [*over, "spark.judge_reward=checked"])
+    assert load_config(RunConfig, None, over).spark.judge_reward == "verdict"
+    cfg = load_config(RunConfig, None, ["task.kind=countdown", "spark.judge_reward=checked"])
+    assert cfg.spark.judge_reward == "checked"
+    with pytest.raises(UserError, match=r"spark.judge_reward='exact'.*verdict.*checked"):
+        load_config(RunConfig, None, ["spark.judge_reward=exact"])

@@ -8,6 +8,7 @@ import pytest
 from megatron_spark.data.tasks import ArithmeticConfig, ArithmeticTask
 from megatron_spark.spark import templates
 from megatron_spark.spark.config import SparkConfig
+from megatron_spark.reward.extract import extract_boxed
 from megatron_spark.spark.recycler import Item, ScoredGroup, recycle
 
 TASK = ArithmeticTask(ArithmeticConfig(min_operands=3, max_operands=3, operators="+-"))
@@ -296,3 +297,33 @@ def test_mismatched_lengths_raise():
     p = _problem(0)
     with pytest.raises(ValueError, match="2 responses, 3 rewards"):
         _run([ScoredGroup(p, [_right(p), _wrong(p)], [1.0, 0.0, 0.0])])
+
+
+def test_judge_items_carry_the_tasks_worked_check_of_what_they_show():
+    from megatron_spark.spark.checks import ArithmeticChecks
+
+    checks = ArithmeticChecks()
+    groups = [_all_correct(0), _all_wrong(1), _mixed(2), _mixed(3), _mixed(4)]
+    cfg = replace(CFG, balance_pointwise=False)
+    plain = recycle(groups, 7, cfg, "last", random.Random(0))
+    with_checks = recycle(groups, 7, cfg, "last", random.Random(0), reasoning=checks.reasoning)
+    # the checks take no random draws: the same items, the check added
+    assert [replace(x, check="") for x in with_checks] == plain
+    assert all(x.check == "" for x in plain)
+    by_uid = {g.problem.uid: g for g in groups}
+    judge = _judge(with_checks)
+    assert {x.kind for x in judge} == {"pointwise", "pairwise"}
+    for item in judge:
+        group = by_uid[item.source_uid]
+        finals = sorted({extract_boxed(r, "last") for r in group.responses})
+        shown = [[f] for f in finals] if item.kind == "pointwise" else [[a, b] for a in finals for b in finals if a != b]
+        # the check is the one of the answer(s) the item shows: the right one where its label says
+        fits = [c for c in shown if checks.reasoning(group.problem, c) == item.check]
+        assert item.check and fits
+        right = group.problem.answer
+        if item.kind == "pointwise":
+            assert all((c[0] == right) == (item.polarity == "correct") for c in fits)
+        else:
+            assert all(c["AB".index(item.label)] == right for c in fits)
+    for item in _kind(with_checks, "reflection"):
+        assert item.check == ""

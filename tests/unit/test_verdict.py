@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from megatron_spark.spark.verdict import parse_verdict, verdict_reward
+from megatron_spark.spark.verdict import check_matches, judge_reward, parse_verdict, verdict_reward
 
 YESNO = ("Yes", "No")
 AB = ("A", "B")
@@ -116,3 +116,38 @@ def test_fuzz_never_raises_and_returns_a_choice_or_none():
             assert verdict is None or verdict in choices
             seen.add(verdict)
     assert {None, "A", "B", "Yes", "No"} <= seen  # the fuzz reaches real verdicts too
+
+
+CHECK = "3*5=15. 15+7=22. 22 vs 22: equal."
+
+
+@pytest.mark.parametrize(
+    "text,matches",
+    [
+        (f"{CHECK} \\boxed{{Yes}}", True),
+        (f"  3*5=15.\n15+7=22.   22 vs 22: equal.\\boxed{{No}}", True),  # whitespace folded
+        (f"{CHECK}", False),  # no box
+        (f"3*5=15. 15+7=21. 21 vs 22: different. \\boxed{{No}}", False),  # a wrong step
+        (f"{CHECK} 22 vs 22: equal. \\boxed{{Yes}}", False),  # extra text before the box
+        (f"\\boxed{{Yes}}", False),  # no check at all
+        (f"{CHECK} \\boxed{{x}} more \\boxed{{Yes}}", False),  # the last box counts
+        ("", False),
+    ],
+)
+def test_check_matches(text, matches):
+    assert check_matches(text, CHECK) is matches
+
+
+def test_empty_check_never_matches():
+    assert not check_matches("\\boxed{Yes}", "") and not check_matches(" \\boxed{Yes}", "   ")
+
+
+def test_judge_reward_needs_the_check_only_when_given():
+    right = f"{CHECK} \\boxed{{Yes}}"
+    wrong_check = "3*5=15. 15+7=23. 23 vs 22: equal. \\boxed{Yes}"
+    assert judge_reward(right, "Yes", YESNO, CHECK) == 1.0
+    assert judge_reward(right, "No", YESNO, CHECK) == 0.0  # right check, wrong verdict
+    assert judge_reward(wrong_check, "Yes", YESNO, CHECK) == 0.0  # right verdict after a wrong check
+    assert judge_reward(wrong_check, "Yes", YESNO) == 1.0  # no check asked: the verdict alone
+    with pytest.raises(ValueError, match="not one of the choices"):
+        judge_reward(right, "Maybe", YESNO, CHECK)

@@ -94,3 +94,35 @@ def test_verdict_only_keeps_a_reply_without_a_box_whole():
     ids = TOK.encode("3+5=8. no verdict") + [TOK.eos_id]
     sample = Sample(PROMPT, ids, [0.0] * len(ids), advantage=-1.0)
     assert verdict_only(TOK, sample) == sample
+
+
+@pytest.mark.parametrize("judge_reward", ["verdict", "checked"])
+def test_checked_reward_takes_verdict_targets_only_after_a_right_check(judge_reward):
+    import dataclasses
+
+    import torch
+
+    from megatron_spark.spark.config import SparkConfig
+    from megatron_spark.train.config import GRPOConfig
+    from megatron_spark.train.spark_step import item_samples
+
+    check = "3+5=8. 8-2=6. 6 vs 7: different."
+    replies = [
+        "3+5=8. 8-2=5. 5 vs 7: different. \\boxed{No}",  # wrong check, right verdict
+        "3+5=8. 8-2=6. 6 vs 7: equal. \\boxed{Yes}",  # wrong check, wrong verdict
+        f"{check} \\boxed{{Yes}}",  # right check, wrong verdict
+        f"{check} \\boxed{{No}}",  # right check, right verdict
+    ]
+    spark = SparkConfig(
+        enabled=True, num_samples_per_item=4, judge_ce_weight=1.0, judge_ce_samples=4, judge_reward=judge_reward
+    )
+    cfg = SimpleNamespace(spark=spark, grpo=GRPOConfig())
+    session = SimpleNamespace(tokenizer=TOK, cfg=cfg)
+    item = dataclasses.replace(_item("No"), check=check)
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0] if judge_reward == "verdict" else [0.0, 0.0, 0.0, 1.0]])
+    groups, kinds = item_samples(session, [item], [_completion(r) for r in replies], rewards)
+    assert kinds == ["pointwise", "verdict_ce"]
+    contexts = [TOK.decode(x.prompt_ids[len(PROMPT) :]) for x in groups[1]]
+    trained = [r.rpartition("\\boxed{")[0] + "\\boxed{" for r in replies]
+    assert contexts == (trained if judge_reward == "verdict" else trained[2:])
+    assert all(TOK.decode(x.response_ids) == "No" for x in groups[1])
