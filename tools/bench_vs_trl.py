@@ -39,12 +39,10 @@ What is matched, and where the sides differ:
 * ours also pays the weight sync into its separate rollout engine every step; TRL samples from the
   model it trains.
 
-TRL is not a dependency of megatron_spark. Install it in a venv that sees the system packages,
-with torch and transformers pinned to the versions megatron_spark runs on:
+TRL is not a dependency of megatron_spark. ``bash tools/trl_tests.sh`` makes a venv with TRL,
+this package and the tested versions (``.venv-trl``), then
 
-    python -m venv --system-site-packages /work/venvs/trl
-    /work/venvs/trl/bin/pip install trl torch==2.13.0 transformers==5.23.0
-    /work/venvs/trl/bin/python tools/bench_vs_trl.py [--init sft] [--num-prompts 32] [--num-samples 8]
+    .venv-trl/bin/python tools/bench_vs_trl.py [--init sft] [--num-prompts 32] [--num-samples 8]
         [--max-new-tokens 40] [--num-steps 6] [--rounds 3] [--threads 1] [--lr 1e-5]
 
 On a shared CPU keep ``--threads`` at or below the idle cores (tools/trl_side.py explains why).

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Re-resolve the tested dependency set: install the newest versions setup.py's ranges allow into
 # fresh virtual environments, run the test command (and the vLLM tests), and only if both pass
-# write the exact versions to constraints.txt (main environment) and tools/vllm-constraints.txt
-# (the vLLM test environment). CI and the README's commands install with those files, so a
+# write the exact versions to constraints.txt (main environment), tools/vllm-constraints.txt
+# (the vLLM test environment) and tools/trl-constraints.txt (the TRL cross-check environment). CI and the README's commands install with those files, so a
 # dependency release cannot change what CI tests until someone runs this and commits the result.
 #
 #   bash tools/refresh_constraints.sh          # about 25 minutes on 2 cores, most of it the tests
@@ -29,6 +29,10 @@ freeze "$work/main" > "$work/constraints.txt"
 VLLM_VENV="$work/vllm" VLLM_CONSTRAINTS=none bash tools/vllm_tests.sh
 freeze "$work/vllm" > "$work/vllm-constraints.txt"
 
+TRL_VENV="$work/trl" TRL_CONSTRAINTS=none bash tools/trl_tests.sh
+freeze "$work/trl" > "$work/trl-constraints.txt"
+
 mv "$work/constraints.txt" constraints.txt
 mv "$work/vllm-constraints.txt" tools/vllm-constraints.txt
-echo "wrote constraints.txt and tools/vllm-constraints.txt; commit them with the date in the message"
+mv "$work/trl-constraints.txt" tools/trl-constraints.txt
+echo "wrote constraints.txt, tools/vllm-constraints.txt and tools/trl-constraints.txt; commit them with the date in the message"

@@ -1,10 +1,9 @@
 """TRL's side of the throughput comparison: a ``GRPOTrainer`` run, timed over its training steps.
 
-Runs only where TRL is installed, which megatron_spark does not require (a separate venv):
+Runs only where TRL is installed, which megatron_spark does not require: ``bash
+tools/trl_tests.sh`` makes that venv (``.venv-trl``: TRL, this package and the tested versions), then
 
-    python -m venv --system-site-packages /work/venvs/trl
-    /work/venvs/trl/bin/pip install trl torch==2.13.0 transformers==5.23.0
-    /work/venvs/trl/bin/python tools/trl_side.py [--model-dir DIR] [--num-prompts 8]
+    .venv-trl/bin/python tools/trl_side.py [--model-dir DIR] [--num-prompts 8]
         [--num-generations 8] [--max-new-tokens 16] [--num-steps 2] [--threads 1]
 
 Without ``--model-dir`` it builds a tiny random Llama (hidden 128, 4 layers, vocab 512) with a

@@ -1,12 +1,8 @@
 """The fused head's clipped surrogate, k3 KL and entropy bonus agree with TRL's GRPO loss.
 
-TRL is not a dependency of megatron_spark; it lives in its own virtual environment:
-
-    python -m venv --system-site-packages /work/venvs/trl
-    /work/venvs/trl/bin/pip install trl torch==2.13.0 transformers==5.23.0
-    /work/venvs/trl/bin/python -m pytest tests/unit/test_trl_parity.py
-
-Under any other interpreter the module is skipped. Each case builds a real ``GRPOTrainer`` on a tiny
+TRL is not a dependency of megatron_spark; it lives in a virtual environment of its own, made and
+run by ``bash tools/trl_tests.sh`` (CI runs it after the main suite). Under an interpreter without
+TRL the module is skipped. Each case builds a real ``GRPOTrainer`` on a tiny
 random Llama, hands ``trainer._compute_loss`` a batch of per-token inputs (left-padded prompts,
 right-padded completions of unequal lengths, old/ref log-probs perturbed so that ratios leave the
 clip range, advantages of both signs) and compares loss and every parameter gradient with
@@ -34,7 +30,7 @@ import torch
 
 trl = pytest.importorskip(
     "trl",
-    reason="TRL is not installed here; run with /work/venvs/trl/bin/python -m pytest tests/unit/test_trl_parity.py",
+    reason="TRL is not installed here; bash tools/trl_tests.sh runs this module in TRL's own venv",
 )
 
 from datasets import Dataset  # noqa: E402  (TRL's own dependency)
@@ -275,3 +271,39 @@ def test_trl_default_kl_is_ratio_weighted(model_dir, tmp_path):
     gap = (inp.kl_weight * (ratio - 1) * (d.exp() - d - 1)).sum()
     assert gap.abs() > 100 * ATOL
     torch.testing.assert_close(trl_loss - ours.loss, gap, atol=ATOL, rtol=0)
+
+
+def test_head_logprobs_are_the_models_log_softmax(model_dir, tmp_path):
+    """The per-token log-probs our head computes from the final hidden states and ``lm_head`` are
+    the model's own float32 log-softmax of its logits, at every completion token."""
+    case = CASES["grpo-asym-nokl"]
+    trainer = _trainer(model_dir, case, tmp_path)
+    batch = _batch(trainer.model, seed=1, extra_items=0)
+    with torch.no_grad():
+        ours, _ = _ours(trainer.model, case, batch)
+        reference = _logp(trainer.model, batch)[batch["completion_mask"].bool()]
+    torch.testing.assert_close(ours.logprobs, reference, atol=ATOL, rtol=0)
+
+
+def test_the_batch_reaches_every_clip_region_that_acts(model_dir, tmp_path):
+    """The comparison above means something only if the batch holds tokens wherever the clip acts:
+    both advantage signs below, inside and above the clip range; positive advantages between the
+    symmetric and the raised upper bound (where clip-higher differs from a symmetric clip); negative
+    advantages above the dual clip's bound."""
+    case = CASES["dapo-delta-is-dual-clip"]
+    trainer = _trainer(model_dir, case, tmp_path)
+    batch = _batch(trainer.model, seed=0, extra_items=0)
+    mask = batch["completion_mask"].bool()
+    with torch.no_grad():
+        ratio = (_logp(trainer.model, batch) - batch["old_per_token_logps"]).exp()[mask]
+    sign = batch["advantages"][:, None].expand_as(mask)[mask].sign()
+    low, high = 1 - case.epsilon, 1 + case.epsilon_high
+    for name, region in {
+        "below": ratio < low,
+        "inside": (ratio > low) & (ratio < 1 + case.epsilon),
+        "above": ratio > high,
+    }.items():
+        for s in (1.0, -1.0):
+            assert (region & (sign == s)).any(), (name, s)
+    assert ((ratio > 1 + case.epsilon) & (ratio < high) & (sign > 0)).any()
+    assert ((ratio > case.delta) & (sign < 0)).any()
