@@ -12,10 +12,11 @@ def test_ci_runs_the_readme_test_command():
         for line in (REPO / ".ci/run").read_text().splitlines()
         if line and not line.startswith(("#", "set ", "cd ", "export "))
     ]
-    assert len(ci_lines) == 2
+    assert len(ci_lines) == 3
     assert f"\n{ci_lines[0]}\n" in readme
-    # then the vLLM engine's tests, which the README names
-    assert ci_lines[1] == "bash tools/vllm_tests.sh" and f"`{ci_lines[1]}`" in readme
+    # then the vLLM engine's tests and the TRL cross-checks, which the README names
+    assert ci_lines[1:] == ["bash tools/vllm_tests.sh", "bash tools/trl_tests.sh"]
+    assert all(f"`{line}`" in readme for line in ci_lines[1:])
 
 
 def test_readme_main_command_is_present():
@@ -24,7 +25,7 @@ def test_readme_main_command_is_present():
 
 
 def test_both_commands_install_the_tested_set():
-    """The README's two commands and the vLLM script install with the constraints files, which
+    """The README's two commands and the vLLM and TRL scripts install with the constraints files, which
     pin exact versions, leave torch to the commands, and stay inside this package's ranges (a pin
     outside them would make pip fail to resolve)."""
     from importlib.metadata import requires
@@ -35,10 +36,11 @@ def test_both_commands_install_the_tested_set():
     readme = (REPO / "README.md").read_text()
     assert readme.count(" -c constraints.txt && ") == 2
     assert "tools/vllm-constraints.txt" in (REPO / "tools/vllm_tests.sh").read_text()
+    assert "tools/trl-constraints.txt" in (REPO / "tools/trl_tests.sh").read_text()
     ranges = {
         canon(r.name): r.specifier for r in map(Requirement, requires("megatron_spark")) if not r.marker
     }
-    for name in ("constraints.txt", "tools/vllm-constraints.txt"):
+    for name in ("constraints.txt", "tools/vllm-constraints.txt", "tools/trl-constraints.txt"):
         for line in (REPO / name).read_text().splitlines():
             if not line.strip() or line.startswith("#"):
                 continue
