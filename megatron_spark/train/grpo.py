@@ -25,11 +25,17 @@ from megatron_spark.reward.verifiers import verify_batch
 from megatron_spark.rollout.protocol import SamplingParams
 from megatron_spark.train.advantages import group_advantages
 from megatron_spark.train.batch import LossCoefficients, Sample, adds_nothing, sample_token_counts
+from megatron_spark.train.seeds import SeedPurpose
 from megatron_spark.train.session import Session
 
 
 def sample_groups(
-    s: Session, prompts: Sequence[str], n: int, max_new_tokens: int, purpose: int = 0, first: int = 0
+    s: Session,
+    prompts: Sequence[str],
+    n: int,
+    max_new_tokens: int,
+    purpose: SeedPurpose = SeedPurpose.POLICY_ROLLOUT,
+    first: int = 0,
 ):
     """Completions of this rank's ``prompts`` (texts), ``n`` samples each, prompt-major.
     ``first``: the index of ``prompts[0]`` in the step-wide list this rank's share was cut from,

@@ -37,6 +37,7 @@ from megatron_spark.train.batch import (
     token_inputs,
 )
 from megatron_spark.train.config import RunConfig
+from megatron_spark.train.seeds import SeedPurpose
 from megatron_spark.train.kernels.fused_head import HeadConfig, describe_nonfinite
 from megatron_spark.train.metrics import MetricsLogger, StageTimer
 from megatron_spark.train.optim import Optimizer
@@ -245,11 +246,11 @@ class Session:
         if self.engine is not None:
             self.engine.sleep()
 
-    def sampling_seed(self, purpose: int = 0) -> int:
+    def sampling_seed(self, purpose: SeedPurpose = SeedPurpose.POLICY_ROLLOUT) -> int:
         """Distinct per run seed, step and purpose, equal on every rank (each DP replica samples
         its rows of the step-wide batch, ``SamplingParams.first_row``); the same on resume."""
         # The 0 stands where the DP rank once was, so that recorded one-process runs reproduce.
-        return hash((self.cfg.seed, self.step, 0, purpose)) & 0x7FFFFFFF
+        return hash((self.cfg.seed, self.step, 0, int(purpose))) & 0x7FFFFFFF
 
     def my_slice(self, items: Sequence) -> tuple[list, int]:
         """This DP rank's contiguous share of a step-wide list and the index of its first entry;

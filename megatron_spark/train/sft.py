@@ -14,10 +14,9 @@ from megatron_spark.errors import UserError
 from megatron_spark.spark.checks import checks_for
 from megatron_spark.spark.warmstart import warm_start_example
 from megatron_spark.train.batch import LossCoefficients, Sample
+from megatron_spark.train.seeds import SeedPurpose
 from megatron_spark.train.session import Session
 
-OWN_ANSWERS_PURPOSE = 4
-"""Sampling-seed purpose of the model's own answers in the warm start (see session.sampling_seed)."""
 
 
 def own_wrong_answers(s: Session, problems) -> dict[str, str]:
@@ -31,7 +30,7 @@ def own_wrong_answers(s: Session, problems) -> dict[str, str]:
         temperature=1.0,
         max_new_tokens=s.cfg.rollout.max_new_tokens,
         stop_token_ids=(s.tokenizer.eos_id,),
-        seed=s.sampling_seed(OWN_ANSWERS_PURPOSE),
+        seed=s.sampling_seed(SeedPurpose.OWN_ANSWERS),
     )
     # Every replica samples the whole step's problems alike (the batch is built on every rank).
     completions = s.generate([s.tokenizer.encode_prompt(p.prompt) for p in problems], params)
@@ -51,7 +50,7 @@ def sft_samples(s: Session, problems, own_wrong: dict[str, str] | None = None) -
         raise UserError(f"sft: problem {missing[0]} has no worked solution (set task.file.solution_key)")
     tok, mix = s.tokenizer, s.cfg.sft
     checks = checks_for(s.task.name)
-    rng = random.Random(s.sampling_seed(purpose=3))
+    rng = random.Random(s.sampling_seed(SeedPurpose.WARM_START_MIX))
     answers = [p.right_answer for p in problems]
     samples, without = [], 0
     for p in problems:

@@ -54,10 +54,9 @@ from megatron_spark.train.grpo import (
     train_metrics,
     update,
 )
+from megatron_spark.train.seeds import SeedPurpose
 from megatron_spark.train.session import Session
 
-ITEM_PURPOSE = 1
-"""Sampling-seed purpose of item rollouts (task prompts use 0)."""
 
 
 def recycle_step(s: Session, problems, completions, rewards: torch.Tensor) -> list[Item]:
@@ -70,7 +69,7 @@ def recycle_step(s: Session, problems, completions, rewards: torch.Tensor) -> li
     texts = [s.tokenizer.decode(c.token_ids) for c in completions]
     mine = [(p, texts[i * n : (i + 1) * n], rewards[i].tolist()) for i, p in enumerate(problems)]
     groups = [ScoredGroup(*g) for share in s.gather_replicas(mine) for g in share]
-    rng = random.Random(s.sampling_seed(purpose=2))
+    rng = random.Random(s.sampling_seed(SeedPurpose.RECYCLE))
     checks = checks_for(s.task.name)
     return recycle(groups, s.step, s.cfg.spark, s.cfg.task.verifier.box, rng, checks.styles, checks.reasoning)
 
@@ -88,7 +87,7 @@ def roll_items(s: Session, items: list[Item], first: int = 0):
     m = s.cfg.spark.num_samples_per_item
     with s.timer("item_rollout"):
         prompts = [x.prompt for x in items]
-        completions = sample_groups(s, prompts, m, s.cfg.spark.max_new_tokens, ITEM_PURPOSE, first)
+        completions = sample_groups(s, prompts, m, s.cfg.spark.max_new_tokens, SeedPurpose.ITEM_ROLLOUT, first)
     with s.timer("item_verify"):
         checked = s.cfg.spark.judge_reward == "checked"
         targets = [(x.label, x.choices or None, x.check if checked else "") for x in items for _ in range(m)]
