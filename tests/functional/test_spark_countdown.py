@@ -16,6 +16,7 @@ import json
 import math
 
 import pytest
+import yaml
 
 from megatron_spark.train.checkpoint import latest
 from tests.conftest import REPO, read_metrics, run_cli
@@ -99,6 +100,23 @@ def test_spark_recycles_every_item_kind_with_balanced_verdicts(countdown_run):
     # Two verdicts, plus "no verdict": at most log2(3) bits per group.
     assert judged and all(0.0 <= r["judge/verdict_entropy_bits"] <= math.log2(3) for r in judged)
     assert all(r["train/nonfinite_microbatches"] == 0 for r in steps)
+
+
+def test_the_checked_judge_reward_pays_only_after_a_right_check(countdown_run):
+    """The recipe's ``spark.judge_reward: checked``: no judge sample is paid unless its check is
+    right, so the judge samples paid are at most those whose check is right, every step."""
+    _, spark, _ = countdown_run
+    config = yaml.safe_load((spark / "config.yaml").read_text())["spark"]
+    assert config["judge_reward"] == "checked"
+    m = config["num_samples_per_item"]
+    judged = [r for r in read_metrics(spark) if "judge/check_right_rate" in r]
+    assert judged
+    for r in judged:
+        n_point = r["spark/items_trained/pointwise"] * m
+        n_pair = r["spark/items_trained/pairwise"] * m
+        paid = r["judge/pointwise_accuracy"] * n_point + r["judge/pairwise_accuracy"] * n_pair
+        assert 0.0 <= r["judge/check_right_rate"] <= 1.0
+        assert paid <= r["judge/check_right_rate"] * (n_point + n_pair) + 1e-6, r
 
 
 def test_eval_scores_the_judge_on_both_wrong_answer_sources_and_tts_on_the_same_samples(countdown_run):
