@@ -81,7 +81,9 @@ class ArithmeticChecks(TaskChecks):
     styles = templates.Styles(judge="question_last", reflection="question_last")
 
     def reasoning(self, problem: Problem, candidates: Sequence[str]) -> str | None:
-        if not problem.solution:
+        """None without a worked solution, or for a candidate that is not an integer (a policy
+        answer can be anything; the check is a subtraction)."""
+        if not problem.solution or not all(_is_integer(c) for c in candidates):
             return None
         # judge_response writes "<steps> <checks> \boxed{v}": keep everything before the box.
         text = templates.judge_response(solution_steps(problem.solution), problem.answer, candidates, "")
@@ -91,6 +93,14 @@ class ArithmeticChecks(TaskChecks):
         if not problem.solution:
             return None
         return wrong_solution(problem.solution, problem.answer, final)
+
+
+def _is_integer(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _operations(node: Node) -> list[Node]:

@@ -68,7 +68,8 @@ class SparkConfig:
     out correctly: :meth:`~megatron_spark.spark.checks.TaskChecks.reasoning`). Under ``checked``
     a right verdict after a wrong check earns nothing, and the verdict cross-entropy copies come
     only from samples whose check is right, so no target ever asks the verdict to contradict the
-    check before it. Needs a task with worked checks (Countdown, arithmetic)."""
+    check before it. Needs a task with worked checks (Countdown, arithmetic); an item whose answer
+    has none (arithmetic: an answer that is not an integer) is paid for its verdict alone."""
     judge_ce_samples: int = 1
     """How many of a judge item's samples (the first ones that box something; under
     ``judge_reward: checked`` the first whose check is right) get a verdict cross-entropy copy:

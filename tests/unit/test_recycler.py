@@ -327,3 +327,17 @@ def test_judge_items_carry_the_tasks_worked_check_of_what_they_show():
             assert all(c["AB".index(item.label)] == right for c in fits)
     for item in _kind(with_checks, "reflection"):
         assert item.check == ""
+
+
+def test_an_answer_without_a_worked_check_gives_an_item_with_an_empty_check():
+    """Policy answers can be anything: an arithmetic answer that is not an integer has no check
+    step, and recycling must not fail on it (the item is then paid for its verdict alone)."""
+    from megatron_spark.spark.checks import ArithmeticChecks
+
+    p = _problem(0)
+    odd = [p.solution.replace(f"\\boxed{{{p.answer}}}", f"\\boxed{{{bad}}}") for bad in ("x+1", "1/2", "3.5", "")]
+    group = ScoredGroup(p, odd, [0.0] * len(odd))
+    cfg = replace(CFG, reflection=False, balance_pointwise=False)
+    items = recycle([group], 0, cfg, "last", random.Random(0), reasoning=ArithmeticChecks().reasoning)
+    (item,) = items
+    assert item.kind == "pointwise" and item.polarity == "incorrect" and item.check == ""
