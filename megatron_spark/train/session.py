@@ -37,10 +37,10 @@ from megatron_spark.train.batch import (
     token_inputs,
 )
 from megatron_spark.train.config import RunConfig
-from megatron_spark.train.seeds import SeedPurpose
 from megatron_spark.train.kernels.fused_head import HeadConfig, describe_nonfinite
 from megatron_spark.train.metrics import MetricsLogger, StageTimer
 from megatron_spark.train.optim import Optimizer
+from megatron_spark.train.seeds import SeedPurpose
 
 
 def resolve_run_dir(cfg: RunConfig, command: str) -> Path:

@@ -18,7 +18,6 @@ from megatron_spark.train.seeds import SeedPurpose
 from megatron_spark.train.session import Session
 
 
-
 def own_wrong_answers(s: Session, problems) -> dict[str, str]:
     """uid -> the model's own wrong final answer to that problem: one temperature-1 sample each
     from the current weights, kept when it boxes an answer the verifier rejects."""

@@ -58,7 +58,6 @@ from megatron_spark.train.seeds import SeedPurpose
 from megatron_spark.train.session import Session
 
 
-
 def recycle_step(s: Session, problems, completions, rewards: torch.Tensor) -> list[Item]:
     """Items from the task groups of the whole step, every DP replica's gathered in DP-rank order.
 
@@ -87,7 +86,9 @@ def roll_items(s: Session, items: list[Item], first: int = 0):
     m = s.cfg.spark.num_samples_per_item
     with s.timer("item_rollout"):
         prompts = [x.prompt for x in items]
-        completions = sample_groups(s, prompts, m, s.cfg.spark.max_new_tokens, SeedPurpose.ITEM_ROLLOUT, first)
+        completions = sample_groups(
+            s, prompts, m, s.cfg.spark.max_new_tokens, SeedPurpose.ITEM_ROLLOUT, first
+        )
     with s.timer("item_verify"):
         checked = s.cfg.spark.judge_reward == "checked"
         targets = [(x.label, x.choices or None, x.check if checked else "") for x in items for _ in range(m)]
@@ -210,7 +211,15 @@ def item_metrics(
     once = mine and s.dp_rank == 0
     sums: dict[str, float] = {}
     verdicts = verdict_stats(s, items, completions) if completions else {}
-    for key in ("judge_groups", "judge_samples", "parsed", "unanimous", "entropy", "checked_samples", "checks_right"):
+    for key in (
+        "judge_groups",
+        "judge_samples",
+        "parsed",
+        "unanimous",
+        "entropy",
+        "checked_samples",
+        "checks_right",
+    ):
         sums[key] = verdicts.get(key, 0.0) if mine else 0.0
     judge_rows = [i for i, x in enumerate(items) if x.choices]
     flat = rewards[judge_rows] if judge_rows else rewards[:0]

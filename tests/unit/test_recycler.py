@@ -6,9 +6,9 @@ from dataclasses import replace
 import pytest
 
 from megatron_spark.data.tasks import ArithmeticConfig, ArithmeticTask
+from megatron_spark.reward.extract import extract_boxed
 from megatron_spark.spark import templates
 from megatron_spark.spark.config import SparkConfig
-from megatron_spark.reward.extract import extract_boxed
 from megatron_spark.spark.recycler import Item, ScoredGroup, recycle
 
 TASK = ArithmeticTask(ArithmeticConfig(min_operands=3, max_operands=3, operators="+-"))
@@ -316,7 +316,11 @@ def test_judge_items_carry_the_tasks_worked_check_of_what_they_show():
     for item in judge:
         group = by_uid[item.source_uid]
         finals = sorted({extract_boxed(r, "last") for r in group.responses})
-        shown = [[f] for f in finals] if item.kind == "pointwise" else [[a, b] for a in finals for b in finals if a != b]
+        shown = (
+            [[f] for f in finals]
+            if item.kind == "pointwise"
+            else [[a, b] for a in finals for b in finals if a != b]
+        )
         # the check is the one of the answer(s) the item shows: the right one where its label says
         fits = [c for c in shown if checks.reasoning(group.problem, c) == item.check]
         assert item.check and fits
@@ -335,7 +339,9 @@ def test_an_answer_without_a_worked_check_gives_an_item_with_an_empty_check():
     from megatron_spark.spark.checks import ArithmeticChecks
 
     p = _problem(0)
-    odd = [p.solution.replace(f"\\boxed{{{p.answer}}}", f"\\boxed{{{bad}}}") for bad in ("x+1", "1/2", "3.5", "")]
+    odd = [
+        p.solution.replace(f"\\boxed{{{p.answer}}}", f"\\boxed{{{bad}}}") for bad in ("x+1", "1/2", "3.5", "")
+    ]
     group = ScoredGroup(p, odd, [0.0] * len(odd))
     cfg = replace(CFG, reflection=False, balance_pointwise=False)
     items = recycle([group], 0, cfg, "last", random.Random(0), reasoning=ArithmeticChecks().reasoning)

@@ -114,7 +114,11 @@ def test_checked_reward_takes_verdict_targets_only_after_a_right_check(judge_rew
         f"{check} \\boxed{{No}}",  # right check, right verdict
     ]
     spark = SparkConfig(
-        enabled=True, num_samples_per_item=4, judge_ce_weight=1.0, judge_ce_samples=4, judge_reward=judge_reward
+        enabled=True,
+        num_samples_per_item=4,
+        judge_ce_weight=1.0,
+        judge_ce_samples=4,
+        judge_reward=judge_reward,
     )
     cfg = SimpleNamespace(spark=spark, grpo=GRPOConfig())
     session = SimpleNamespace(tokenizer=TOK, cfg=cfg)
