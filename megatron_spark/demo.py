@@ -44,10 +44,14 @@ def _test_time_lines(result: dict) -> str:
     judge, tts, reasoning = result.get("judge", {}), result.get("tts", {}), result["reasoning"]
     lines = []
     if "own_wrong_rejected" in judge:
-        lines.append(
-            f"its own answers: rejects {judge['own_wrong_rejected']:.1%} of the wrong ones, "
-            f"accepts {judge['own_right_accepted']:.1%} of the right ones"
+        wrong, right = judge["own_wrong"], judge["own_right"]
+        rejects = (
+            f"rejects {judge['own_wrong_rejected']:.1%} of the {wrong} wrong ones" if wrong else "none wrong"
         )
+        accepts = (
+            f"accepts {judge['own_right_accepted']:.1%} of the {right} right ones" if right else "none right"
+        )
+        lines.append(f"its own answers: {rejects}, {accepts}")
     reflect = tts.get("self-reflect")
     if reflect:
         lines.append(
