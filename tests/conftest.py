@@ -60,7 +60,7 @@ LLAMA31 = {
 @pytest.fixture(scope="session")
 def hf_models(tmp_path_factory):
     """family -> (directory, transformers model) for every supported family, saved once."""
-    from megatron_spark.model.hf_reference import make_random_hf_model
+    from tests.hf_reference import make_random_hf_model
 
     out = {}
     for i, (family, cfg) in enumerate(FAMILIES.items()):

@@ -4,8 +4,8 @@ check that loss, log-probs and every local parameter gradient agree."""
 
 import torch
 
+from megatron_spark.kernels.fused_head import WEIGHT_FIELDS, TokenInputs, token_objective
 from megatron_spark.model.forward import FusedHead, run_packed
-from megatron_spark.train.kernels.fused_head import WEIGHT_FIELDS, TokenInputs, token_objective
 
 
 def _grads(model):

@@ -5,6 +5,7 @@ parameter gradients through the model, forward-only and with the fused head."""
 import torch
 import torch.distributed as dist
 
+from megatron_spark.kernels.fused_head import HeadConfig
 from megatron_spark.model.forward import FusedHead, run_packed
 from megatron_spark.train.batch import (
     LossCoefficients,
@@ -13,7 +14,6 @@ from megatron_spark.train.batch import (
     token_counts,
     token_inputs,
 )
-from megatron_spark.train.kernels.fused_head import HeadConfig
 from tests.fused_paths import _grads
 
 BUDGET = 48

@@ -26,7 +26,7 @@ import sys
 CHILD = r"""
 import json, re, sys, time
 import torch
-from megatron_spark.train.kernels.fused_head import HeadConfig, TokenInputs, fused_head_loss, token_objective
+from megatron_spark.kernels.fused_head import HeadConfig, TokenInputs, fused_head_loss, token_objective
 
 mode, t, h, v, repeats = sys.argv[1], *map(int, sys.argv[2:6])
 dev, dtype = torch.device(sys.argv[6]), getattr(torch, sys.argv[7])

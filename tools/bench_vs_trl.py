@@ -105,7 +105,7 @@ def write_hf_side(out: Path, seed: int, init: Path | None) -> None:
 
     from megatron_spark.data.tokenizer import ARITH_MODEL_PATH, load_tokenizer
     from megatron_spark.model.config import PRESETS
-    from megatron_spark.model.hf_reference import make_random_hf_model
+    from tests.hf_reference import make_random_hf_model
 
     if init is not None:
         cmd = [sys.executable, str(REPO / "tools" / "convert_megatron_to_hf.py"), "--ckpt", str(init)]

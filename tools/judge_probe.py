@@ -155,8 +155,8 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="key=value config overrides")
     ap.add_argument("--show", type=int, default=0, help="also print this many replies per kind")
     args = ap.parse_args()
-    from megatron_spark.eval.heldout import heldout_items
     from megatron_spark.spark.checks import checks_for
+    from megatron_spark.spark.heldout import heldout_items
     from megatron_spark.train import checkpoint as ckpt
     from megatron_spark.train.evaluation import ensure_pool, eval_problems
     from megatron_spark.train.session import Session
@@ -174,7 +174,7 @@ def main() -> None:
         ensure_pool(s, problems)
         items = heldout_items(problems, s.judge_pool, checks_for(s.task.name), seed=s.cfg.seed)
         answers = {p.uid: p.answer for p in problems}
-        texts = s.greedy([h.item.prompt for h in items], s.cfg.spark.max_new_tokens)
+        texts = s.rollout.greedy([h.item.prompt for h in items], s.cfg.spark.max_new_tokens)
         for kind in ("pointwise", "pairwise"):
             shown = [(h, t) for h, t in zip(items, texts) if h.item.kind == kind][: args.show]
             for h, text in shown:

@@ -1,9 +1,9 @@
 """Progress of ``eval`` and ``generate``: the sequences generated so far, per phase.
 
 These commands run no training steps; what takes their time is generation. Every generation of a
-command goes through its session's ``generate`` (greedy answers, samples, judge verdicts,
+command goes through its rollout client's ``generate`` (greedy answers, samples, judge verdicts,
 reflections, the frozen answer pool), so :class:`GenerationProgress` replaces that one method on
-the session object with a counting one. It cuts each call into pieces of
+the client object with a counting one. It cuts each call into pieces of
 ``rollout.max_batch_sequences`` prompts (what the HF engine decodes together anyway), passing each
 piece its ``SamplingParams.first_row`` so that every sample is drawn as in one call, and advances
 the phase's bar (``eval reasoning``, ``generate self-reflect``, ...) after each piece. A phase that
@@ -21,19 +21,21 @@ from megatron_spark.rollout.protocol import Completion, SamplingParams
 
 
 class GenerationProgress:
-    """Counts the session's generated sequences on rank 0, one bar per phase."""
+    """Counts a rollout client's generated sequences on rank 0, one bar per phase."""
 
-    def __init__(self, session, command: str, phase: str | None = None, stderr: bool = False):
-        """``command``: the bar's first word; ``stderr``: report there (``generate``'s stdout holds
+    def __init__(self, client, cfg, command: str, phase: str | None = None, stderr: bool = False):
+        """``client``: a :class:`~megatron_spark.rollout.client.RolloutClient`; ``cfg``: the
+        run's config (``rollout.max_batch_sequences``, ``metrics.progress_every_s``);
+        ``command``: the bar's first word; ``stderr``: report there (``generate``'s stdout holds
         its rows)."""
         self.command, self.stderr = command, stderr
-        self.chunk = session.cfg.rollout.max_batch_sequences
-        self.every_s = session.cfg.metrics.progress_every_s
-        self.enabled = session.rank == 0
-        self._session, self._generate = session, session.generate
+        self.chunk = cfg.rollout.max_batch_sequences
+        self.every_s = cfg.metrics.progress_every_s
+        self.enabled = client.par.rank == 0
+        self._client, self._generate = client, client.generate
         self._label = command
         self._bar: ProgressReport | None = None
-        session.generate = self.generate
+        client.generate = self.generate
         self.phase(phase)
 
     def phase(self, name: str | None) -> None:
@@ -42,7 +44,7 @@ class GenerationProgress:
         self._label = f"{self.command} {name}" if name else self.command
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
-        """The session's ``generate``, counted."""
+        """The client's ``generate``, counted."""
         bar = self._bar_for(len(prompts))
         out: list[Completion] = []
         for start in range(0, len(prompts), self.chunk):
@@ -53,9 +55,9 @@ class GenerationProgress:
         return out
 
     def close(self) -> None:
-        """End the last bar and give the session its own ``generate`` back."""
+        """End the last bar and give the client its own ``generate`` back."""
         self._close_bar()
-        self._session.generate = self._generate
+        self._client.generate = self._generate
 
     def _bar_for(self, requested: int) -> ProgressReport | None:
         if not self.enabled:

@@ -44,7 +44,7 @@ class EvalOptions:
 
 def _generate_texts(s):
     def generate(prompts, params):
-        return s.generate([s.tokenizer.encode_prompt(p) for p in prompts], params)
+        return s.rollout.generate([s.tokenizer.encode_prompt(p) for p in prompts], params)
 
     return generate
 
@@ -75,7 +75,7 @@ def reasoning(s, problems, k: int) -> tuple[dict, list[str], list[float]]:
     from megatron_spark.train.evaluation import verify_texts
 
     answers = [p.answer for p in problems]
-    greedy = s.greedy([p.prompt for p in problems], s.cfg.rollout.max_new_tokens)
+    greedy = s.rollout.greedy([p.prompt for p in problems], s.cfg.rollout.max_new_tokens)
     pass1 = verify_texts(s, greedy, answers)
     params = SamplingParams(
         max_new_tokens=s.cfg.rollout.max_new_tokens, stop_token_ids=(s.tokenizer.eos_id,), seed=s.cfg.seed
@@ -109,7 +109,7 @@ def own_verdicts(s, problems, greedy: list[str], rewards: list[float]) -> dict:
     finals = [extract_boxed(t, box) for t in greedy]
     judged = [i for i, f in enumerate(finals) if f]
     prompts = [templates.pointwise_prompt(problems[i].prompt, finals[i], "yesno", 0, style) for i in judged]
-    texts = s.greedy(prompts, s.cfg.spark.max_new_tokens) if prompts else []
+    texts = s.rollout.greedy(prompts, s.cfg.spark.max_new_tokens) if prompts else []
     accepted = {i for i, t in zip(judged, texts) if parse_verdict(t, (yes, no)) == yes}
     wrong = [i for i, r in enumerate(rewards) if r < 1]
     right = [i for i, r in enumerate(rewards) if r >= 1]
@@ -182,7 +182,7 @@ def reward_bench(s, path: str) -> tuple[dict, list[dict]]:
         else:
             prompt = templates.pairwise_prompt(it.question, it.responses[0], it.responses[1], 0, style)
             queries.append(JudgeQuery(prompt, templates.PAIRWISE_CHOICES, it.label))
-    replies = s.greedy([q.prompt for q in queries], s.cfg.spark.max_new_tokens)
+    replies = s.rollout.greedy([q.prompt for q in queries], s.cfg.spark.max_new_tokens)
     summary, rows = score_replies(items, queries, replies)
     return {"file": str(path), **summary, "items_file": ITEMS_FILE}, rows
 
@@ -208,16 +208,16 @@ def run_eval(cfg: RunConfig, opts: EvalOptions) -> Path:
 
 
 def _evaluate(cfg: RunConfig, opts: EvalOptions, src: Path, out_dir: Path) -> None:
-    from megatron_spark.eval.heldout import evaluate_items, heldout_items
     from megatron_spark.eval.report import write_atomically, write_report
     from megatron_spark.spark.checks import checks_for
+    from megatron_spark.spark.heldout import evaluate_items, heldout_items
     from megatron_spark.train import checkpoint as ckpt
     from megatron_spark.train.evaluation import ensure_pool, eval_problems, verify_texts
     from megatron_spark.train.session import Session
 
     start = time.perf_counter()
     s = Session(cfg, "eval")
-    progress = GenerationProgress(s, "eval", "reasoning")
+    progress = GenerationProgress(s.rollout, s.cfg, "eval", "reasoning")
     try:
         problems = eval_problems(s)
         result: dict = {"checkpoint": str(src), "num_problems": len(problems)}
@@ -228,7 +228,7 @@ def _evaluate(cfg: RunConfig, opts: EvalOptions, src: Path, out_dir: Path) -> No
             s.judge_pool = state["judge_pool"]
         ensure_pool(s, problems)
         items = heldout_items(problems, s.judge_pool, checks_for(s.task.name), seed=s.cfg.seed)
-        texts = s.greedy([h.item.prompt for h in items], s.cfg.spark.max_new_tokens)
+        texts = s.rollout.greedy([h.item.prompt for h in items], s.cfg.spark.max_new_tokens)
         m = evaluate_items(items, texts, lambda t, a: verify_texts(s, t, a))
         result["judge"] = {
             "pointwise_accuracy": m["judge_pointwise_accuracy"],
@@ -260,7 +260,7 @@ def _evaluate(cfg: RunConfig, opts: EvalOptions, src: Path, out_dir: Path) -> No
         if opts.reward_bench:
             result["reward_bench"], bench_rows = reward_bench(s, opts.reward_bench)
         result["wall_time_s"] = time.perf_counter() - start
-        if s.rank == 0:
+        if s.par.rank == 0:
             if bench_rows is not None:
                 write_atomically(
                     out_dir / result["reward_bench"]["items_file"],
@@ -309,7 +309,9 @@ def run_generate(cfg: RunConfig, opts: GenerateOptions) -> list[dict]:
             train=dataclasses.replace(cfg.train, eval_num_problems=0),
         )
         s = Session(cfg, "eval")
-        progress = GenerationProgress(s, "generate", None if opts.tts == "none" else opts.tts, stderr=True)
+        progress = GenerationProgress(
+            s.rollout, s.cfg, "generate", None if opts.tts == "none" else opts.tts, stderr=True
+        )
         try:
             gen, q = _generate_texts(s), list(opts.prompts)
             mx, jmx, box = s.cfg.rollout.max_new_tokens, s.cfg.spark.max_new_tokens, s.cfg.task.verifier.box
@@ -332,7 +334,7 @@ def run_generate(cfg: RunConfig, opts: GenerateOptions) -> list[dict]:
                 )
                 responses, gens = r.responses, r.generations
             else:
-                responses, gens = s.greedy(q, mx), [1] * len(q)
+                responses, gens = s.rollout.greedy(q, mx), [1] * len(q)
             rows = [{"prompt": p, "response": t, "generations": g} for p, t, g in zip(q, responses, gens)]
             for row, trace in zip(rows, rounds or []):
                 row["rounds"] = trace  # each round's judged answer, verdict and reflection

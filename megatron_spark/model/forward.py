@@ -156,7 +156,7 @@ class FusedHead:
     """Compute the loss with the fused head from hidden states (the logits never exist)."""
 
     config: object
-    """A ``train.kernels.fused_head.HeadConfig``."""
+    """A ``kernels.fused_head.HeadConfig``."""
     inputs: Callable[[PackedBatch], object]
     """Per-token ``TokenInputs`` of a micro-batch (targets are filled in by ``run_packed``)."""
 
@@ -187,9 +187,9 @@ def run_packed(
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    from megatron_spark.kernels.fused_head import WEIGHT_FIELDS, fused_head_loss
     from megatron_spark.mcore_compat import OutputLayerBypass, PositionRotary
     from megatron_spark.model.attention import SDPACoreAttention
-    from megatron_spark.train.kernels.fused_head import WEIGHT_FIELDS, fused_head_loss
 
     dev = platform.device()
     if any(b.prefix_of is not None for b in batches) and not any(

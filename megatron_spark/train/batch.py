@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import torch
 
 from megatron_spark.errors import UserError
+from megatron_spark.kernels.fused_head import TokenInputs
 from megatron_spark.model.forward import PackedBatch, pack
-from megatron_spark.train.kernels.fused_head import TokenInputs
 
 
 @dataclass

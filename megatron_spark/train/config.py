@@ -12,7 +12,9 @@ from typing import Literal
 from megatron_spark.data.countdown import CountdownConfig
 from megatron_spark.data.datasets import FileTaskConfig
 from megatron_spark.data.tasks import ArithmeticConfig
+from megatron_spark.kernels.fused_head import TOKEN_CHUNK, VOCAB_CHUNK
 from megatron_spark.model.builder import PrecisionConfig
+from megatron_spark.platform import ParallelConfig
 from megatron_spark.rollout.bridge import BridgeConfig
 from megatron_spark.spark.config import SparkConfig
 from megatron_spark.train.metrics import MetricsConfig
@@ -29,36 +31,6 @@ class ModelSection:
     tokenizer: str = "builtin:arith"
     """``builtin:arith`` (the committed sentencepiece model), a ``.model`` file, or a Hugging Face
     tokenizer directory. A preset's vocabulary is resized to this tokenizer's."""
-
-
-@dataclass(frozen=True)
-class ParallelSection:
-    """How the model is split; data parallelism is whatever world size remains."""
-
-    tensor_parallel_size: int = 1
-    """Tensor-parallel ranks."""
-    pipeline_parallel_size: int = 1
-    """Pipeline stages."""
-    sequence_parallel: bool = False
-    """Split the activations between tensor-parallel blocks along the sequence over the TP group
-    (megatron sequence parallelism; saves activation memory at TP > 1). Packed micro-batches are
-    padded to a multiple of tensor_parallel_size."""
-    collective_timeout_s: float = 600.0
-    """Seconds any collective may wait for the other ranks (every process group: the default one
-    and megatron's); a rank that stopped, hung or died then ends the job with a message instead
-    of hanging it. Must exceed the longest wait of a healthy run: a rollout on the replica leader
-    while its other ranks wait, a checkpoint write."""
-
-    def __post_init__(self) -> None:
-        if not self.collective_timeout_s > 0:
-            raise ValueError(
-                f"collective_timeout_s={self.collective_timeout_s} is invalid; expected > 0 seconds"
-            )
-        for name in ("tensor_parallel_size", "pipeline_parallel_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} is invalid; expected >= 1")
-        if self.sequence_parallel and self.tensor_parallel_size < 2:
-            raise ValueError("sequence_parallel needs tensor_parallel_size > 1")
 
 
 @dataclass(frozen=True)
@@ -278,9 +250,9 @@ class TrainerConfig:
     perturbed answers (SPARK runs; GRPO-only runs set it too, to compare)."""
     max_consecutive_bad_steps: int = 3
     """Steps with a non-finite loss or gradient are skipped; this many in a row stop the run."""
-    token_chunk: int = 4096
-    """Tokens per tile of the fused loss head."""
-    vocab_chunk: int = 8192
+    token_chunk: int = TOKEN_CHUNK
+    """Tokens per tile of the fused loss head (bounds its [tokens, vocab] tile memory)."""
+    vocab_chunk: int = VOCAB_CHUNK
     """Vocabulary rows per tile of the fused loss head."""
 
     def __post_init__(self) -> None:
@@ -309,7 +281,7 @@ class RunConfig:
     seed: int = 0
     """Seeds initialisation, sampling and data order."""
     model: ModelSection = field(default_factory=ModelSection)
-    parallel: ParallelSection = field(default_factory=ParallelSection)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     task: TaskSection = field(default_factory=TaskSection)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)

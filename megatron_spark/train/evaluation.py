@@ -5,9 +5,9 @@ Each data-parallel replica evaluates its share of the items; counts are summed o
 
 from __future__ import annotations
 
-from megatron_spark.eval.heldout import build_pool, evaluate_items, heldout_items
 from megatron_spark.reward.verifiers import verify_batch
 from megatron_spark.spark.checks import checks_for
+from megatron_spark.spark.heldout import build_pool, evaluate_items, heldout_items
 from megatron_spark.train.session import Session
 
 POOL_SAMPLES = 4
@@ -18,7 +18,7 @@ POOL_SEED = 1234
 
 def eval_problems(s: Session) -> list:
     problems = s.task.held_out()[: s.cfg.train.eval_num_problems]
-    return problems[: len(problems) // s.dp_size * s.dp_size]
+    return problems[: len(problems) // s.par.dp_size * s.par.dp_size]
 
 
 def verify_texts(s: Session, texts: list[str], answers: list[str]) -> list[float]:
@@ -30,13 +30,12 @@ def policy_accuracy(s: Session) -> dict[str, float]:
     problems = eval_problems(s)
     if not problems:
         return {}
-    mine = s.my_share(problems)
-    texts = s.greedy([p.prompt for p in mine], s.cfg.rollout.max_new_tokens)
-    leader = s.rank == s.mp_leader
-    correct = s.on_leader(
+    mine = s.par.my_share(problems)
+    texts = s.rollout.greedy([p.prompt for p in mine], s.cfg.rollout.max_new_tokens)
+    correct = s.par.on_leader(
         lambda: float(sum(r >= 1.0 for r in verify_texts(s, texts, [p.answer for p in mine])))
     )
-    totals = s.reduce({"correct": correct if leader else 0.0, "n": len(mine) if leader else 0})
+    totals = s.par.sum_replicas({"correct": correct, "n": len(mine)})
     return {"eval/accuracy": totals["correct"] / max(1.0, totals["n"])}
 
 
@@ -53,9 +52,9 @@ def ensure_pool(s: Session, problems) -> None:
         seed=POOL_SEED + s.cfg.seed,
     )
     ids = [s.tokenizer.encode_prompt(p.prompt) for p in problems for _ in range(POOL_SAMPLES)]
-    completions = s.generate(ids, params)  # every replica samples the whole list: same pool
+    completions = s.rollout.generate(ids, params)  # every replica samples the whole list: same pool
     texts = [s.tokenizer.decode(c.token_ids) for c in completions]
-    rewards = s.on_leader(
+    rewards = s.par.on_leader(
         lambda: verify_texts(s, texts, [p.answer for p in problems for _ in range(POOL_SAMPLES)])
     )
     k = POOL_SAMPLES
@@ -74,18 +73,27 @@ def judge_accuracy(s: Session) -> dict[str, float]:
         return {}
     ensure_pool(s, problems)
     items = heldout_items(problems, s.judge_pool, checks_for(s.task.name), seed=s.cfg.seed)
-    mine = s.my_share(items)
-    texts = s.greedy([h.item.prompt for h in mine], s.cfg.spark.max_new_tokens)
-    result = s.on_leader(lambda: evaluate_items(mine, texts, lambda t, a: verify_texts(s, t, a)))
-    leader = s.rank == s.mp_leader
+    mine = s.par.my_share(items)
+    texts = s.rollout.greedy([h.item.prompt for h in mine], s.cfg.spark.max_new_tokens)
+    result = s.par.on_leader(lambda: evaluate_items(mine, texts, lambda t, a: verify_texts(s, t, a)))
     # Turn the replica's rates back into counts so that replicas sum correctly.
     sums = {}
     for key in ("judge_pointwise", "judge_pairwise", "reflection"):
-        n = result.get(f"{key}_items", 0.0) if leader else 0.0
+        n = result.get(f"{key}_items", 0.0)
         sums[f"{key}_n"] = n
-        sums[f"{key}_ok"] = result.get(f"{key}_accuracy", 0.0) * n if leader else 0.0
-    totals = s.reduce(sums)
+        sums[f"{key}_ok"] = result.get(f"{key}_accuracy", 0.0) * n
+    totals = s.par.sum_replicas(sums)
     return {
         f"eval/{key}_accuracy": totals[f"{key}_ok"] / max(1.0, totals[f"{key}_n"])
         for key in ("judge_pointwise", "judge_pairwise", "reflection")
     }
+
+
+def evaluate(s: Session) -> dict[str, float]:
+    """Greedy held-out accuracy (``eval/accuracy``) and, with ``train.eval_judge``, held-out
+    judge and reflection accuracy (``eval/judge_*``, ``eval/reflection_accuracy``)."""
+    with s.timer("eval"):
+        out = policy_accuracy(s)
+        if s.cfg.train.eval_judge:
+            out.update(judge_accuracy(s))
+    return out

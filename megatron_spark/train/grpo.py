@@ -49,7 +49,7 @@ def sample_groups(
         seed=s.sampling_seed(purpose),
         first_row=first * n,
     )
-    return s.generate([p for p in ids for _ in range(n)], params)
+    return s.rollout.generate([p for p in ids for _ in range(n)], params)
 
 
 def rollout(s: Session, problems, first: int = 0):
@@ -89,7 +89,7 @@ def score_with(s: Session, completions, targets, n: int) -> tuple[torch.Tensor, 
                 rewards[i] = judge_reward(texts[i], label, choices, check)
         return rewards, sum(v.timed_out for v in verdicts)
 
-    rewards, timeouts = s.on_leader(verify)
+    rewards, timeouts = s.par.on_leader(verify)
     return torch.tensor(rewards, dtype=torch.float64).view(-1, n), timeouts
 
 
@@ -174,7 +174,7 @@ def update(
     gap, gap_tokens = 0.0, 0.0
     # Every DP rank must take the same number of optimizer steps (each one all-reduces the
     # gradients): as many as the rank with the fewest groups can fill, at most num_minibatches.
-    k = s.min_over_replicas(min(cfg.grpo.num_minibatches, len(groups)))
+    k = s.par.min_over_replicas(min(cfg.grpo.num_minibatches, len(groups)))
     if k < 1:
         raise RuntimeError("update: a data-parallel rank has no samples (callers must give each one)")
     chunks = minibatches(groups, k, kinds)
@@ -194,10 +194,11 @@ def update(
             train[k] = train.get(k, 0.0) + v
     # All RL response tokens, trained (``rl_tokens``) or left out by the skip; every rank has the
     # key, the owner of the statistics counts them.
-    train["all_rl_tokens"] = float(sum(c[0] for c in counts)) if s.owns_stats else 0.0
-    s.sync_weights()
+    train["all_rl_tokens"] = float(sum(c[0] for c in counts)) if s.par.owns_stats else 0.0
+    with s.timer("sync"):
+        s.rollout.sync()
     local = {k: v for k, v in train.items() if k not in ("grad_norm", "applied", "lr")}
-    totals = s.reduce({**{f"t_{k}": v for k, v in local.items()}, "gap": gap, "gap_tokens": gap_tokens})
+    totals = s.par.reduce({**{f"t_{k}": v for k, v in local.items()}, "gap": gap, "gap_tokens": gap_tokens})
     totals.update(steps=float(len(chunks)), **{k: train.get(k, 0.0) for k in ("grad_norm", "applied", "lr")})
     return totals
 
@@ -220,17 +221,16 @@ def train_metrics(t: dict[str, float]) -> dict[str, float]:
 
 def policy_metrics(s: Session, completions, rewards: torch.Tensor, timeouts: int) -> dict[str, float]:
     """``policy/*`` and ``reward/timeouts`` of this step's task prompts, over the world."""
-    mine = s.rank == s.mp_leader  # one contribution per replica
-    totals = s.reduce(
+    totals = s.par.sum_replicas(
         {
-            "samples": len(completions) if mine else 0,
-            "reward": float(rewards.sum()) if mine else 0.0,
-            "correct": float((rewards >= 1.0).sum()) if mine else 0.0,
-            "resp_tokens": float(sum(len(c.token_ids) for c in completions)) if mine else 0.0,
-            "truncated": float(sum(c.finish_reason == "length" for c in completions)) if mine else 0.0,
-            "timeouts": float(timeouts) if mine else 0.0,
-            "zero_adv_groups": float((rewards.amax(1) == rewards.amin(1)).sum()) if mine else 0.0,
-            "groups": float(rewards.shape[0]) if mine else 0.0,
+            "samples": len(completions),
+            "reward": float(rewards.sum()),
+            "correct": float((rewards >= 1.0).sum()),
+            "resp_tokens": float(sum(len(c.token_ids) for c in completions)),
+            "truncated": float(sum(c.finish_reason == "length" for c in completions)),
+            "timeouts": float(timeouts),
+            "zero_adv_groups": float((rewards.amax(1) == rewards.amin(1)).sum()),
+            "groups": float(rewards.shape[0]),
         }
     )
     n = max(1.0, totals["samples"])
@@ -245,13 +245,7 @@ def policy_metrics(s: Session, completions, rewards: torch.Tensor, timeouts: int
 
 
 def throughput(s: Session, samples: list[Sample], start: float) -> dict[str, float]:
-    mine = s.rank == s.mp_leader
-    totals = s.reduce(
-        {
-            "tokens": float(sum(x.num_tokens for x in samples)) if mine else 0.0,
-            "n": len(samples) if mine else 0,
-        }
-    )
+    totals = s.par.sum_replicas({"tokens": float(sum(x.num_tokens for x in samples)), "n": len(samples)})
     elapsed = time.perf_counter() - start
     return {"perf/tokens_per_s": totals["tokens"] / elapsed, "perf/samples_per_s": totals["n"] / elapsed}
 
@@ -268,7 +262,7 @@ def finish(s: Session, metrics: dict[str, float], t: dict[str, float]) -> dict[s
 def policy_phase(s: Session):
     """Rollout, verify and group advantages of this step's task prompts."""
     cfg = s.cfg
-    problems, first = s.my_slice(s.sampler.next_batch(cfg.train.num_prompts_per_step))
+    problems, first = s.par.my_slice(s.sampler.next_batch(cfg.train.num_prompts_per_step))
     with s.timer("rollout"):
         completions = rollout(s, problems, first)
     with s.timer("verify"):
@@ -279,7 +273,7 @@ def policy_phase(s: Session):
 def grpo_step(s: Session) -> dict[str, float]:
     start = time.perf_counter()
     problems, completions, rewards, timeouts = policy_phase(s)
-    s.release_engine()
+    s.rollout.sleep()
     with s.timer("advantages"):
         samples = to_samples(completions, group_advantages(rewards, s.cfg.grpo.advantage), rewards)
     t = update(s, groups_of(samples, s.cfg.rollout.num_samples_per_prompt))

@@ -10,6 +10,7 @@ import signal
 
 from megatron_spark.errors import Stopped
 from megatron_spark.train.config import RunConfig
+from megatron_spark.train.evaluation import evaluate
 from megatron_spark.train.preempt import EXIT_STATUS, StopSignals
 from megatron_spark.train.session import Session
 
@@ -28,9 +29,9 @@ def run(cfg: RunConfig, command: str, resume: bool = False, overwrite: bool = Fa
         try:
             s.metrics.print(f"run directory: {s.run_dir}")
             if s.step == 0:
-                s.log(s.evaluate())
+                s.log(evaluate(s))
             if command == "sft":
-                s.release_engine()  # SFT only uses the engine to evaluate
+                s.rollout.sleep()  # SFT only uses the engine to evaluate
             while s.step < cfg.train.num_steps:
                 signum = signals.agreed()
                 if signum is not None:
@@ -39,10 +40,11 @@ def run(cfg: RunConfig, command: str, resume: bool = False, overwrite: bool = Fa
                 metrics = step_fn(s)
                 if s.stop_error is None and s.should_eval():
                     if command == "sft":
-                        s.sync_weights()
-                    metrics.update(s.evaluate())
+                        with s.timer("sync"):
+                            s.rollout.sync()
+                    metrics.update(evaluate(s))
                     if command == "sft":
-                        s.release_engine()
+                        s.rollout.sleep()
                 s.log(metrics)  # before saving: a resumed run cuts the record back to its checkpoint
                 if s.stop_error is not None:
                     raise s.stop_error  # logged above, never saved: the last checkpoint stays good

@@ -1,11 +1,8 @@
-"""What every training loop needs on one rank: model, optimizer, engine, data, metrics, checkpoints.
+"""What every training loop needs on one rank: model, optimizer, data, metrics, checkpoints.
 
-Process layout: megatron's TP x PP groups form one model replica; data parallelism (DP) is the
-remaining factor of the world size. The HF engine lives on each replica's model-parallel rank 0
-and generates that replica's share of the prompts; the samples are then broadcast to the replica's
-other ranks, which all train on them. (vLLM runs on every rank, in lockstep.)
-
-The three loop bodies (SFT, GRPO and, later, SPARK) are plain functions over a :class:`Session`.
+Its parallel layout is ``s.par`` (:class:`~megatron_spark.parallel.ParallelContext`) and its
+rollout engine ``s.rollout`` (:class:`~megatron_spark.rollout.client.RolloutClient`). The loop
+bodies (SFT, GRPO, SPARK) are plain functions over a :class:`Session`.
 """
 
 from __future__ import annotations
@@ -23,8 +20,10 @@ import torch.distributed as dist
 from megatron_spark import platform
 from megatron_spark.config import dump_config, to_dict
 from megatron_spark.errors import UserError
+from megatron_spark.kernels.fused_head import HeadConfig, describe_nonfinite
 from megatron_spark.model.forward import FusedHead, run_packed
-from megatron_spark.rollout.protocol import GREEDY_TOP_P, Completion, SamplingParams
+from megatron_spark.parallel import ParallelContext, on_rank0
+from megatron_spark.rollout.client import RolloutClient
 from megatron_spark.spark.queue import ItemQueue
 from megatron_spark.train import checkpoint as ckpt
 from megatron_spark.train import rundir
@@ -37,7 +36,6 @@ from megatron_spark.train.batch import (
     token_inputs,
 )
 from megatron_spark.train.config import RunConfig
-from megatron_spark.train.kernels.fused_head import HeadConfig, describe_nonfinite
 from megatron_spark.train.metrics import MetricsLogger, StageTimer
 from megatron_spark.train.optim import Optimizer
 from megatron_spark.train.seeds import SeedPurpose
@@ -51,64 +49,30 @@ def resolve_run_dir(cfg: RunConfig, command: str) -> Path:
     return Path(name[0])
 
 
-def on_rank0(fn):
-    """``fn()`` on rank 0, its result (or its :class:`UserError`) on every rank: for decisions
-    that read or lock shared files, which only one rank may do."""
-    result, message = None, None
-    if dist.get_rank() == 0:
-        try:
-            result = fn()
-        except UserError as e:
-            message = str(e)
-    if dist.get_world_size() > 1:
-        box = [None if dist.get_rank() else (result if message is None else None), message]
-        dist.broadcast_object_list(box, src=0)  # rank 0's answer to every rank
-        _, message = box
-        result = box[0] if dist.get_rank() else result
-    if message is not None:
-        raise UserError(message)
-    return result
-
-
 class Session:
     def __init__(self, cfg: RunConfig, command: str, resume: bool = False, overwrite: bool = False):
-        from megatron.core import parallel_state as ps
-
         self.cfg = cfg
         self.command = command
         self.timer = StageTimer()
-        parallel = platform.ParallelConfig(
-            tensor_parallel_size=cfg.parallel.tensor_parallel_size,
-            pipeline_parallel_size=cfg.parallel.pipeline_parallel_size,
-            sequence_parallel=cfg.parallel.sequence_parallel,
-            collective_timeout_s=cfg.parallel.collective_timeout_s,
-        )
+        parallel = cfg.parallel
         platform.setup(parallel, seed=cfg.seed)
-        self.rank = dist.get_rank()
-        self.tp_group = ps.get_tensor_model_parallel_group()
-        self.pp_group = ps.get_pipeline_model_parallel_group()
-        self.dp_group = ps.get_data_parallel_group()
-        self.mp_group = ps.get_model_parallel_group()
-        self.dp_rank, self.dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
-        self.mp_leader = dist.get_global_rank(self.mp_group, 0)
-        self.is_last_stage = ps.is_pipeline_last_stage()
-        self.owns_stats = self.is_last_stage and ps.get_tensor_model_parallel_rank() == 0
+        self.par = par = ParallelContext.from_megatron()
         self.layout = {
             "tensor_parallel_size": parallel.tensor_parallel_size,
             "pipeline_parallel_size": parallel.pipeline_parallel_size,
             # Each rank's optimizer state covers its shards only: resume with the same setting.
             "distributed_optimizer": int(cfg.optim.distributed),
         }
-        if cfg.train.num_prompts_per_step % self.dp_size:
+        if cfg.train.num_prompts_per_step % par.dp_size:
             raise UserError(
                 f"train.num_prompts_per_step={cfg.train.num_prompts_per_step} must be divisible by the "
-                f"{self.dp_size} data-parallel ranks"
+                f"{par.dp_size} data-parallel ranks"
             )
-        groups = cfg.train.num_prompts_per_step // self.dp_size
+        groups = cfg.train.num_prompts_per_step // par.dp_size
         if command == "train" and cfg.grpo.num_minibatches > groups:
             raise UserError(
                 f"grpo.num_minibatches={cfg.grpo.num_minibatches} is more than the {groups} prompt groups "
-                f"each of the {self.dp_size} data-parallel ranks trains per step; expected 1 to {groups}"
+                f"each of the {par.dp_size} data-parallel ranks trains per step; expected 1 to {groups}"
             )
 
         self.run_dir = resolve_run_dir(cfg, command)
@@ -150,7 +114,7 @@ class Session:
         updates = cfg.train.num_steps * per_step
         self.optimizer = None
         if command != "eval":
-            self.optimizer = Optimizer(self.model, cfg.optim, updates, model_parallel_group=self.mp_group)
+            self.optimizer = Optimizer(self.model, cfg.optim, updates, model_parallel_group=par.mp_group)
         init = Path(cfg.model.init)
         self.judge_trained = bool(
             (command == "train" and cfg.spark.enabled)
@@ -159,7 +123,7 @@ class Session:
         )
         """Whether these weights were trained on judge prompts (format or skill): ``generate
         --tts`` refuses weights that never saw one."""
-        self.engine, self.bridge = build_engine(cfg, self.model, self.arch, self)
+        self.rollout = RolloutClient(*build_engine(cfg, self.model, self.arch, par), par, self.tokenizer)
         from megatron_spark.model.builder import transformer_engine_available
 
         self.share_prompts = cfg.train.share_prompts and not transformer_engine_available()
@@ -196,7 +160,7 @@ class Session:
         # eval and generate count their own work (megatron_spark/eval/progress.py), not steps.
         self.metrics = MetricsLogger(
             self.run_dir,
-            self.rank == 0 and command != "eval",
+            par.rank == 0 and command != "eval",
             cfg.train.num_steps,
             start_step=self.step,
             title=command,
@@ -211,75 +175,18 @@ class Session:
             self.metrics.print(f"--resume: {line}")
         if resume:
             self.metrics.print(f"--resume: continuing from {latest}")
-        if self.bridge.transport != "none":
-            self.metrics.print(f"weight bridge: TP pieces over {self.bridge.transport}")
-        self.sync_weights()
-
-    # ------------------------------------------------------------------ rollout
-
-    def on_leader(self, fn):
-        """``fn()`` run once per model replica (its first rank), the result shared with the
-        replica's other TP/PP ranks, so that all of them train on the same samples and rewards."""
-        result = [fn() if self.rank == self.mp_leader else None]
-        if dist.get_world_size(self.mp_group) > 1:
-            # The replica leader's result to its other TP/PP ranks.
-            dist.broadcast_object_list(result, src=self.mp_leader, group=self.mp_group)
-        return result[0]
-
-    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
-        """Completions of this DP replica's ``prompts`` on every rank of the replica. (With vLLM
-        every rank samples in lockstep; the leader's copy makes the replica agree bit for bit.)"""
-        if self.engine is not None and self.rank != self.mp_leader:
-            self.engine.generate(prompts, params)  # vLLM's TP ranks must take part
-        return self.on_leader(lambda: self.engine.generate(prompts, params))
-
-    def sync_weights(self) -> None:
-        """Push the policy's current weights into the engine and wake it (collective over the
-        replica)."""
+        if self.rollout.bridge.transport != "none":
+            self.metrics.print(f"weight bridge: TP pieces over {self.rollout.bridge.transport}")
         with self.timer("sync"):
-            self.bridge.sync(self.engine)
-            if self.engine is not None:
-                self.engine.wake()
+            self.rollout.sync()
 
-    def release_engine(self) -> None:
-        """Let the engine give its memory back while the trainer runs (weights are discarded)."""
-        if self.engine is not None:
-            self.engine.sleep()
+    # ------------------------------------------------------------------ training
 
     def sampling_seed(self, purpose: SeedPurpose = SeedPurpose.POLICY_ROLLOUT) -> int:
         """Distinct per run seed, step and purpose, equal on every rank (each DP replica samples
         its rows of the step-wide batch, ``SamplingParams.first_row``); the same on resume."""
         # The 0 stands where the DP rank once was, so that recorded one-process runs reproduce.
         return hash((self.cfg.seed, self.step, 0, int(purpose))) & 0x7FFFFFFF
-
-    def my_slice(self, items: Sequence) -> tuple[list, int]:
-        """This DP rank's contiguous share of a step-wide list and the index of its first entry;
-        the shares differ in size by at most one and together cover the whole list."""
-        n = len(items)
-        start, stop = self.dp_rank * n // self.dp_size, (self.dp_rank + 1) * n // self.dp_size
-        return list(items[start:stop]), start
-
-    def my_share(self, items: Sequence) -> list:
-        """This DP rank's contiguous share of a step-wide list (see :meth:`my_slice`)."""
-        return self.my_slice(items)[0]
-
-    def gather_replicas(self, obj) -> list:
-        """``obj`` of every DP replica, in DP-rank order (on every rank; ``[obj]`` without DP)."""
-        if self.dp_size == 1:
-            return [obj]
-        out = [None] * self.dp_size
-        dist.all_gather_object(out, obj, group=self.dp_group)
-        return out
-
-    def min_over_replicas(self, value: int) -> int:
-        """The smallest ``value`` over the DP replicas (every rank must call this)."""
-        if self.dp_size == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.int64)
-        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.dp_group)
-        return int(t.item())
-
-    # ------------------------------------------------------------------ training
 
     def micro_batches(self, samples: Sequence[Sample]) -> list[MicroBatch]:
         """``samples`` packed into this run's micro-batches (budget, prompt sharing)."""
@@ -294,7 +201,7 @@ class Session:
             [mb.batch for mb in micro_batches],
             temperature=self.cfg.rollout.temperature,
         )
-        return [o["logprobs"].cpu() for o in out] if self.is_last_stage else None
+        return [o["logprobs"].cpu() for o in out] if self.par.is_last_stage else None
 
     def train_on(
         self, mbs: Sequence[MicroBatch], coef: LossCoefficients, counts: torch.Tensor | None = None
@@ -305,9 +212,9 @@ class Session:
         default: those of ``mbs``. Returns summed statistics (owner ranks only contribute; see
         :meth:`reduce`)."""
         counts = token_counts(mbs) if counts is None else counts.clone()
-        if self.dp_size > 1:
+        if self.par.dp_size > 1:
             # Response tokens of the whole step, over every DP rank: the loss normaliser.
-            dist.all_reduce(counts, group=self.dp_group)
+            dist.all_reduce(counts, group=self.par.dp_group)
         inputs = {mb.batch: token_inputs(mb, coef, counts) for mb in mbs}
         head = FusedHead(self.head, lambda b: inputs[b])
         out = run_packed(
@@ -329,7 +236,7 @@ class Session:
             "kl_sum": 0.0,
             "gap_sum": 0.0,
         }
-        if self.owns_stats:
+        if self.par.owns_stats:
             for j, (mb, o) in enumerate(zip(mbs, out)):
                 self.note_nonfinite(o["nonfinite"], j, len(mbs))
                 rl = mb.rl_mask
@@ -352,17 +259,9 @@ class Session:
         (``counts``: the loss head's ``nonfinite``)."""
         what = describe_nonfinite(counts.cpu())
         if what:
-            rank = f"DP rank {self.dp_rank} " if self.dp_size > 1 else ""
+            rank = f"DP rank {self.par.dp_rank} " if self.par.dp_size > 1 else ""
             where = f"{rank}update {self.updates_in_step} micro-batch {index + 1}/{num_micro_batches}"
             self.nonfinite_notes.append(f"{where}: {what}")
-
-    def reduce(self, sums: dict[str, float]) -> dict[str, float]:
-        """Sum per-rank contributions over the whole world (result valid on every rank)."""
-        keys = sorted(sums)
-        vec = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64)
-        if dist.get_world_size() > 1:
-            dist.all_reduce(vec)  # every rank's share of each statistic, summed (all ranks)
-        return dict(zip(keys, vec.tolist()))
 
     def after_update(self, applied: bool, loss: float, grad_norm: float, lr: float) -> dict[str, float]:
         """Count a skipped (non-finite) step and print one line naming the micro-batches, inputs
@@ -371,9 +270,9 @@ class Session:
         Collective: every rank calls it once per step."""
         bad = not applied or not math.isfinite(loss) or not math.isfinite(grad_norm)
         # Micro-batches with a non-finite loss-head input or term, over every rank.
-        nonfinite = self.reduce({"n": float(len(self.nonfinite_notes))})["n"]
+        nonfinite = self.par.reduce({"n": float(len(self.nonfinite_notes))})["n"]
         if bad:
-            notes = self.gather_world(self.nonfinite_notes) if nonfinite else []
+            notes = self.par.gather_world(self.nonfinite_notes) if nonfinite else []
             cause = skip_cause(notes)
             self.metrics.print(
                 f"step {self.step} skipped (loss {loss:.4g}, grad norm {grad_norm:.4g}): {cause}"
@@ -395,37 +294,7 @@ class Session:
             "train/nonfinite_microbatches": nonfinite,
         }
 
-    def gather_world(self, items: list[str]) -> list[str]:
-        """Every rank's ``items``, in rank order (on every rank)."""
-        if dist.get_world_size() == 1:
-            return list(items)
-        out: list = [None] * dist.get_world_size()
-        dist.all_gather_object(out, items)  # each rank's phrases, to every rank
-        return [x for part in out for x in part]
-
     # ------------------------------------------------------------------ evaluation
-
-    def evaluate(self) -> dict[str, float]:
-        """Greedy held-out accuracy (``eval/accuracy``) and, with ``train.eval_judge``, held-out
-        judge and reflection accuracy (``eval/judge_*``, ``eval/reflection_accuracy``)."""
-        from megatron_spark.train import evaluation
-
-        with self.timer("eval"):
-            out = evaluation.policy_accuracy(self)
-            if self.cfg.train.eval_judge:
-                out.update(evaluation.judge_accuracy(self))
-        return out
-
-    def greedy(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-        """Greedy responses (texts) to this replica's prompt texts."""
-        params = SamplingParams(
-            top_p=GREEDY_TOP_P,
-            max_new_tokens=max_new_tokens,
-            stop_token_ids=(self.tokenizer.eos_id,),
-            seed=0,
-        )
-        completions = self.generate([self.tokenizer.encode_prompt(p) for p in prompts], params)
-        return [self.tokenizer.decode(c.token_ids) for c in completions]
 
     def should_eval(self) -> bool:
         k = self.cfg.train.eval_every_steps
@@ -497,9 +366,8 @@ class Session:
         to resume from and why the run ended. After a failure a write error here is dropped:
         the error that ended the run is the one to report (a full disk fails both)."""
         self.metrics.close()
-        if self.engine is not None:
-            self.engine.close()
-        if self.rank == 0:
+        self.rollout.close()
+        if self.par.rank == 0:
             saved = self.ckpt_root / ckpt.step_name(self.saved_step) if self.saved_step is not None else None
             summary = {
                 "run_dir": str(self.run_dir),

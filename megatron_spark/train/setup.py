@@ -1,4 +1,4 @@
-"""Builders behind :class:`~megatron_spark.train.session.Session`: data, policy, reference, engine."""
+"""Builders behind :class:`~megatron_spark.train.par.Session`: data, policy, reference, engine."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from megatron_spark import platform
 from megatron_spark.checkpoint.io import TOKENIZER_FILES
 from megatron_spark.errors import UserError
 from megatron_spark.model.config import PRESETS, ModelArch, arch_from_hf_config
+from megatron_spark.parallel import ParallelContext
 from megatron_spark.train.config import RunConfig
 
 
@@ -132,7 +133,7 @@ def build_reference(cfg: RunConfig, tokenizer, parallel: platform.ParallelConfig
     return model
 
 
-def build_engine(cfg: RunConfig, model, arch: ModelArch, session):
+def build_engine(cfg: RunConfig, model, arch: ModelArch, par: ParallelContext):
     """The rollout engine on the ranks that host one (None elsewhere) and the weight bridge."""
     from megatron_spark.rollout.bridge import WeightBridge
 
@@ -142,7 +143,7 @@ def build_engine(cfg: RunConfig, model, arch: ModelArch, session):
             "rollout.engine=vllm on the CPU needs vLLM's CPU build (docs/rollout.md); "
             "use rollout.engine=hf on this machine"
         )
-    hosts = kind == "vllm" or dist.get_rank(session.mp_group) == 0
+    hosts = kind == "vllm" or dist.get_rank(par.mp_group) == 0
     dtype = cfg.precision.torch_dtype
     engine = None
     if hosts and kind == "hf":
@@ -162,7 +163,7 @@ def build_engine(cfg: RunConfig, model, arch: ModelArch, session):
             gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
             dtype=cfg.precision.params_dtype,
             seed=cfg.seed,
-            replica_index=session.dp_rank,  # every engine of one model replica samples alike
+            replica_index=par.dp_rank,  # every engine of one model replica samples alike
             sleep_mode=platform.use_cuda(),  # vLLM's CPU backend has no sleep mode
             enforce_eager=not platform.use_cuda(),
         )
@@ -173,8 +174,8 @@ def build_engine(cfg: RunConfig, model, arch: ModelArch, session):
         receive=hosts,
         dtype=dtype,
         config=cfg.rollout.bridge,
-        tp_group=session.tp_group,
-        pp_group=session.pp_group,
+        tp_group=par.tp_group,
+        pp_group=par.pp_group,
     )
     torch.manual_seed(cfg.seed)  # engine construction draws random init: reset for the loop
     return engine, bridge

@@ -24,7 +24,8 @@ def own_wrong_answers(s: Session, problems) -> dict[str, str]:
     from megatron_spark.reward.verifiers import verify_batch
     from megatron_spark.rollout.protocol import SamplingParams
 
-    s.sync_weights()
+    with s.timer("sync"):
+        s.rollout.sync()
     params = SamplingParams(
         temperature=1.0,
         max_new_tokens=s.cfg.rollout.max_new_tokens,
@@ -32,9 +33,9 @@ def own_wrong_answers(s: Session, problems) -> dict[str, str]:
         seed=s.sampling_seed(SeedPurpose.OWN_ANSWERS),
     )
     # Every replica samples the whole step's problems alike (the batch is built on every rank).
-    completions = s.generate([s.tokenizer.encode_prompt(p.prompt) for p in problems], params)
+    completions = s.rollout.generate([s.tokenizer.encode_prompt(p.prompt) for p in problems], params)
     texts = [s.tokenizer.decode(c.token_ids) for c in completions]
-    verdicts = s.on_leader(lambda: verify_batch(s.verifier, texts, [p.answer for p in problems]))
+    verdicts = s.par.on_leader(lambda: verify_batch(s.verifier, texts, [p.answer for p in problems]))
     return {p.uid: v.extracted for p, v in zip(problems, verdicts) if v.extracted and v.reward < 1.0}
 
 
@@ -89,12 +90,12 @@ def sft_step(s: Session) -> dict[str, float]:
         with s.timer("own_answers"):
             own = own_wrong_answers(s, problems)
     samples, without = sft_samples(s, problems, own)
-    samples = s.my_share(samples)
+    samples = s.par.my_share(samples)
     with s.timer("train"):
         mbs = s.micro_batches(samples)
         stats = s.train_on(mbs, LossCoefficients(ce=1.0))
-    tokens = sum(x.num_tokens for x in samples) if s.rank == s.mp_leader else 0
-    totals = s.reduce({"loss": stats["loss"], "tokens": float(tokens)})
+    tokens = sum(x.num_tokens for x in samples)
+    totals = s.par.sum_replicas({"tokens": tokens}, per_rank={"loss": stats["loss"]})
     s.step += 1
     metrics = {
         "train/loss": totals["loss"],

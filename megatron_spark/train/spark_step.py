@@ -67,7 +67,7 @@ def recycle_step(s: Session, problems, completions, rewards: torch.Tensor) -> li
     n = s.cfg.rollout.num_samples_per_prompt
     texts = [s.tokenizer.decode(c.token_ids) for c in completions]
     mine = [(p, texts[i * n : (i + 1) * n], rewards[i].tolist()) for i, p in enumerate(problems)]
-    groups = [ScoredGroup(*g) for share in s.gather_replicas(mine) for g in share]
+    groups = [ScoredGroup(*g) for share in s.par.gather_replicas(mine) for g in share]
     rng = random.Random(s.sampling_seed(SeedPurpose.RECYCLE))
     checks = checks_for(s.task.name)
     return recycle(groups, s.step, s.cfg.spark, s.cfg.task.verifier.box, rng, checks.styles, checks.reasoning)
@@ -77,7 +77,7 @@ def pop_items(s: Session) -> tuple[list[Item], list[Item], int]:
     """``(popped, mine, first)``: the step's items (the same on every rank), this DP rank's
     contiguous share of them and the index of its first item."""
     popped = s.queue.pop(s.cfg.spark.items_per_step, s.step)
-    return popped, *s.my_slice(popped)
+    return popped, *s.par.my_slice(popped)
 
 
 def roll_items(s: Session, items: list[Item], first: int = 0):
@@ -176,14 +176,25 @@ def verdict_ce_sample(s: Session, completion, item: Item) -> Sample | None:
     return Sample(list(completion.prompt_ids) + ids[:k] + head, full[len(head) :], objective="ce")
 
 
+VERDICT_STATS = (
+    "judge_groups",
+    "judge_samples",
+    "parsed",
+    "unanimous",
+    "entropy",
+    "checked_samples",
+    "checks_right",
+)
+"""The sums :func:`verdict_stats` returns."""
+
+
 def verdict_stats(s: Session, items: list[Item], completions) -> dict[str, float]:
     """Sums over this rank's judge groups of what decides whether RL can teach the verdict: how
     many samples box a verdict, how many groups say one verdict in every sample (all rewards
     equal: zero advantage, nothing to learn), the entropy (bits) of each group's verdicts, and
     how many samples of items with a worked check write it out right."""
     m = s.cfg.spark.num_samples_per_item
-    out = {"judge_groups": 0.0, "judge_samples": 0.0, "parsed": 0.0, "unanimous": 0.0, "entropy": 0.0}
-    out |= {"checked_samples": 0.0, "checks_right": 0.0}
+    out = dict.fromkeys(VERDICT_STATS, 0.0)
     for i, item in enumerate(items):
         if not item.choices:
             continue
@@ -207,36 +218,25 @@ def item_metrics(
     """``judge/*``, ``reflection/*`` and ``spark/*`` of this step, summed over the world.
     ``items``, ``rewards`` and ``completions`` are this rank's share; ``built`` and the queue are
     the same on every rank and counted once."""
-    mine = s.rank == s.mp_leader
-    once = mine and s.dp_rank == 0
-    sums: dict[str, float] = {}
     verdicts = verdict_stats(s, items, completions) if completions else {}
-    for key in (
-        "judge_groups",
-        "judge_samples",
-        "parsed",
-        "unanimous",
-        "entropy",
-        "checked_samples",
-        "checks_right",
-    ):
-        sums[key] = verdicts.get(key, 0.0) if mine else 0.0
+    per_replica = {key: verdicts.get(key, 0.0) for key in VERDICT_STATS}
     judge_rows = [i for i, x in enumerate(items) if x.choices]
     flat = rewards[judge_rows] if judge_rows else rewards[:0]
     # Groups whose rewards are all equal (zero advantage), whatever the verdicts say.
-    sums["zero_adv"] = float((flat.max(1).values == flat.min(1).values).sum()) if mine and judge_rows else 0.0
+    per_replica["zero_adv"] = float((flat.max(1).values == flat.min(1).values).sum()) if judge_rows else 0.0
+    shared = {}  # the same on every rank: counted once
     for kind in ITEM_KINDS:
         rows = [i for i, x in enumerate(items) if x.kind == kind]
-        sums[f"reward_{kind}"] = float(rewards[rows].sum()) if mine and rows else 0.0
-        sums[f"samples_{kind}"] = float(rewards[rows].numel()) if mine and rows else 0.0
-        sums[f"trained_{kind}"] = float(len(rows)) if mine else 0.0
-        sums[f"built_{kind}"] = float(sum(x.kind == kind for x in built)) if once else 0.0
+        per_replica[f"reward_{kind}"] = float(rewards[rows].sum()) if rows else 0.0
+        per_replica[f"samples_{kind}"] = float(rewards[rows].numel()) if rows else 0.0
+        per_replica[f"trained_{kind}"] = float(len(rows))
+        shared[f"built_{kind}"] = float(sum(x.kind == kind for x in built))
     point = [x for x in built if x.kind == "pointwise"]
-    sums["pos"] = float(sum(x.polarity == "correct" for x in point)) if once else 0.0
-    sums["point"] = float(len(point)) if once else 0.0
-    sums["queue"] = float(len(s.queue)) if once else 0.0
-    sums["expired"] = float(s.queue.expired) if once else 0.0
-    t = s.reduce(sums)
+    shared["pos"] = float(sum(x.polarity == "correct" for x in point))
+    shared["point"] = float(len(point))
+    shared["queue"] = float(len(s.queue))
+    shared["expired"] = float(s.queue.expired)
+    t = s.par.sum_replicas(per_replica, shared)
     out = {
         "judge/pointwise_accuracy": t["reward_pointwise"] / max(1.0, t["samples_pointwise"]),
         "judge/pairwise_accuracy": t["reward_pairwise"] / max(1.0, t["samples_pairwise"]),
@@ -268,7 +268,7 @@ def spark_step(s: Session) -> dict[str, float]:
         item_completions, item_rewards, item_timeouts = roll_items(s, items, first)
     else:
         item_completions, item_rewards, item_timeouts = [], torch.zeros(0, 1, dtype=torch.float64), 0
-    s.release_engine()
+    s.rollout.sleep()
     with s.timer("recycle"):
         built = recycle_step(s, problems, completions, rewards)
         s.queue.push(built)
@@ -291,7 +291,7 @@ def spark_step(s: Session) -> dict[str, float]:
 def alternating_step(s: Session) -> dict[str, float]:
     start = time.perf_counter()
     problems, completions, rewards, timeouts = policy_phase(s)
-    s.release_engine()
+    s.rollout.sleep()
     with s.timer("recycle"):
         built = recycle_step(s, problems, completions, rewards)
         s.queue.push(built)
@@ -304,11 +304,11 @@ def alternating_step(s: Session) -> dict[str, float]:
     popped, items, first = pop_items(s)
     # Phase 2 holds collectives: it runs when every DP rank has a share (``popped`` is the same
     # on every rank, so they all decide alike).
-    run_items = len(popped) >= s.dp_size
+    run_items = len(popped) >= s.par.dp_size
     item_rewards = torch.zeros(0, 1, dtype=torch.float64)
     if run_items:
         item_completions, item_rewards, _ = roll_items(s, items, first)
-        s.release_engine()
+        s.rollout.sleep()
         item_groups, item_kinds = item_samples(s, items, item_completions, item_rewards)
         # phase 2: judge and reflection
         t2 = update(s, item_groups, ce_coef=s.cfg.spark.judge_ce_weight, kinds=item_kinds)

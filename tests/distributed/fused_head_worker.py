@@ -13,7 +13,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from megatron_spark import platform  # noqa: E402
-from megatron_spark.train.kernels.fused_head import HeadConfig, fused_head_loss  # noqa: E402
+from megatron_spark.kernels.fused_head import HeadConfig, fused_head_loss  # noqa: E402
 from tests.unit.test_fused_head import assert_rel, make_problem  # noqa: E402
 
 

@@ -16,8 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from megatron_spark import platform  # noqa: E402
 from megatron_spark.checkpoint.convert import load_pretrained  # noqa: E402
+from megatron_spark.kernels.fused_head import HeadConfig, TokenInputs  # noqa: E402
 from megatron_spark.model.forward import pack  # noqa: E402
-from megatron_spark.train.kernels.fused_head import HeadConfig, TokenInputs  # noqa: E402
 from tests.fused_paths import assert_fused_equals_unfused  # noqa: E402
 from tests.shared_prompt_paths import assert_shared_equals_whole  # noqa: E402
 

@@ -90,8 +90,8 @@ def test_logprobs_and_gradients_match(family, hf_models, worker_results):
 def test_logprobs_cli_under_torchrun(tp, pp, hf_models, megatron_ckpts, tmp_path):
     """The user's command with 4 gloo processes (DP = 4 / (TP*PP)); llama from the converted
     checkpoint (dist-checkpoint resharding), qwen2 straight from safetensors."""
-    from megatron_spark.model.hf_reference import reference_logprobs
     from tests.conftest import sample_sequences
+    from tests.hf_reference import reference_logprobs
 
     seqs = sample_sequences(300, lengths=(5, 30, 2, 17))
     inp = tmp_path / "in.jsonl"

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from megatron_spark.model.hf_reference import make_random_hf_model
 from tests.conftest import FAMILIES, run_cli
+from tests.hf_reference import make_random_hf_model
 
 
 def read_all_tensors(d):

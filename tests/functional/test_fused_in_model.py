@@ -7,8 +7,8 @@ import torch
 
 from megatron_spark import platform
 from megatron_spark.checkpoint.convert import load_pretrained
+from megatron_spark.kernels.fused_head import HeadConfig, TokenInputs
 from megatron_spark.model.forward import pack, run_packed
-from megatron_spark.train.kernels.fused_head import HeadConfig, TokenInputs
 from tests.conftest import sample_sequences
 from tests.fused_paths import assert_fused_equals_unfused
 

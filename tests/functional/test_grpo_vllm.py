@@ -22,7 +22,7 @@ def warm_start(tmp_path_factory):
     """A short SFT of the tiny Llama preset with 4 heads of 32; its checkpoint."""
     from megatron_spark.data.tokenizer import load_tokenizer
     from megatron_spark.model.config import PRESETS
-    from megatron_spark.model.hf_reference import make_random_hf_model
+    from tests.hf_reference import make_random_hf_model
 
     tmp = tmp_path_factory.mktemp("vllm_sft")
     tok = load_tokenizer("builtin:arith")

@@ -6,8 +6,8 @@ import torch
 from megatron_spark import platform
 from megatron_spark.checkpoint.convert import load_pretrained
 from megatron_spark.model.forward import pack, run_packed, split_logprobs
-from megatron_spark.model.hf_reference import make_random_hf_model, reference_logprobs
 from tests.conftest import LLAMA31, sample_sequences
+from tests.hf_reference import make_random_hf_model, reference_logprobs
 
 SINGLE = platform.ParallelConfig()
 

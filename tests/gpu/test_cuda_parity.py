@@ -14,8 +14,8 @@ def test_cuda_logprobs_match_transformers(family, hf_models):
     from megatron_spark import platform
     from megatron_spark.checkpoint.convert import load_pretrained
     from megatron_spark.model.forward import pack, run_packed, split_logprobs
-    from megatron_spark.model.hf_reference import reference_logprobs
     from tests.conftest import sample_sequences
+    from tests.hf_reference import reference_logprobs
 
     assert platform.backend() == "nccl" and platform.device().type == "cuda"
     platform.setup(platform.ParallelConfig())

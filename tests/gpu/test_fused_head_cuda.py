@@ -4,7 +4,7 @@ GEMMs keep float32 logits. Skipped without a GPU."""
 import pytest
 import torch
 
-from megatron_spark.train.kernels.fused_head import HeadConfig, TokenInputs, fused_head_loss
+from megatron_spark.kernels.fused_head import HeadConfig, TokenInputs, fused_head_loss
 from tests.unit.test_fused_head import assert_rel, make_problem, reference
 from tests.unit.test_fused_head_extreme import assert_extreme_matches_float64
 

@@ -5,7 +5,7 @@ import zlib
 import pytest
 import torch
 
-from megatron_spark.train.kernels.fused_head import (
+from megatron_spark.kernels.fused_head import (
     WEIGHT_FIELDS,
     HeadConfig,
     TokenInputs,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from megatron_spark.train.kernels.fused_head import (
+from megatron_spark.kernels.fused_head import (
     EXP_MAX,
     NONFINITE_NAMES,
     HeadConfig,

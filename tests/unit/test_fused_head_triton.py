@@ -13,7 +13,7 @@ import torch  # noqa: E402
 
 pytest.importorskip("triton", reason="triton is not installed")
 
-from megatron_spark.train.kernels.fused_head import HeadConfig, TokenInputs, fused_head_loss  # noqa: E402
+from megatron_spark.kernels.fused_head import HeadConfig, TokenInputs, fused_head_loss  # noqa: E402
 from tests.unit.test_fused_head import assert_rel, make_problem, reference  # noqa: E402
 from tests.unit.test_fused_head_extreme import assert_extreme_matches_float64, run_head  # noqa: E402
 

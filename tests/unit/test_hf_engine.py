@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from megatron_spark.errors import UserError
-from megatron_spark.model.hf_reference import reference_logprobs
 from megatron_spark.rollout import RolloutEngine, SamplingParams
 from megatron_spark.rollout.hf_engine import HFEngine
 from tests.conftest import FAMILIES, sample_sequences
+from tests.hf_reference import reference_logprobs
 
 PROMPT_LENGTHS = (1, 7, 16, 3, 40, 2)  # very different lengths: heavy left padding
 TOL = 1e-5

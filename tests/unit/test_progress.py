@@ -149,14 +149,16 @@ def test_wandb_enabled_without_the_package_is_a_config_error(monkeypatch):
         load_config(RunConfig, None, ["metrics.wandb.enabled=true"])
 
 
-class _FakeSession:
-    """What GenerationProgress uses of a Session: its config, its rank and its generate."""
+_CFG = SimpleNamespace(
+    rollout=SimpleNamespace(max_batch_sequences=2), metrics=MetricsConfig(progress_every_s=0.0)
+)
+
+
+class _FakeClient:
+    """What GenerationProgress uses of a RolloutClient: its rank and its generate."""
 
     def __init__(self):
-        self.cfg = SimpleNamespace(
-            rollout=SimpleNamespace(max_batch_sequences=2), metrics=MetricsConfig(progress_every_s=0.0)
-        )
-        self.rank = 0
+        self.par = SimpleNamespace(rank=0)
         self.calls = []
 
     def generate(self, prompts, params):
@@ -167,8 +169,8 @@ class _FakeSession:
 def test_generation_progress_counts_every_sequence_under_the_phase_label(capsys):
     from megatron_spark.eval.progress import GenerationProgress
 
-    s = _FakeSession()
-    progress = GenerationProgress(s, "generate", "self-reflect", stderr=True)
+    s = _FakeClient()
+    progress = GenerationProgress(s, _CFG, "generate", "self-reflect", stderr=True)
     out = s.generate([[1], [2], [3], [4], [5]], SamplingParams(first_row=10))
     # Pieces of max_batch_sequences prompts, each sampled as its rows of the whole call would be.
     assert s.calls == [([1, 2], 10), ([3, 4], 12), ([5], 14)]
@@ -177,7 +179,7 @@ def test_generation_progress_counts_every_sequence_under_the_phase_label(capsys)
     progress.phase("best-of-n")
     s.generate([[7], [8]], SamplingParams())
     progress.close()
-    assert s.generate.__func__ is _FakeSession.generate  # the session's own method is back
+    assert s.generate.__func__ is _FakeClient.generate  # the client's own method is back
     captured = capsys.readouterr()
     assert captured.out == ""  # generate's stdout holds its rows only
     lines = [LINE.match(line).group(1).split(" elapsed")[0] for line in captured.err.splitlines()]
@@ -196,9 +198,9 @@ def test_generation_progress_counts_every_sequence_under_the_phase_label(capsys)
 def test_generation_progress_is_silent_off_rank_zero(capsys):
     from megatron_spark.eval.progress import GenerationProgress
 
-    s = _FakeSession()
-    s.rank = 1
-    progress = GenerationProgress(s, "eval", "reasoning")
+    s = _FakeClient()
+    s.par.rank = 1
+    progress = GenerationProgress(s, _CFG, "eval", "reasoning")
     s.generate([[1], [2], [3]], SamplingParams())
     progress.close()
     assert s.calls == [([1, 2], 0), ([3], 2)]  # the same pieces as rank 0: collectives line up

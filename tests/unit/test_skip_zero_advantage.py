@@ -5,6 +5,7 @@ the loss head's loss and gradients (checked through the real head, not restated)
 import pytest
 import torch
 
+from megatron_spark.kernels.fused_head import HeadConfig, fused_head_loss
 from megatron_spark.train.batch import (
     LossCoefficients,
     Sample,
@@ -13,7 +14,6 @@ from megatron_spark.train.batch import (
     token_inputs,
 )
 from megatron_spark.train.grpo import to_train
-from megatron_spark.train.kernels.fused_head import HeadConfig, fused_head_loss
 
 SAMPLES = {
     "rl, advantage 0": Sample([1, 2, 3], [4, 5, 6], rollout_logprobs=[-1.0, -2.0, -0.5], advantage=0.0),

@@ -37,7 +37,7 @@ from datasets import Dataset  # noqa: E402  (TRL's own dependency)
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
-from megatron_spark.train.kernels.fused_head import (  # noqa: E402
+from megatron_spark.kernels.fused_head import (  # noqa: E402
     HeadConfig,
     HeadOutput,
     TokenInputs,

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from megatron_spark.errors import UserError
-from megatron_spark.model.hf_reference import make_random_hf_model
 from megatron_spark.rollout import RolloutEngine, SamplingParams
 from megatron_spark.rollout.protocol import GREEDY_TOP_P
 from tests.conftest import FAMILIES, sample_sequences
+from tests.hf_reference import make_random_hf_model
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (bash tools/vllm_tests.sh runs these tests)")
 from vllm.platforms import current_platform  # noqa: E402

@@ -43,6 +43,11 @@ from typing import Literal, NamedTuple
 import torch
 import torch.distributed as dist
 
+TOKEN_CHUNK = 4096
+"""Default tokens per tile of the loss head (``train.token_chunk``)."""
+VOCAB_CHUNK = 8192
+"""Default vocabulary rows per tile of the loss head (``train.vocab_chunk``)."""
+
 
 @dataclass(frozen=True)
 class HeadConfig:
@@ -59,10 +64,10 @@ class HeadConfig:
     vocab_size: int | None = None
     """Real vocabulary size; logits of padded rows (ids >= vocab_size) are masked out. None: no
     padding."""
-    token_chunk: int = 1024
-    """Tokens per tile (bounds the [tokens, vocab] tile memory)."""
-    vocab_chunk: int = 8192
-    """Vocabulary rows per tile."""
+    token_chunk: int = TOKEN_CHUNK
+    """Tokens per tile (bounds the [tokens, vocab] tile memory; ``train.token_chunk``)."""
+    vocab_chunk: int = VOCAB_CHUNK
+    """Vocabulary rows per tile (``train.vocab_chunk``)."""
     impl: Literal["auto", "torch", "triton"] = "auto"
     """Tile epilogues: ``triton`` kernels, plain ``torch``, or ``auto`` (Triton on CUDA when
     installed). The tile GEMMs always run through torch."""
@@ -205,7 +210,7 @@ def _epilogues(cfg: HeadConfig, device: torch.device):
     if impl == "auto":
         impl = "triton" if device.type == "cuda" and _triton_available() else "torch"
     if impl == "triton":
-        from megatron_spark.train.kernels import fused_head_triton as tk
+        from megatron_spark.kernels import fused_head_triton as tk
 
         return tk.tile_stats_, tk.tile_grad_
     return _tile_stats_torch_, _tile_grad_torch_

@@ -1,6 +1,6 @@
 """Hugging Face transformers as the reference implementation: random models and their log-probs.
 
-Used by the demo and the parity tests; the builds are seeded and need no hub access.
+Used by the parity tests and tools/bench_vs_trl.py; the builds are seeded and need no hub access.
 """
 
 from __future__ import annotations
