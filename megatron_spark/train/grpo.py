@@ -15,6 +15,7 @@ Departures from the GRPO paper, and why:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ from megatron_spark.train.advantages import group_advantages
 from megatron_spark.train.batch import LossCoefficients, Sample, adds_nothing, sample_token_counts
 from megatron_spark.train.seeds import SeedPurpose
 from megatron_spark.train.session import Session
+from megatron_spark.train.stats import UpdateStats
 
 
 def sample_groups(
@@ -161,17 +163,13 @@ def groups_of(samples: list[Sample], group_size: int) -> list[list[Sample]]:
 
 def update(
     s: Session, groups: list[list[Sample]], ce_coef: float = 0.0, kinds: Sequence[str] | None = None
-) -> dict[str, float]:
+) -> UpdateStats:
     """``grpo.num_minibatches`` optimizer steps on the groups' samples, then the weight sync.
     ``ce`` samples (teacher-forced) are weighed by ``ce_coef`` over their own token count.
     ``kinds`` (one per group) spreads each kind of group evenly over the optimizer steps
-    (:func:`minibatches`).
-    Returns the world-summed training statistics (``t_*``), the rollout/train log-prob gap
-    before the first update, and the number of optimizer steps taken and applied."""
+    (:func:`minibatches`). Returns the steps' statistics, summed over the world."""
     cfg = s.cfg
     coef = LossCoefficients(kl=cfg.grpo.kl_coef, entropy=cfg.grpo.entropy_coef, ce=ce_coef)
-    train: dict[str, float] = {}
-    gap, gap_tokens = 0.0, 0.0
     # Every DP rank must take the same number of optimizer steps (each one all-reduces the
     # gradients): as many as the rank with the fewest groups can fill, at most num_minibatches.
     k = s.par.min_over_replicas(min(cfg.grpo.num_minibatches, len(groups)))
@@ -185,38 +183,15 @@ def update(
     with s.timer("logprobs"):  # every chunk's old log-probs before the first update
         for mbs in plans:
             fill_logprobs(s, mbs)
+    stats = UpdateStats()
     for i, mbs in enumerate(plans):
         with s.timer("train"):
-            stats = s.train_on(mbs, coef, counts[i])
-        if i == 0:  # before any update of this step: the engine and the trainer see one policy
-            gap, gap_tokens = stats["gap_sum"], stats["rl_tokens"]
-        for k, v in stats.items():
-            train[k] = train.get(k, 0.0) + v
-    # All RL response tokens, trained (``rl_tokens``) or left out by the skip; every rank has the
-    # key, the owner of the statistics counts them.
-    train["all_rl_tokens"] = float(sum(c[0] for c in counts)) if s.par.owns_stats else 0.0
+            stats = stats + s.train_on(mbs, coef, counts[i])
+    # All RL response tokens, trained or left out by the skip (counted by the statistics owner).
+    all_rl = float(sum(c[0] for c in counts)) if s.par.owns_stats else 0.0
     with s.timer("sync"):
         s.rollout.sync()
-    local = {k: v for k, v in train.items() if k not in ("grad_norm", "applied", "lr")}
-    totals = s.par.reduce({**{f"t_{k}": v for k, v in local.items()}, "gap": gap, "gap_tokens": gap_tokens})
-    totals.update(steps=float(len(chunks)), **{k: train.get(k, 0.0) for k in ("grad_norm", "applied", "lr")})
-    return totals
-
-
-def train_metrics(t: dict[str, float]) -> dict[str, float]:
-    """``train/*`` metrics of :func:`update`'s totals."""
-    rl_tokens = max(1.0, t["t_rl_tokens"])
-    steps = max(1.0, t["steps"])
-    return {
-        "train/loss": t["t_loss"] / steps,
-        "train/entropy": t["t_entropy_sum"] / rl_tokens,
-        "train/clip_fraction": t["t_clipped"] / rl_tokens,
-        "train/kl_ref": t["t_kl_sum"] / rl_tokens,
-        "train/grad_norm": t["grad_norm"] / steps,
-        "train/logprob_gap_rollout_vs_train": t["gap"] / max(1.0, t["gap_tokens"]),
-        "train/skipped_token_fraction": (t["t_all_rl_tokens"] - t["t_rl_tokens"])
-        / max(1.0, t["t_all_rl_tokens"]),
-    }
+    return dataclasses.replace(stats, all_rl_tokens=all_rl).reduced(s.par)
 
 
 def policy_metrics(s: Session, completions, rewards: torch.Tensor, timeouts: int) -> dict[str, float]:
@@ -250,12 +225,11 @@ def throughput(s: Session, samples: list[Sample], start: float) -> dict[str, flo
     return {"perf/tokens_per_s": totals["tokens"] / elapsed, "perf/samples_per_s": totals["n"] / elapsed}
 
 
-def finish(s: Session, metrics: dict[str, float], t: dict[str, float]) -> dict[str, float]:
+def finish(s: Session, metrics: dict[str, float], t: UpdateStats) -> dict[str, float]:
     """Count the step, and a skipped one (non-finite loss or gradient)."""
     s.step += 1
-    steps = max(1.0, t["steps"])
-    applied = t["applied"] == t["steps"]
-    metrics.update(s.after_update(applied, metrics["train/loss"], t["grad_norm"], t["lr"] / steps))
+    lr = t.lr / max(1.0, t.steps)
+    metrics.update(s.after_update(t.applied == t.steps, metrics["train/loss"], t.grad_norm, lr))
     return metrics
 
 
@@ -277,6 +251,6 @@ def grpo_step(s: Session) -> dict[str, float]:
     with s.timer("advantages"):
         samples = to_samples(completions, group_advantages(rewards, s.cfg.grpo.advantage), rewards)
     t = update(s, groups_of(samples, s.cfg.rollout.num_samples_per_prompt))
-    metrics = {**policy_metrics(s, completions, rewards, timeouts), **train_metrics(t)}
+    metrics = {**policy_metrics(s, completions, rewards, timeouts), **t.metrics()}
     metrics.update(throughput(s, samples, start))
     return finish(s, metrics, t)

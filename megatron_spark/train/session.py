@@ -39,6 +39,7 @@ from megatron_spark.train.config import RunConfig
 from megatron_spark.train.metrics import MetricsLogger, StageTimer
 from megatron_spark.train.optim import Optimizer
 from megatron_spark.train.seeds import SeedPurpose
+from megatron_spark.train.stats import UpdateStats
 
 
 def resolve_run_dir(cfg: RunConfig, command: str) -> Path:
@@ -205,12 +206,12 @@ class Session:
 
     def train_on(
         self, mbs: Sequence[MicroBatch], coef: LossCoefficients, counts: torch.Tensor | None = None
-    ) -> dict[str, float]:
+    ) -> UpdateStats:
         """One optimizer step on packed micro-batches (this DP rank's share). ``counts``: this
         rank's (RL, CE) response tokens of the step, the loss normaliser, when it holds more than
         ``mbs`` do (samples left out because they add nothing, :func:`~megatron_spark.train.batch.adds_nothing`);
-        default: those of ``mbs``. Returns summed statistics (owner ranks only contribute; see
-        :meth:`reduce`)."""
+        default: those of ``mbs``. Returns this rank's statistics (the loss head's sums are non-zero on
+        the statistics owner only: :meth:`UpdateStats.reduced` adds them up)."""
         counts = token_counts(mbs) if counts is None else counts.clone()
         if self.par.dp_size > 1:
             # Response tokens of the whole step, over every DP rank: the loss normaliser.
@@ -228,31 +229,31 @@ class Session:
         lr = self.optimizer.lr  # the rate this update uses
         grad_norm, applied = self.optimizer.step()
         self.updates_in_step += 1
-        stats = {
-            "loss": 0.0,
-            "rl_tokens": 0.0,
-            "entropy_sum": 0.0,
-            "clipped": 0.0,
-            "kl_sum": 0.0,
-            "gap_sum": 0.0,
-        }
+        head = dict.fromkeys(("loss", "rl_tokens", "entropy_sum", "clipped", "kl_sum", "gap_sum"), 0.0)
         if self.par.owns_stats:
             for j, (mb, o) in enumerate(zip(mbs, out)):
                 self.note_nonfinite(o["nonfinite"], j, len(mbs))
                 rl = mb.rl_mask
                 n_rl = float(rl.sum())
                 lp = o["logprobs"].cpu()
-                stats["loss"] += float(o["loss"])
-                stats["rl_tokens"] += n_rl
-                stats["entropy_sum"] += float(o["entropy"].cpu()[rl].sum())
-                stats["clipped"] += float(o["clip_fraction"]) * n_rl
-                stats["gap_sum"] += float((lp - mb.rollout_logprobs)[rl].abs().sum())
+                head["loss"] += float(o["loss"])
+                head["rl_tokens"] += n_rl
+                head["entropy_sum"] += float(o["entropy"].cpu()[rl].sum())
+                head["clipped"] += float(o["clip_fraction"]) * n_rl
+                head["gap_sum"] += float((lp - mb.rollout_logprobs)[rl].abs().sum())
                 if mb.ref_logprobs is not None:
                     d = (mb.ref_logprobs - lp)[rl]
-                    stats["kl_sum"] += float(
+                    head["kl_sum"] += float(
                         (d.exp() - d - 1).sum() if self.head.kl_estimator == "k3" else (-d).sum()
                     )
-        return {**stats, "grad_norm": grad_norm, "applied": float(applied), "lr": lr}
+        return UpdateStats(
+            **head,
+            gap_tokens=head["rl_tokens"],
+            grad_norm=grad_norm,
+            lr=lr,
+            steps=1.0,
+            applied=float(applied),
+        )
 
     def note_nonfinite(self, counts: torch.Tensor, index: int, num_micro_batches: int) -> None:
         """Keep a phrase naming micro-batch ``index``'s non-finite inputs and terms, if any

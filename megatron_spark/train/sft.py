@@ -95,16 +95,16 @@ def sft_step(s: Session) -> dict[str, float]:
         mbs = s.micro_batches(samples)
         stats = s.train_on(mbs, LossCoefficients(ce=1.0))
     tokens = sum(x.num_tokens for x in samples)
-    totals = s.par.sum_replicas({"tokens": tokens}, per_rank={"loss": stats["loss"]})
+    totals = s.par.sum_replicas({"tokens": tokens}, per_rank={"loss": stats.loss})
     s.step += 1
     metrics = {
         "train/loss": totals["loss"],
-        "train/grad_norm": stats["grad_norm"],
+        "train/grad_norm": stats.grad_norm,
         "perf/tokens_per_s": totals["tokens"] / (time.perf_counter() - start),
         # the same on every rank (the whole step's examples are built everywhere)
         "sft/examples_without_wrong_answer": float(without),
     }
     if own is not None:
         metrics["sft/own_wrong_answers"] = float(len(own))
-    metrics.update(s.after_update(bool(stats["applied"]), totals["loss"], stats["grad_norm"], stats["lr"]))
+    metrics.update(s.after_update(bool(stats.applied), totals["loss"], stats.grad_norm, stats.lr))
     return metrics

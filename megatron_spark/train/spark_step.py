@@ -51,7 +51,6 @@ from megatron_spark.train.grpo import (
     score_with,
     throughput,
     to_samples,
-    train_metrics,
     update,
 )
 from megatron_spark.train.seeds import SeedPurpose
@@ -282,7 +281,7 @@ def spark_step(s: Session) -> dict[str, float]:
             groups, kinds = groups + item_groups, kinds + item_kinds
     # Each optimizer step takes its share of every kind (policy, each item kind, verdict CE).
     t = update(s, groups, ce_coef=s.cfg.spark.judge_ce_weight, kinds=kinds)
-    metrics = {**policy_metrics(s, completions, rewards, timeouts + item_timeouts), **train_metrics(t)}
+    metrics = {**policy_metrics(s, completions, rewards, timeouts + item_timeouts), **t.metrics()}
     metrics.update(item_metrics(s, items, built, item_rewards, item_completions))
     metrics.update(throughput(s, [x for g in groups for x in g], start))
     return finish(s, metrics, t)
@@ -312,12 +311,11 @@ def alternating_step(s: Session) -> dict[str, float]:
         item_groups, item_kinds = item_samples(s, items, item_completions, item_rewards)
         # phase 2: judge and reflection
         t2 = update(s, item_groups, ce_coef=s.cfg.spark.judge_ce_weight, kinds=item_kinds)
-        # train/* over both phases' optimizer steps (the log-prob gap: before phase 1's first)
-        t = {k: v + t2[k] if k not in ("gap", "gap_tokens") else v for k, v in t.items()}
+        t = t + t2  # train/* over both phases' optimizer steps (the log-prob gap: phase 1's)
         samples += [x for g in item_groups for x in g]
     else:
         s.queue.requeue(popped)  # too few for every rank: kept for the next step
-    metrics.update(train_metrics(t))
+    metrics.update(t.metrics())
     metrics["spark/item_phase_skipped"] = 0.0 if run_items else 1.0
     completions = item_completions if run_items else ()
     metrics.update(item_metrics(s, items if run_items else [], built, item_rewards, completions))
