@@ -170,9 +170,9 @@ def main() -> None:
         problems = eval_problems(s)
         state = ckpt.read_rank0_state(args.checkpoint)
         if state is not None and state.get("judge_pool") is not None:
-            s.judge_pool = state["judge_pool"]
+            s.state.judge_pool = state["judge_pool"]
         ensure_pool(s, problems)
-        items = heldout_items(problems, s.judge_pool, checks_for(s.task.name), seed=s.cfg.seed)
+        items = heldout_items(problems, s.state.judge_pool, checks_for(s.task.name), seed=s.cfg.seed)
         answers = {p.uid: p.answer for p in problems}
         texts = s.rollout.greedy([h.item.prompt for h in items], s.cfg.spark.max_new_tokens)
         for kind in ("pointwise", "pairwise"):

@@ -225,9 +225,9 @@ def _evaluate(cfg: RunConfig, opts: EvalOptions, src: Path, out_dir: Path) -> No
         progress.phase("judge")
         state = ckpt.read_rank0_state(src)
         if state is not None and state.get("judge_pool") is not None:
-            s.judge_pool = state["judge_pool"]
+            s.state.judge_pool = state["judge_pool"]
         ensure_pool(s, problems)
-        items = heldout_items(problems, s.judge_pool, checks_for(s.task.name), seed=s.cfg.seed)
+        items = heldout_items(problems, s.state.judge_pool, checks_for(s.task.name), seed=s.cfg.seed)
         texts = s.rollout.greedy([h.item.prompt for h in items], s.cfg.spark.max_new_tokens)
         m = evaluate_items(items, texts, lambda t, a: verify_texts(s, t, a))
         result["judge"] = {

@@ -41,7 +41,7 @@ def policy_accuracy(s: Session) -> dict[str, float]:
 
 def ensure_pool(s: Session, problems) -> None:
     """Sample the frozen pool of the current policy's wrong answers once (kept in checkpoints)."""
-    if s.judge_pool is not None:
+    if s.state.judge_pool is not None:
         return
     from megatron_spark.rollout.protocol import SamplingParams
 
@@ -58,7 +58,7 @@ def ensure_pool(s: Session, problems) -> None:
         lambda: verify_texts(s, texts, [p.answer for p in problems for _ in range(POOL_SAMPLES)])
     )
     k = POOL_SAMPLES
-    s.judge_pool = build_pool(
+    s.state.judge_pool = build_pool(
         problems,
         [texts[i * k : (i + 1) * k] for i in range(len(problems))],
         [rewards[i * k : (i + 1) * k] for i in range(len(problems))],
@@ -72,7 +72,7 @@ def judge_accuracy(s: Session) -> dict[str, float]:
     if not problems:
         return {}
     ensure_pool(s, problems)
-    items = heldout_items(problems, s.judge_pool, checks_for(s.task.name), seed=s.cfg.seed)
+    items = heldout_items(problems, s.state.judge_pool, checks_for(s.task.name), seed=s.cfg.seed)
     mine = s.par.my_share(items)
     texts = s.rollout.greedy([h.item.prompt for h in mine], s.cfg.spark.max_new_tokens)
     result = s.par.on_leader(lambda: evaluate_items(mine, texts, lambda t, a: verify_texts(s, t, a)))

@@ -227,7 +227,7 @@ def throughput(s: Session, samples: list[Sample], start: float) -> dict[str, flo
 
 def finish(s: Session, metrics: dict[str, float], t: UpdateStats) -> dict[str, float]:
     """Count the step, and a skipped one (non-finite loss or gradient)."""
-    s.step += 1
+    s.state.step += 1
     lr = t.lr / max(1.0, t.steps)
     metrics.update(s.after_update(t.applied == t.steps, metrics["train/loss"], t.grad_norm, lr))
     return metrics
@@ -236,7 +236,7 @@ def finish(s: Session, metrics: dict[str, float], t: UpdateStats) -> dict[str, f
 def policy_phase(s: Session):
     """Rollout, verify and group advantages of this step's task prompts."""
     cfg = s.cfg
-    problems, first = s.par.my_slice(s.sampler.next_batch(cfg.train.num_prompts_per_step))
+    problems, first = s.par.my_slice(s.state.sampler.next_batch(cfg.train.num_prompts_per_step))
     with s.timer("rollout"):
         completions = rollout(s, problems, first)
     with s.timer("verify"):

@@ -28,11 +28,11 @@ def run(cfg: RunConfig, command: str, resume: bool = False, overwrite: bool = Fa
         stopped_by, failed = None, True
         try:
             s.metrics.print(f"run directory: {s.run_dir}")
-            if s.step == 0:
+            if s.state.step == 0:
                 s.log(evaluate(s))
             if command == "sft":
                 s.rollout.sleep()  # SFT only uses the engine to evaluate
-            while s.step < cfg.train.num_steps:
+            while s.state.step < cfg.train.num_steps:
                 signum = signals.agreed()
                 if signum is not None:
                     stopped_by = signal.Signals(signum).name
@@ -60,12 +60,12 @@ def run(cfg: RunConfig, command: str, resume: bool = False, overwrite: bool = Fa
 
 def _stop(s: Session, signal_name: str, exit_status: int) -> Stopped:
     """Save the step just finished (unless it is saved already) and say where it is."""
-    if s.step == 0:
+    if s.state.step == 0:
         return Stopped(f"stopped by {signal_name} before the first step; nothing to save", exit_status)
-    if s.saved_step != s.step:
+    if s.saved_step != s.state.step:
         s.save()
     return Stopped(
-        f"stopped by {signal_name} after step {s.step}: checkpoint {s.ckpt_root / f'step_{s.step:06d}'}; "
+        f"stopped by {signal_name} after step {s.state.step}: checkpoint {s.ckpt_root / f'step_{s.state.step:06d}'}; "
         f"continue with --resume",
         exit_status,
     )

@@ -39,6 +39,7 @@ from megatron_spark.train.config import RunConfig
 from megatron_spark.train.metrics import MetricsLogger, StageTimer
 from megatron_spark.train.optim import Optimizer
 from megatron_spark.train.seeds import SeedPurpose
+from megatron_spark.train.state import RunState
 from megatron_spark.train.stats import UpdateStats
 
 
@@ -102,7 +103,7 @@ class Session:
             max_positions,
         )
 
-        self.tokenizer, self.task, self.sampler, self.verifier = build_data(cfg)
+        self.tokenizer, self.task, sampler, self.verifier = build_data(cfg)
         # Every phase's longest sequence against the model's positions, before loading weights.
         check_lengths(cfg, command, self.tokenizer, self.task, max_positions(cfg, self.tokenizer))
         self.model, self.arch, self.tokenizer_files = build_policy(cfg, self.tokenizer, parallel)
@@ -137,12 +138,7 @@ class Session:
             token_chunk=cfg.train.token_chunk,
             vocab_chunk=cfg.train.vocab_chunk,
         )
-        self.queue = ItemQueue(cfg.spark.max_item_age_steps)
-        self.judge_pool = None
-        """Held-out wrong answers of the initial policy (built at the first judge evaluation)."""
-        self.step = 0
-        self.skipped_steps = 0
-        self.consecutive_bad = 0
+        self.state = RunState(sampler, ItemQueue(cfg.spark.max_item_age_steps))
         self.stop_error: UserError | None = None
         """Set by ``after_update`` when the run must stop (too many non-finite steps in a row)."""
         self.updates_in_step = 0
@@ -154,7 +150,7 @@ class Session:
         """The step of the newest checkpoint this run wrote or resumed from."""
         if resume:
             self._restore(latest)
-            self.saved_step = self.step
+            self.saved_step = self.state.step
         # The first write: everything above only read, so a refused run leaves nothing behind.
         on_rank0(self._claim_run_dir)
         dist.barrier()
@@ -163,7 +159,7 @@ class Session:
             self.run_dir,
             par.rank == 0 and command != "eval",
             cfg.train.num_steps,
-            start_step=self.step,
+            start_step=self.state.step,
             title=command,
             config=cfg.metrics,
             run_config=to_dict(cfg),
@@ -187,7 +183,7 @@ class Session:
         """Distinct per run seed, step and purpose, equal on every rank (each DP replica samples
         its rows of the step-wide batch, ``SamplingParams.first_row``); the same on resume."""
         # The 0 stands where the DP rank once was, so that recorded one-process runs reproduce.
-        return hash((self.cfg.seed, self.step, 0, int(purpose))) & 0x7FFFFFFF
+        return hash((self.cfg.seed, self.state.step, 0, int(purpose))) & 0x7FFFFFFF
 
     def micro_batches(self, samples: Sequence[Sample]) -> list[MicroBatch]:
         """``samples`` packed into this run's micro-batches (budget, prompt sharing)."""
@@ -276,21 +272,21 @@ class Session:
             notes = self.par.gather_world(self.nonfinite_notes) if nonfinite else []
             cause = skip_cause(notes)
             self.metrics.print(
-                f"step {self.step} skipped (loss {loss:.4g}, grad norm {grad_norm:.4g}): {cause}"
+                f"step {self.state.step} skipped (loss {loss:.4g}, grad norm {grad_norm:.4g}): {cause}"
             )
-            self.skipped_steps += 1
-            self.consecutive_bad += 1
-            if self.consecutive_bad >= self.cfg.train.max_consecutive_bad_steps:
+            self.state.skipped_steps += 1
+            self.state.consecutive_bad += 1
+            if self.state.consecutive_bad >= self.cfg.train.max_consecutive_bad_steps:
                 self.stop_error = UserError(
-                    f"{self.consecutive_bad} consecutive steps had a non-finite loss or gradient "
-                    f"(last at step {self.step}: {cause}); lower optim.lr or check the data "
+                    f"{self.state.consecutive_bad} consecutive steps had a non-finite loss or gradient "
+                    f"(last at step {self.state.step}: {cause}); lower optim.lr or check the data "
                     f"(train.max_consecutive_bad_steps={self.cfg.train.max_consecutive_bad_steps})"
                 )
         else:
-            self.consecutive_bad = 0
+            self.state.consecutive_bad = 0
         self.nonfinite_notes, self.updates_in_step = [], 0
         return {
-            "train/skipped_steps": float(self.skipped_steps),
+            "train/skipped_steps": float(self.state.skipped_steps),
             "train/lr": lr,
             "train/nonfinite_microbatches": nonfinite,
         }
@@ -299,26 +295,18 @@ class Session:
 
     def should_eval(self) -> bool:
         k = self.cfg.train.eval_every_steps
-        return self.step == self.cfg.train.num_steps or (k > 0 and self.step % k == 0)
+        return self.state.step == self.cfg.train.num_steps or (k > 0 and self.state.step % k == 0)
 
     # ------------------------------------------------------------------ checkpoints
 
     def save(self) -> Path:
         from megatron_spark.rollout.bridge import unwrap
 
-        state = {
-            "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
-            "sampler": self.sampler.state_dict(),
-            "skipped_steps": self.skipped_steps,
-            "consecutive_bad": self.consecutive_bad,
-            "queue": self.queue.state_dict(),
-            "judge_pool": self.judge_pool,
-        }
+        state = {**self.state.state_dict(), "optimizer": self.optimizer.state_dict()}
         with self.timer("checkpoint"):
             path = ckpt.save(
                 self.ckpt_root,
-                self.step,
+                self.state.step,
                 unwrap(self.model),
                 self.arch,
                 self.cfg.precision.params_dtype,
@@ -328,12 +316,12 @@ class Session:
                 self.tokenizer_files,
                 extra_meta={"judge_trained": self.judge_trained},
             )
-        self.saved_step = self.step
+        self.saved_step = self.state.step
         return path
 
     def should_save(self) -> bool:
         k = self.cfg.train.save_every_steps
-        return self.step == self.cfg.train.num_steps or (k > 0 and self.step % k == 0)
+        return self.state.step == self.cfg.train.num_steps or (k > 0 and self.state.step % k == 0)
 
     def _restore(self, path: Path) -> None:
         from megatron_spark.checkpoint.dist import load_model
@@ -342,18 +330,13 @@ class Session:
         state = ckpt.load_train_state(path, self.layout)
         load_model(unwrap(self.model), path / "model")
         self.optimizer.load_state_dict(state["optimizer"])
-        self.sampler.load_state_dict(state["sampler"])
-        self.step = int(state["step"])
-        self.skipped_steps = int(state["skipped_steps"])
-        self.consecutive_bad = int(state["consecutive_bad"])
-        self.queue.load_state_dict(state["queue"])
-        self.judge_pool = state["judge_pool"]
+        self.state.load_state_dict(state)
         ckpt.set_rng_state(state["rng"])
 
     # ------------------------------------------------------------------ lifecycle
 
     def log(self, metrics: dict[str, float]) -> None:
-        self.metrics.log(self.step, {**metrics, **self.timer.pop()})
+        self.metrics.log(self.state.step, {**metrics, **self.timer.pop()})
 
     def _claim_run_dir(self):
         """Rank 0: lock the run directory (training), then write the resolved config."""
@@ -372,7 +355,7 @@ class Session:
             saved = self.ckpt_root / ckpt.step_name(self.saved_step) if self.saved_step is not None else None
             summary = {
                 "run_dir": str(self.run_dir),
-                "step": self.step,
+                "step": self.state.step,
                 "checkpoint": str(saved) if saved is not None else None,
                 "status": stopped_by or ("failed" if failed else "completed"),
             }

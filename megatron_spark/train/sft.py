@@ -83,10 +83,14 @@ def sft_samples(s: Session, problems, own_wrong: dict[str, str] | None = None) -
 def sft_step(s: Session) -> dict[str, float]:
     start = time.perf_counter()
     # Built for the whole step, then shared: the example mix does not depend on the DP size.
-    problems = s.sampler.next_batch(s.cfg.train.num_prompts_per_step)
+    problems = s.state.sampler.next_batch(s.cfg.train.num_prompts_per_step)
     start_own = s.cfg.sft.own_wrong_answers_from_step
     own = None
-    if start_own and s.step >= start_own and (s.cfg.sft.judge_fraction or s.cfg.sft.reflection_fraction):
+    if (
+        start_own
+        and s.state.step >= start_own
+        and (s.cfg.sft.judge_fraction or s.cfg.sft.reflection_fraction)
+    ):
         with s.timer("own_answers"):
             own = own_wrong_answers(s, problems)
     samples, without = sft_samples(s, problems, own)
@@ -96,7 +100,7 @@ def sft_step(s: Session) -> dict[str, float]:
         stats = s.train_on(mbs, LossCoefficients(ce=1.0))
     tokens = sum(x.num_tokens for x in samples)
     totals = s.par.sum_replicas({"tokens": tokens}, per_rank={"loss": stats.loss})
-    s.step += 1
+    s.state.step += 1
     metrics = {
         "train/loss": totals["loss"],
         "train/grad_norm": stats.grad_norm,

@@ -69,13 +69,15 @@ def recycle_step(s: Session, problems, completions, rewards: torch.Tensor) -> li
     groups = [ScoredGroup(*g) for share in s.par.gather_replicas(mine) for g in share]
     rng = random.Random(s.sampling_seed(SeedPurpose.RECYCLE))
     checks = checks_for(s.task.name)
-    return recycle(groups, s.step, s.cfg.spark, s.cfg.task.verifier.box, rng, checks.styles, checks.reasoning)
+    return recycle(
+        groups, s.state.step, s.cfg.spark, s.cfg.task.verifier.box, rng, checks.styles, checks.reasoning
+    )
 
 
 def pop_items(s: Session) -> tuple[list[Item], list[Item], int]:
     """``(popped, mine, first)``: the step's items (the same on every rank), this DP rank's
     contiguous share of them and the index of its first item."""
-    popped = s.queue.pop(s.cfg.spark.items_per_step, s.step)
+    popped = s.state.queue.pop(s.cfg.spark.items_per_step, s.state.step)
     return popped, *s.par.my_slice(popped)
 
 
@@ -233,8 +235,8 @@ def item_metrics(
     point = [x for x in built if x.kind == "pointwise"]
     shared["pos"] = float(sum(x.polarity == "correct" for x in point))
     shared["point"] = float(len(point))
-    shared["queue"] = float(len(s.queue))
-    shared["expired"] = float(s.queue.expired)
+    shared["queue"] = float(len(s.state.queue))
+    shared["expired"] = float(s.state.queue.expired)
     t = s.par.sum_replicas(per_replica, shared)
     out = {
         "judge/pointwise_accuracy": t["reward_pointwise"] / max(1.0, t["samples_pointwise"]),
@@ -270,7 +272,7 @@ def spark_step(s: Session) -> dict[str, float]:
     s.rollout.sleep()
     with s.timer("recycle"):
         built = recycle_step(s, problems, completions, rewards)
-        s.queue.push(built)
+        s.state.queue.push(built)
     with s.timer("advantages"):
         n = s.cfg.rollout.num_samples_per_prompt
         adv = group_advantages(rewards, s.cfg.grpo.advantage)
@@ -293,7 +295,7 @@ def alternating_step(s: Session) -> dict[str, float]:
     s.rollout.sleep()
     with s.timer("recycle"):
         built = recycle_step(s, problems, completions, rewards)
-        s.queue.push(built)
+        s.state.queue.push(built)
     with s.timer("advantages"):
         adv = group_advantages(rewards, s.cfg.grpo.advantage)
         groups = groups_of(to_samples(completions, adv, rewards), s.cfg.rollout.num_samples_per_prompt)
@@ -314,7 +316,7 @@ def alternating_step(s: Session) -> dict[str, float]:
         t = t + t2  # train/* over both phases' optimizer steps (the log-prob gap: phase 1's)
         samples += [x for g in item_groups for x in g]
     else:
-        s.queue.requeue(popped)  # too few for every rank: kept for the next step
+        s.state.queue.requeue(popped)  # too few for every rank: kept for the next step
     metrics.update(t.metrics())
     metrics["spark/item_phase_skipped"] = 0.0 if run_items else 1.0
     completions = item_completions if run_items else ()
