@@ -114,11 +114,11 @@ def to_samples(
 def fill_logprobs(s: Session, micro_batches) -> None:
     """Old (recomputed) and reference log-probs of the micro-batches, in place (last stage)."""
     if s.cfg.grpo.old_logprobs == "recompute":
-        old = s.forward_logprobs(s.model, micro_batches)
+        old = s.policy.forward_logprobs(micro_batches)
         for mb, lp in zip(micro_batches, old or [None] * len(micro_batches)):
             mb.old_logprobs = lp
-    if s.ref_model is not None:
-        ref = s.forward_logprobs(s.ref_model, micro_batches)
+    if s.policy.ref_model is not None:
+        ref = s.policy.forward_logprobs(micro_batches, reference=True)
         for mb, lp in zip(micro_batches, ref or [None] * len(micro_batches)):
             mb.ref_logprobs = lp
 
@@ -179,14 +179,14 @@ def update(
     # Normalisers of every chunk's loss: all its response tokens, trained or not.
     counts = [sample_token_counts(chunk) for chunk in chunks]
     trained = [to_train(chunk, coef, cfg.grpo.skip_zero_advantage) for chunk in chunks]
-    plans = [s.micro_batches(chunk) for chunk in trained]
+    plans = [s.policy.micro_batches(chunk) for chunk in trained]
     with s.timer("logprobs"):  # every chunk's old log-probs before the first update
         for mbs in plans:
             fill_logprobs(s, mbs)
     stats = UpdateStats()
     for i, mbs in enumerate(plans):
         with s.timer("train"):
-            stats = stats + s.train_on(mbs, coef, counts[i])
+            stats = stats + s.policy.train_on(mbs, coef, counts[i])
     # All RL response tokens, trained or left out by the skip (counted by the statistics owner).
     all_rl = float(sum(c[0] for c in counts)) if s.par.owns_stats else 0.0
     with s.timer("sync"):

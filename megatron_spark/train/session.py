@@ -1,8 +1,12 @@
-"""What every training loop needs on one rank: model, optimizer, data, metrics, checkpoints.
+"""What every training loop works with on one rank, and the run's files.
 
-Its parallel layout is ``s.par`` (:class:`~megatron_spark.parallel.ParallelContext`) and its
-rollout engine ``s.rollout`` (:class:`~megatron_spark.rollout.client.RolloutClient`). The loop
-bodies (SFT, GRPO, SPARK) are plain functions over a :class:`Session`.
+A :class:`Session` holds the run's roles, each an object with one job: ``s.par`` (the parallel
+layout and its collectives, :class:`~megatron_spark.parallel.ParallelContext`), ``s.policy``
+(model, optimizer and loss head, :class:`~megatron_spark.train.policy.PolicyTrainer`),
+``s.rollout`` (the engine fed by the weight bridge,
+:class:`~megatron_spark.rollout.client.RolloutClient`) and ``s.state`` (step, sampler, item queue,
+:class:`~megatron_spark.train.state.RunState`), beside the task's data, the metrics logger and the
+run directory with its checkpoints. The loop bodies (SFT, GRPO, SPARK) are plain functions over it.
 """
 
 from __future__ import annotations
@@ -14,33 +18,23 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 from megatron_spark import platform
 from megatron_spark.config import dump_config, to_dict
 from megatron_spark.errors import UserError
-from megatron_spark.kernels.fused_head import HeadConfig, describe_nonfinite
-from megatron_spark.model.forward import FusedHead, run_packed
+from megatron_spark.kernels.fused_head import HeadConfig
 from megatron_spark.parallel import ParallelContext, on_rank0
 from megatron_spark.rollout.client import RolloutClient
 from megatron_spark.spark.queue import ItemQueue
 from megatron_spark.train import checkpoint as ckpt
 from megatron_spark.train import rundir
-from megatron_spark.train.batch import (
-    LossCoefficients,
-    MicroBatch,
-    Sample,
-    build_micro_batches,
-    token_counts,
-    token_inputs,
-)
 from megatron_spark.train.config import RunConfig
 from megatron_spark.train.metrics import MetricsLogger, StageTimer
 from megatron_spark.train.optim import Optimizer
+from megatron_spark.train.policy import PolicyTrainer
 from megatron_spark.train.seeds import SeedPurpose
 from megatron_spark.train.state import RunState
-from megatron_spark.train.stats import UpdateStats
 
 
 def resolve_run_dir(cfg: RunConfig, command: str) -> Path:
@@ -106,17 +100,17 @@ class Session:
         self.tokenizer, self.task, sampler, self.verifier = build_data(cfg)
         # Every phase's longest sequence against the model's positions, before loading weights.
         check_lengths(cfg, command, self.tokenizer, self.task, max_positions(cfg, self.tokenizer))
-        self.model, self.arch, self.tokenizer_files = build_policy(cfg, self.tokenizer, parallel)
-        self.ref_model = build_reference(cfg, self.tokenizer, parallel) if cfg.grpo.kl_coef > 0 else None
+        model, arch, self.tokenizer_files = build_policy(cfg, self.tokenizer, parallel)
+        ref_model = build_reference(cfg, self.tokenizer, parallel) if cfg.grpo.kl_coef > 0 else None
         # The schedule counts every optimizer step: a GRPO step takes num_minibatches of them,
         # and SPARK's alternating schedule twice that (a policy and an item update).
         per_step = cfg.grpo.num_minibatches if command == "train" else 1
         if command == "train" and cfg.spark.enabled and cfg.spark.schedule == "alternating":
             per_step *= 2
         updates = cfg.train.num_steps * per_step
-        self.optimizer = None
+        optimizer = None
         if command != "eval":
-            self.optimizer = Optimizer(self.model, cfg.optim, updates, model_parallel_group=par.mp_group)
+            optimizer = Optimizer(model, cfg.optim, updates, model_parallel_group=par.mp_group)
         init = Path(cfg.model.init)
         self.judge_trained = bool(
             (command == "train" and cfg.spark.enabled)
@@ -125,12 +119,10 @@ class Session:
         )
         """Whether these weights were trained on judge prompts (format or skill): ``generate
         --tts`` refuses weights that never saw one."""
-        self.rollout = RolloutClient(*build_engine(cfg, self.model, self.arch, par), par, self.tokenizer)
+        self.rollout = RolloutClient(*build_engine(cfg, model, arch, par), par, self.tokenizer)
         from megatron_spark.model.builder import transformer_engine_available
 
-        self.share_prompts = cfg.train.share_prompts and not transformer_engine_available()
-        """Whether micro-batches hold a group's prompt once (``train.share_prompts``)."""
-        self.head = HeadConfig(
+        head = HeadConfig(
             clip_low=cfg.grpo.clip_low,
             clip_high=cfg.grpo.clip_high,
             dual_clip=cfg.grpo.dual_clip,
@@ -138,14 +130,21 @@ class Session:
             token_chunk=cfg.train.token_chunk,
             vocab_chunk=cfg.train.vocab_chunk,
         )
+        self.policy = PolicyTrainer(
+            model,
+            arch,
+            optimizer,
+            par,
+            head,
+            micro_batch_tokens=cfg.train.micro_batch_tokens,
+            # Micro-batches hold a group's prompt once (``train.share_prompts``; not with TE).
+            share_prompts=cfg.train.share_prompts and not transformer_engine_available(),
+            temperature=cfg.rollout.temperature,
+            ref_model=ref_model,
+        )
         self.state = RunState(sampler, ItemQueue(cfg.spark.max_item_age_steps))
         self.stop_error: UserError | None = None
         """Set by ``after_update`` when the run must stop (too many non-finite steps in a row)."""
-        self.updates_in_step = 0
-        """Optimizer steps (``train_on`` calls) taken so far in this step."""
-        self.nonfinite_notes: list[str] = []
-        """This step's micro-batches (on this rank) whose loss head saw a non-finite input or
-        term, one phrase each; ``after_update`` reports and clears them."""
         self.saved_step: int | None = None
         """The step of the newest checkpoint this run wrote or resumed from."""
         if resume:
@@ -185,81 +184,6 @@ class Session:
         # The 0 stands where the DP rank once was, so that recorded one-process runs reproduce.
         return hash((self.cfg.seed, self.state.step, 0, int(purpose))) & 0x7FFFFFFF
 
-    def micro_batches(self, samples: Sequence[Sample]) -> list[MicroBatch]:
-        """``samples`` packed into this run's micro-batches (budget, prompt sharing)."""
-        return build_micro_batches(samples, self.cfg.train.micro_batch_tokens, self.share_prompts)
-
-    def forward_logprobs(self, model, micro_batches: Sequence[MicroBatch]) -> list[torch.Tensor] | None:
-        """Teacher-forced ``[K]`` log-probs of each micro-batch's head rows (last stage; None
-        elsewhere)."""
-        out = run_packed(
-            model,
-            self.arch.vocab_size,
-            [mb.batch for mb in micro_batches],
-            temperature=self.cfg.rollout.temperature,
-        )
-        return [o["logprobs"].cpu() for o in out] if self.par.is_last_stage else None
-
-    def train_on(
-        self, mbs: Sequence[MicroBatch], coef: LossCoefficients, counts: torch.Tensor | None = None
-    ) -> UpdateStats:
-        """One optimizer step on packed micro-batches (this DP rank's share). ``counts``: this
-        rank's (RL, CE) response tokens of the step, the loss normaliser, when it holds more than
-        ``mbs`` do (samples left out because they add nothing, :func:`~megatron_spark.train.batch.adds_nothing`);
-        default: those of ``mbs``. Returns this rank's statistics (the loss head's sums are non-zero on
-        the statistics owner only: :meth:`UpdateStats.reduced` adds them up)."""
-        counts = token_counts(mbs) if counts is None else counts.clone()
-        if self.par.dp_size > 1:
-            # Response tokens of the whole step, over every DP rank: the loss normaliser.
-            dist.all_reduce(counts, group=self.par.dp_group)
-        inputs = {mb.batch: token_inputs(mb, coef, counts) for mb in mbs}
-        head = FusedHead(self.head, lambda b: inputs[b])
-        out = run_packed(
-            self.model,
-            self.arch.vocab_size,
-            [mb.batch for mb in mbs],
-            forward_only=False,
-            fused_head=head,
-            temperature=self.cfg.rollout.temperature,
-        )
-        lr = self.optimizer.lr  # the rate this update uses
-        grad_norm, applied = self.optimizer.step()
-        self.updates_in_step += 1
-        head = dict.fromkeys(("loss", "rl_tokens", "entropy_sum", "clipped", "kl_sum", "gap_sum"), 0.0)
-        if self.par.owns_stats:
-            for j, (mb, o) in enumerate(zip(mbs, out)):
-                self.note_nonfinite(o["nonfinite"], j, len(mbs))
-                rl = mb.rl_mask
-                n_rl = float(rl.sum())
-                lp = o["logprobs"].cpu()
-                head["loss"] += float(o["loss"])
-                head["rl_tokens"] += n_rl
-                head["entropy_sum"] += float(o["entropy"].cpu()[rl].sum())
-                head["clipped"] += float(o["clip_fraction"]) * n_rl
-                head["gap_sum"] += float((lp - mb.rollout_logprobs)[rl].abs().sum())
-                if mb.ref_logprobs is not None:
-                    d = (mb.ref_logprobs - lp)[rl]
-                    head["kl_sum"] += float(
-                        (d.exp() - d - 1).sum() if self.head.kl_estimator == "k3" else (-d).sum()
-                    )
-        return UpdateStats(
-            **head,
-            gap_tokens=head["rl_tokens"],
-            grad_norm=grad_norm,
-            lr=lr,
-            steps=1.0,
-            applied=float(applied),
-        )
-
-    def note_nonfinite(self, counts: torch.Tensor, index: int, num_micro_batches: int) -> None:
-        """Keep a phrase naming micro-batch ``index``'s non-finite inputs and terms, if any
-        (``counts``: the loss head's ``nonfinite``)."""
-        what = describe_nonfinite(counts.cpu())
-        if what:
-            rank = f"DP rank {self.par.dp_rank} " if self.par.dp_size > 1 else ""
-            where = f"{rank}update {self.updates_in_step} micro-batch {index + 1}/{num_micro_batches}"
-            self.nonfinite_notes.append(f"{where}: {what}")
-
     def after_update(self, applied: bool, loss: float, grad_norm: float, lr: float) -> dict[str, float]:
         """Count a skipped (non-finite) step and print one line naming the micro-batches, inputs
         and terms that went non-finite; after too many in a row set ``stop_error``, which the
@@ -267,9 +191,10 @@ class Session:
         Collective: every rank calls it once per step."""
         bad = not applied or not math.isfinite(loss) or not math.isfinite(grad_norm)
         # Micro-batches with a non-finite loss-head input or term, over every rank.
-        nonfinite = self.par.reduce({"n": float(len(self.nonfinite_notes))})["n"]
+        mine = self.policy.pop_nonfinite_notes()
+        nonfinite = self.par.reduce({"n": float(len(mine))})["n"]
         if bad:
-            notes = self.par.gather_world(self.nonfinite_notes) if nonfinite else []
+            notes = self.par.gather_world(mine) if nonfinite else []
             cause = skip_cause(notes)
             self.metrics.print(
                 f"step {self.state.step} skipped (loss {loss:.4g}, grad norm {grad_norm:.4g}): {cause}"
@@ -284,7 +209,6 @@ class Session:
                 )
         else:
             self.state.consecutive_bad = 0
-        self.nonfinite_notes, self.updates_in_step = [], 0
         return {
             "train/skipped_steps": float(self.state.skipped_steps),
             "train/lr": lr,
@@ -302,13 +226,13 @@ class Session:
     def save(self) -> Path:
         from megatron_spark.rollout.bridge import unwrap
 
-        state = {**self.state.state_dict(), "optimizer": self.optimizer.state_dict()}
+        state = {**self.state.state_dict(), "optimizer": self.policy.optimizer.state_dict()}
         with self.timer("checkpoint"):
             path = ckpt.save(
                 self.ckpt_root,
                 self.state.step,
-                unwrap(self.model),
-                self.arch,
+                unwrap(self.policy.model),
+                self.policy.arch,
                 self.cfg.precision.params_dtype,
                 state,
                 self.layout,
@@ -328,8 +252,8 @@ class Session:
         from megatron_spark.rollout.bridge import unwrap
 
         state = ckpt.load_train_state(path, self.layout)
-        load_model(unwrap(self.model), path / "model")
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_model(unwrap(self.policy.model), path / "model")
+        self.policy.optimizer.load_state_dict(state["optimizer"])
         self.state.load_state_dict(state)
         ckpt.set_rng_state(state["rng"])
 

@@ -96,8 +96,8 @@ def sft_step(s: Session) -> dict[str, float]:
     samples, without = sft_samples(s, problems, own)
     samples = s.par.my_share(samples)
     with s.timer("train"):
-        mbs = s.micro_batches(samples)
-        stats = s.train_on(mbs, LossCoefficients(ce=1.0))
+        mbs = s.policy.micro_batches(samples)
+        stats = s.policy.train_on(mbs, LossCoefficients(ce=1.0))
     tokens = sum(x.num_tokens for x in samples)
     totals = s.par.sum_replicas({"tokens": tokens}, per_rank={"loss": stats.loss})
     s.state.step += 1
