@@ -164,7 +164,7 @@ def run_ours(args: argparse.Namespace, work: Path) -> dict:
 
     from megatron_spark.config import load_config
     from megatron_spark.train.config import RunConfig
-    from megatron_spark.train.grpo import grpo_step
+    from megatron_spark.train.grpo import grpo_step, optimizer_steps
     from megatron_spark.train.session import Session
 
     torch.set_num_threads(args.threads)
@@ -193,7 +193,7 @@ def run_ours(args: argparse.Namespace, work: Path) -> dict:
         f"grpo.skip_zero_advantage={args.skip_zero_advantage == 'on'}",
     ]
     cfg = load_config(RunConfig, RECIPE, overrides)
-    s = Session(cfg, "train")
+    s = Session(cfg, "train", optimizer_steps_per_step=optimizer_steps(cfg))
     problems = problems_for(args.num_prompts * args.num_steps, args.seed)
     prompt_tokens = [len(s.tokenizer.encode_prompt(p.prompt)) for p in problems]
     step_seconds, tokens, samples, stages, skipped = [], 0, 0, {}, []

@@ -244,6 +244,11 @@ def policy_phase(s: Session):
     return problems, completions, rewards, timeouts
 
 
+def optimizer_steps(cfg) -> int:
+    """Optimizer steps one GRPO step takes: one per minibatch."""
+    return cfg.grpo.num_minibatches
+
+
 def grpo_step(s: Session) -> dict[str, float]:
     start = time.perf_counter()
     problems, completions, rewards, timeouts = policy_phase(s)

@@ -17,14 +17,17 @@ from megatron_spark.train.session import Session
 
 def run(cfg: RunConfig, command: str, resume: bool = False, overwrite: bool = False) -> str:
     """Run ``command`` ("sft" or "train") to ``cfg.train.num_steps``; returns the run directory."""
-    from megatron_spark.train.grpo import grpo_step
-    from megatron_spark.train.sft import sft_step
-    from megatron_spark.train.spark_step import spark_step
+    from megatron_spark.train import grpo, sft, spark_step
 
-    step_fn = {"sft": sft_step, "train": spark_step if cfg.spark.enabled else grpo_step}[command]
+    if command == "sft":
+        step_fn, per_step = sft.sft_step, sft.optimizer_steps(cfg)
+    elif cfg.spark.enabled:
+        step_fn, per_step = spark_step.spark_step, spark_step.optimizer_steps(cfg)
+    else:
+        step_fn, per_step = grpo.grpo_step, grpo.optimizer_steps(cfg)
     signals = StopSignals().install()
     try:
-        s = Session(cfg, command, resume=resume, overwrite=overwrite)
+        s = Session(cfg, command, resume, overwrite, optimizer_steps_per_step=per_step)
         stopped_by, failed = None, True
         try:
             s.metrics.print(f"run directory: {s.run_dir}")

@@ -46,7 +46,18 @@ def resolve_run_dir(cfg: RunConfig, command: str) -> Path:
 
 
 class Session:
-    def __init__(self, cfg: RunConfig, command: str, resume: bool = False, overwrite: bool = False):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        command: str,
+        resume: bool = False,
+        overwrite: bool = False,
+        optimizer_steps_per_step: int | None = None,
+    ):
+        """``command``: "sft", "train" or "eval" (the scoring commands: no optimizer, no run
+        directory of its own); ``optimizer_steps_per_step``: how many optimizer steps the
+        algorithm takes per step (its ``optimizer_steps``), which sizes the learning-rate
+        schedule; training commands must give it."""
         self.cfg = cfg
         self.command = command
         self.timer = StageTimer()
@@ -102,14 +113,12 @@ class Session:
         check_lengths(cfg, command, self.tokenizer, self.task, max_positions(cfg, self.tokenizer))
         model, arch, self.tokenizer_files = build_policy(cfg, self.tokenizer, parallel)
         ref_model = build_reference(cfg, self.tokenizer, parallel) if cfg.grpo.kl_coef > 0 else None
-        # The schedule counts every optimizer step: a GRPO step takes num_minibatches of them,
-        # and SPARK's alternating schedule twice that (a policy and an item update).
-        per_step = cfg.grpo.num_minibatches if command == "train" else 1
-        if command == "train" and cfg.spark.enabled and cfg.spark.schedule == "alternating":
-            per_step *= 2
-        updates = cfg.train.num_steps * per_step
         optimizer = None
         if command != "eval":
+            if optimizer_steps_per_step is None:
+                raise ValueError(f"Session({command!r}): optimizer_steps_per_step is required for training")
+            # The schedule counts every optimizer step of the run.
+            updates = cfg.train.num_steps * optimizer_steps_per_step
             optimizer = Optimizer(model, cfg.optim, updates, model_parallel_group=par.mp_group)
         init = Path(cfg.model.init)
         self.judge_trained = bool(

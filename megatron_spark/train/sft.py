@@ -80,6 +80,11 @@ def sft_samples(s: Session, problems, own_wrong: dict[str, str] | None = None) -
     return samples, without
 
 
+def optimizer_steps(cfg) -> int:
+    """Optimizer steps one SFT step takes."""
+    return 1
+
+
 def sft_step(s: Session) -> dict[str, float]:
     start = time.perf_counter()
     # Built for the whole step, then shared: the example mix does not depend on the DP size.

@@ -259,6 +259,12 @@ def item_metrics(
     return out
 
 
+def optimizer_steps(cfg) -> int:
+    """Optimizer steps one SPARK step takes: one per minibatch, twice over under the alternating
+    schedule (a policy update, then an item update)."""
+    return cfg.grpo.num_minibatches * (2 if cfg.spark.schedule == "alternating" else 1)
+
+
 def spark_step(s: Session) -> dict[str, float]:
     if s.cfg.spark.schedule == "alternating":
         return alternating_step(s)
