@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from megatron_spark import platform
+from megatron_spark.kernels.fused_head import HeadConfig, TokenInputs
 
 
 @dataclass(eq=False)  # compared by identity: a batch is a specific micro-batch
@@ -155,10 +156,10 @@ LossFn = Callable[[torch.Tensor, PackedBatch], torch.Tensor]
 class FusedHead:
     """Compute the loss with the fused head from hidden states (the logits never exist)."""
 
-    config: object
-    """A ``kernels.fused_head.HeadConfig``."""
-    inputs: Callable[[PackedBatch], object]
-    """Per-token ``TokenInputs`` of a micro-batch (targets are filled in by ``run_packed``)."""
+    config: HeadConfig
+    """Clip range, KL estimator and tiling (``vocab_size`` is filled in by ``run_packed``)."""
+    inputs: Callable[[PackedBatch], TokenInputs]
+    """Per-token inputs of a micro-batch (targets are filled in by ``run_packed``)."""
 
 
 def run_packed(
