@@ -71,9 +71,10 @@ class TaskChecks:
     def vote_key(self, problem: Problem, final: str) -> Hashable | None:
         return final.strip() or None
 
-    def practice(self, problem: Problem, rng: random.Random) -> tuple[str, str] | None:
+    def practice(self, problem: Problem, rng: random.Random, compare: float = 0.5) -> tuple[str, str] | None:
         """A ``(prompt, response)`` exercise of the skill the judge's check is made of, or None
-        when the task's check has no separate skill to practise."""
+        when the task's check has no separate skill to practise. ``compare``: the share of
+        exercises that also practise the check's comparison, where it has one."""
         return None
 
 
@@ -177,11 +178,11 @@ class CountdownChecks(TaskChecks):
         except ExpressionError:
             return None
 
-    def practice(self, problem: Problem, rng: random.Random) -> tuple[str, str] | None:
+    def practice(self, problem: Problem, rng: random.Random, compare: float = 0.5) -> tuple[str, str] | None:
         """Evaluate an expression step by step, in the check's own step form, with no target in
         sight: the problem's reference answer or a perturbation of it, at random
-        (``Compute (8-1)*2.`` -> ``8-1=7. 7*2=14. \\boxed{14}``). Half the exercises then set the
-        value beside a number, the check's last step, which is the value itself or a near miss
+        (``Compute (8-1)*2.`` -> ``8-1=7. 7*2=14. \\boxed{14}``). A ``compare`` share of the
+        exercises then set the value beside a number, the check's last step, which is the value itself or a near miss
         (one digit changed, the digits swapped, a few off: ``Compute (8-1)*2 vs 41.`` -> ``8-1=7.
         7*2=14. 14 vs 41: different. \\boxed{14}``): without them the tiny model's checks wrote
         ``13 vs 17: equal`` for a third of wrong candidates."""
@@ -192,7 +193,7 @@ class CountdownChecks(TaskChecks):
             return None
         work = " ".join(f"{_step(n)}." for n in _operations(tree))
         value = format_number(tree.value)
-        if rng.random() < 0.5:
+        if rng.random() < compare:
             versus = value if rng.random() < 0.5 else near_miss(tree.value, rng)
             same = "equal" if versus == value else "different"
             return (

@@ -189,6 +189,9 @@ class SFTSection:
     """Share of examples that exercise the skill the judge's check is made of, where the task has
     one (Countdown: evaluate an expression step by step, no target in sight); the check then
     evaluates rather than writes the result it expects."""
+    practice_compare_fraction: float = 0.5
+    """Share of practice exercises that end by setting the value beside a number, the value itself
+    or a near miss (the check's comparison, ``14 vs 41: different``)."""
     own_wrong_answers_from_step: int = 0
     """From this step on, judge and reflection examples show the model's own wrong answers: each
     step samples one answer per problem (temperature 1, current weights) and a problem whose
@@ -197,6 +200,10 @@ class SFTSection:
     has only seen perturbations repeats the model's own slips). 0: never."""
 
     def __post_init__(self) -> None:
+        if not 0 <= self.practice_compare_fraction <= 1:
+            raise ValueError(
+                f"practice_compare_fraction={self.practice_compare_fraction} is invalid; expected 0 to 1"
+            )
         if self.own_wrong_answers_from_step < 0:
             raise ValueError(
                 f"own_wrong_answers_from_step={self.own_wrong_answers_from_step} is invalid; expected >= 0"

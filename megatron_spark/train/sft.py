@@ -61,7 +61,7 @@ def sft_samples(s: Session, problems, own_wrong: dict[str, str] | None = None) -
         elif u < mix.judge_fraction + mix.reflection_fraction:
             kind = "reflection"
         elif u < mix.judge_fraction + mix.reflection_fraction + mix.practice_fraction:
-            exercise = checks.practice(p, rng)
+            exercise = checks.practice(p, rng, mix.practice_compare_fraction)
             if exercise is not None:
                 prompt, response = exercise
                 samples.append(

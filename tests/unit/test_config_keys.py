@@ -61,3 +61,9 @@ def test_checked_judge_reward_is_refused_for_a_task_without_worked_checks():
     assert cfg.spark.judge_reward == "checked"
     with pytest.raises(UserError, match=r"spark.judge_reward='exact'.*verdict.*checked"):
         load_config(RunConfig, None, ["spark.judge_reward=exact"])
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1"])
+def test_practice_compare_fraction_outside_zero_to_one_is_refused(value):
+    with pytest.raises(UserError, match=rf"sft.practice_compare_fraction={value}.*expected 0 to 1"):
+        load_config(RunConfig, None, [f"sft.practice_compare_fraction={value}"])

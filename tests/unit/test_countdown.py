@@ -339,6 +339,20 @@ def test_practice_evaluates_the_reference_or_a_perturbation_and_sometimes_compar
     assert 0.15 < sum(verdicts) / 400 < 0.35 and 0.15 < (len(verdicts) - sum(verdicts)) / 400 < 0.35
 
 
+@pytest.mark.parametrize("compare", [0.0, 1.0])
+def test_practice_compares_in_the_share_asked_for(compare):
+    """``compare`` 1: every exercise ends with the comparison, half of them with a near miss; 0:
+    none does."""
+    task = CountdownTask(CountdownConfig(held_out_size=0))
+    checks, rng = CountdownChecks(), random.Random(5)
+    exercises = [checks.practice(task.train_problem(i), rng, compare) for i in range(200)]
+    compared = [prompt for prompt, _ in exercises if " vs " in prompt]
+    assert len(compared) == (200 if compare else 0)
+    if compare:
+        misses = sum(" vs " in r and ": different." in r for _, r in exercises)
+        assert 70 < misses < 130
+
+
 def test_a_near_miss_is_written_like_the_value_and_never_equals_it():
     rng = random.Random(0)
     for n in [0, 1, 7, 9, 10, 11, 13, 31, 33, 99, 100, 432, -5, -17]:
