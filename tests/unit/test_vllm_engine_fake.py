@@ -213,4 +213,4 @@ def test_the_vllm_engine_on_the_cpu_asks_for_vllms_cpu_build(monkeypatch):
     assert not platform.vllm_cpu_build()
     cfg = load_config(RunConfig, None, ["rollout.engine=vllm", "rollout.top_p=1.0"])
     with pytest.raises(UserError, match="vLLM's CPU build"):
-        build_engine(cfg, model=None, arch=None, session=None)
+        build_engine(cfg, model=None, arch=None, par=None)
