@@ -4,8 +4,9 @@ check that loss, log-probs and every local parameter gradient agree."""
 
 import torch
 
-from megatron_spark.kernels.fused_head import WEIGHT_FIELDS, TokenInputs, token_objective
-from megatron_spark.model.forward import FusedHead, run_packed
+from megatron_spark.kernels.fused_head import TileConfig
+from megatron_spark.model.forward import run_packed
+from megatron_spark.train.loss import WEIGHT_FIELDS, LossConfig, TokenInputs, packed_head, token_objective
 
 
 def _grads(model):
@@ -21,12 +22,14 @@ def _grads(model):
     return out
 
 
-def assert_fused_equals_unfused(model, vocab_size, batches, inputs, cfg, where=""):
-    """``inputs[batch]`` holds each micro-batch's TokenInputs (targets are filled in)."""
+def assert_fused_equals_unfused(
+    model, vocab_size, batches, inputs, cfg: LossConfig, tiles: TileConfig, where: str = ""
+):
+    """``inputs[batch]`` holds each micro-batch's TokenInputs (their targets are unused: both
+    paths take the batch's own)."""
     _grads(model)  # start from zero
-    fused = run_packed(
-        model, vocab_size, batches, forward_only=False, fused_head=FusedHead(cfg, lambda b: inputs[b])
-    )
+    head = packed_head(inputs.__getitem__, cfg, tiles)
+    fused = run_packed(model, vocab_size, batches, forward_only=False, fused_head=head)
     g_fused = _grads(model)
 
     def unfused_loss(logp, batch):

@@ -5,15 +5,10 @@ parameter gradients through the model, forward-only and with the fused head."""
 import torch
 import torch.distributed as dist
 
-from megatron_spark.kernels.fused_head import HeadConfig
-from megatron_spark.model.forward import FusedHead, run_packed
-from megatron_spark.train.batch import (
-    LossCoefficients,
-    Sample,
-    build_micro_batches,
-    token_counts,
-    token_inputs,
-)
+from megatron_spark.kernels.fused_head import TileConfig
+from megatron_spark.model.forward import run_packed
+from megatron_spark.train.batch import Sample, build_micro_batches
+from megatron_spark.train.loss import LossCoefficients, LossConfig, packed_head, token_counts, token_inputs
 from tests.fused_paths import _grads
 
 BUDGET = 48
@@ -36,7 +31,7 @@ def grouped_samples(vocab: int, seed: int = 5) -> list[Sample]:
     return out
 
 
-def run_layout(model, vocab, samples, share: bool, cfg: HeadConfig):
+def run_layout(model, vocab, samples, share: bool, tiles: TileConfig):
     """Per-sample log-probs (forward-only, then with the fused head), summed loss and gradients of
     ``samples`` packed one way; log-probs and loss on the last pipeline stage only (else None)."""
     mbs = build_micro_batches(samples, BUDGET, share_prompts=share)
@@ -47,9 +42,8 @@ def run_layout(model, vocab, samples, share: bool, cfg: HeadConfig):
     batches = [mb.batch for mb in mbs]
     plain = run_packed(model, vocab, batches)
     _grads(model)  # start from zero
-    fused = run_packed(
-        model, vocab, batches, forward_only=False, fused_head=FusedHead(cfg, lambda b: inputs[b])
-    )
+    head = packed_head(inputs.__getitem__, LossConfig(), tiles)
+    fused = run_packed(model, vocab, batches, forward_only=False, fused_head=head)
     grads = _grads(model)
     if model.config.sequence_parallel:
         # Under SP a norm weight's gradient is each rank's partial sum over its share of the
@@ -76,9 +70,9 @@ def run_layout(model, vocab, samples, share: bool, cfg: HeadConfig):
 
 def assert_shared_equals_whole(model, vocab, where=""):
     samples = grouped_samples(vocab)
-    cfg = HeadConfig(token_chunk=16, vocab_chunk=64)
-    whole = run_layout(model, vocab, samples, False, cfg)
-    shared = run_layout(model, vocab, samples, True, cfg)
+    tiles = TileConfig(token_chunk=16, vocab_chunk=64)
+    whole = run_layout(model, vocab, samples, False, tiles)
+    shared = run_layout(model, vocab, samples, True, tiles)
     # Prompts 9 x 5 + 6 x 3 tokens, packed once per group: 9 x 4 + 6 x 2 = 48 fewer.
     assert whole[4] - shared[4] == 48, (where, whole[4], shared[4])
     if whole[0] is not None:

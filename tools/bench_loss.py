@@ -26,7 +26,7 @@ import sys
 CHILD = r"""
 import json, re, sys, time
 import torch
-from megatron_spark.kernels.fused_head import HeadConfig, TokenInputs, fused_head_loss, token_objective
+from megatron_spark.train.loss import LossConfig, TokenInputs, fused_loss, token_objective
 
 mode, t, h, v, repeats = sys.argv[1], *map(int, sys.argv[2:6])
 dev, dtype = torch.device(sys.argv[6]), getattr(torch, sys.argv[7])
@@ -37,7 +37,7 @@ w = (torch.randn(v, h, device=dev) * 0.05).to(dtype).requires_grad_()
 r = lambda: torch.rand(t, device=dev)
 inp = TokenInputs(torch.randint(0, v, (t,), device=dev), -5 + r(), -5 + r(), r() - 0.5, r() * 1e-3,
                   r() * 1e-4, r() * 1e-4, r() * 1e-3)
-cfg = HeadConfig()
+cfg = LossConfig()
 
 def status(key):
     return int(re.search(key + r":\s+(\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
@@ -51,7 +51,7 @@ def naive():
     loss.backward()
 
 def fused():
-    fused_head_loss(x, w, inp, cfg).loss.backward()
+    fused_loss(x, w, inp, cfg).loss.backward()
 
 def gemm():
     # The operands' own matmul: its FLOP rate is the limit for 8*T*H*V FLOPs of work.

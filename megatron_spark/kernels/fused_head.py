@@ -1,18 +1,12 @@
-r"""Fused output-layer loss head: every per-token objective straight from hidden states and the
-vocab-parallel output weight, one vocabulary tile at a time, never materialising the logits.
+r"""Fused output-layer head: per-token log-probs and entropies straight from hidden states and the
+vocab-parallel output weight, one vocabulary tile at a time, never materialising the logits, and
+their gradient for any per-token objective built on them.
 
 For token t with logits :math:`z = x_t W^\top` (W: this TP rank's rows of the output layer):
-
-* :math:`\log p_t = z_{y_t} - \mathrm{lse}(z)`, entropy :math:`H_t = \mathrm{lse}(z) - \sum_v p_v z_v`
-* loss :math:`L = \sum_t w^{rl}_t\,\mathrm{pg}_t + w^{kl}_t\,\mathrm{kl}_t - w^{ent}_t H_t - w^{ce}_t \log p_t`
-  - :math:`\mathrm{pg}_t = \max(-r_t A_t, -\mathrm{clip}(r_t, 1-\epsilon_l, 1+\epsilon_h) A_t)`,
-    :math:`r_t = \exp(\log p_t - \log p^{old}_t)`; with dual clip c > 1 and :math:`A_t < 0` it is
-    further capped at :math:`-c A_t`
-  - :math:`\mathrm{kl}_t`: k1 = :math:`\log p_t - \log p^{ref}_t`, or
-    k3 = :math:`e^{d} - d - 1` with :math:`d = \log p^{ref}_t - \log p_t`
-
-Every term depends on z only through :math:`\log p_t` and :math:`H_t`, so with
-:math:`g_t = \partial L/\partial \log p_t` and :math:`h_t = \partial L/\partial H_t = -w^{ent}_t`:
+:math:`\log p_t = z_{y_t} - \mathrm{lse}(z)` and entropy :math:`H_t = \mathrm{lse}(z) - \sum_v p_v z_v`.
+The objective (:mod:`megatron_spark.train.loss`) is a function of these two vectors only; it gives
+back its scalar loss and, per token, :math:`g_t = \partial L/\partial \log p_t` and
+:math:`h_t = \partial L/\partial H_t`, from which
 
 .. math:: \partial L/\partial z_v = g_t(\mathbb{1}[v = y_t] - p_v) - h_t\,p_v (z_v - \mu_t),
    \quad \mu_t = \sum_v p_v z_v
@@ -23,20 +17,11 @@ numbers per token in one all-gather and combine them. m and log s stay apart
 (:math:`\log p = (z_y - m) - \log s`, :math:`p_v = e^{(z_v - m) - \log s}`): their float32 sum
 would round away the low digits of large logits. Backward recomputes each tile's logits and
 accumulates dX (summed over the TP group) and dW (local rows) in float32.
-
-Finite for finite logits: a term is evaluated only where its weight is nonzero (its arguments
-elsewhere are replaced by 0 before any exponential, so a placeholder such as a zero reference
-log-prob never meets a log-prob of -95 in :math:`e^{d}`), and the two exponentials (the ratio
-:math:`r_t` and :math:`e^{d}` of k3) follow :math:`e^x` exactly up to :math:`x = 64` and its
-tangent line beyond (:func:`_exp_linear`), finite for log-prob gaps up to ~5e10 nats. Non-finite inputs and terms
-are counted per name in :attr:`HeadOutput.nonfinite`; the caller decides what a non-finite loss
-means for its step.
-
-Weights arrive with their normalisers folded in (global token counts): the kernel sums.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -50,17 +35,9 @@ VOCAB_CHUNK = 8192
 
 
 @dataclass(frozen=True)
-class HeadConfig:
-    """Objective constants and tiling of the fused head."""
+class TileConfig:
+    """How the head walks the vocabulary: tile sizes, padding and the epilogue implementation."""
 
-    clip_low: float = 0.2
-    """PPO ratio clip below 1 (epsilon_low)."""
-    clip_high: float = 0.2
-    """PPO ratio clip above 1 (epsilon_high; > clip_low is "clip-higher")."""
-    dual_clip: float | None = None
-    """Dual-clip constant c > 1 bounding the loss of negative-advantage tokens; None disables."""
-    kl_estimator: Literal["k1", "k3"] = "k3"
-    """Estimator of KL(policy || reference) per token."""
     vocab_size: int | None = None
     """Real vocabulary size; logits of padded rows (ids >= vocab_size) are masked out. None: no
     padding."""
@@ -73,86 +50,38 @@ class HeadConfig:
     installed). The tile GEMMs always run through torch."""
 
     def __post_init__(self) -> None:
-        if self.kl_estimator not in ("k1", "k3"):
-            raise ValueError(f"kl_estimator must be k1 or k3, got {self.kl_estimator!r}")
-        if self.dual_clip is not None and self.dual_clip <= 1.0:
-            raise ValueError(f"dual_clip must be > 1, got {self.dual_clip}")
         if self.impl not in ("auto", "torch", "triton"):
             raise ValueError(f"impl must be auto, torch or triton, got {self.impl!r}")
         if self.token_chunk < 1 or self.vocab_chunk < 1:
             raise ValueError("token_chunk and vocab_chunk must be >= 1")
 
 
-@dataclass
-class TokenInputs:
-    """Per-token inputs, each ``[T]`` (float32 except ``targets``)."""
+class HeadTerms(NamedTuple):
+    """What an objective gives back for the log-probs and entropies of a micro-batch."""
 
-    targets: torch.Tensor
-    """Global token id predicted at each position."""
-    old_logprobs: torch.Tensor
-    """log p under the policy that sampled (for the PPO ratio)."""
-    ref_logprobs: torch.Tensor
-    """log p under the frozen reference (for KL)."""
-    advantages: torch.Tensor
-    """Advantage A_t."""
-    rl_weight: torch.Tensor
-    """Weight of the clipped surrogate (0 for tokens that are not RL-trained)."""
-    kl_weight: torch.Tensor
-    """Weight of the KL term."""
-    entropy_weight: torch.Tensor
-    """Weight of the entropy bonus (positive rewards entropy)."""
-    ce_weight: torch.Tensor
-    """Weight of teacher-forced cross-entropy (judge verdict tokens)."""
-
-
-WEIGHT_FIELDS = ("rl_weight", "kl_weight", "entropy_weight", "ce_weight")
-"""The per-token weights of :class:`TokenInputs` (zero where an objective does not apply)."""
-
-TERMS = ("surrogate", "kl", "entropy", "cross_entropy")
-"""The loss terms, in the order of :data:`NONFINITE_NAMES`."""
-
-NONFINITE_INPUTS = ("logits", "old_logprobs", "advantages", "ref_logprobs", *WEIGHT_FIELDS)
-"""Inputs the head checks: ``logits`` (the hidden states times the output weight) gave a
-non-finite log-prob or entropy, or a :class:`TokenInputs` field is non-finite where it is read."""
-
-NONFINITE_NAMES = (*NONFINITE_INPUTS, *TERMS)
-"""Entries of :attr:`HeadOutput.nonfinite`."""
-
-EXP_MAX = 64.0
-"""Exponent up to which the ratio and k3 use the exact e^x; beyond it their tangent line
-(e^64 ~ 6e27 leaves float32 room for the tangent out to exponents ~5e10 and for the weighted sums
-and backward GEMMs the value feeds)."""
-
-
-@dataclass
-class HeadOutput:
     loss: torch.Tensor
-    """Scalar loss (differentiable w.r.t. hidden states and weight)."""
+    """Scalar loss."""
+    g: torch.Tensor
+    """``[T]`` dL/dlogp."""
+    h: torch.Tensor
+    """``[T]`` dL/dH."""
+    extras: dict[str, torch.Tensor]
+    """Tensors to hand back beside the loss (statistics; not differentiable)."""
+
+
+Objective = Callable[[torch.Tensor, torch.Tensor], HeadTerms]
+"""``objective(logp, entropy)`` (each ``[T]`` float32, no grad) -> :class:`HeadTerms`."""
+
+
+class HeadResult(NamedTuple):
+    loss: torch.Tensor
+    """The objective's scalar loss, differentiable w.r.t. hidden states and weight."""
     logprobs: torch.Tensor
     """``[T]`` log p of the targets (no grad)."""
     entropy: torch.Tensor
     """``[T]`` entropy of the full next-token distribution (no grad)."""
-    clip_fraction: torch.Tensor
-    """Share of RL tokens (rl_weight != 0) whose gradient the clip removed."""
-    nonfinite: torch.Tensor
-    """``[len(NONFINITE_NAMES)]`` int64: tokens where each input or term was non-finite (inputs
-    counted where a term with nonzero weight reads them; logits and weights at every token, since
-    a non-finite logit reaches the weight gradient through every row). All zero for finite inputs
-    and logits. Left on the device: read it when the loss is not finite
-    (:func:`describe_nonfinite`)."""
-
-
-def describe_nonfinite(counts) -> str:
-    """``counts`` (:attr:`HeadOutput.nonfinite`) as one phrase, e.g. ``"inputs advantages (3
-    tokens); terms surrogate (3 tokens)"``; empty when every count is 0."""
-    counts = [int(c) for c in counts]
-    named = dict(zip(NONFINITE_NAMES, counts, strict=True))
-    parts = []
-    for kind, names in (("inputs", NONFINITE_INPUTS), ("terms", TERMS)):
-        bad = [f"{n} ({named[n]} token{'s' if named[n] != 1 else ''})" for n in names if named[n]]
-        if bad:
-            parts.append(f"{kind} {', '.join(bad)}")
-    return "; ".join(parts)
+    extras: dict[str, torch.Tensor]
+    """The objective's :attr:`HeadTerms.extras`."""
 
 
 def _padding_mask(n_cols: int, col_start: int, vocab_size: int | None, device) -> torch.Tensor | None:
@@ -204,7 +133,7 @@ def _tile_grad_torch_(z, m, log_s, mu, g, h, targets, col_start: int, vocab_size
     return dz
 
 
-def _epilogues(cfg: HeadConfig, device: torch.device):
+def _epilogues(cfg: TileConfig, device: torch.device):
     """(tile_stats_, tile_grad_) of the configured implementation."""
     impl = cfg.impl
     if impl == "auto":
@@ -237,7 +166,7 @@ def _logits_tile(xc: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
     return xc.float() @ wt.float().t()
 
 
-def _stats(x, w, targets, cfg: HeadConfig, vocab_start: int) -> torch.Tensor:
+def _stats(x, w, targets, cfg: TileConfig, vocab_start: int) -> torch.Tensor:
     """Per-token [m, s, a, z_target] over this rank's vocabulary rows, float32 ``[T, 4]``:
     running max, sum e^(z-m), sum e^(z-m) (z-m), target logit (0 if not in this shard)."""
     tile_stats_, _ = _epilogues(cfg, x.device)
@@ -276,128 +205,25 @@ def _combine(stats: torch.Tensor, tp_group) -> tuple[torch.Tensor, ...]:
     return big_m, torch.log(s_g), zy.sum(0) - big_m, a_g / s_g
 
 
-def _exp_linear(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(f(x), f'(x))``: e^x up to :data:`EXP_MAX`, its tangent line beyond: the value grows
-    linearly past e^64 instead of overflowing at x = 88.7, and the gradient stays e^64 with the
-    true gradient's sign (a clamp would zero it)."""
-    xc = x.clamp(max=EXP_MAX)
-    e = torch.exp(xc)
-    return e * (1.0 + (x - xc)), e
-
-
-def _k3(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(k3, dk3/dd)``, k3 = e^d - d - 1 as ``expm1(d) - d`` (``e^d - 1`` loses the digits of
-    small d to the rounding of e^d near 1), along its tangent line beyond :data:`EXP_MAX` like
-    :func:`_exp_linear`."""
-    dc = d.clamp(max=EXP_MAX)
-    em1 = torch.expm1(dc)
-    return em1 - dc + (d - dc) * em1, em1
-
-
-class TokenObjective(NamedTuple):
-    loss: torch.Tensor
-    """``[T]`` per-token loss except the entropy term."""
-    g: torch.Tensor
-    """``[T]`` its derivative dL/dlogp."""
-    clipped: torch.Tensor
-    """``[T]`` bool: the clip removed the surrogate's gradient."""
-    terms: dict[str, torch.Tensor]
-    """``surrogate``, ``kl``, ``cross_entropy``: each weighted ``[T]`` term, 0 where its weight is 0."""
-
-
-def _where(on: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``x`` where ``on``, exactly 0 elsewhere (whatever ``x`` holds there)."""
-    return torch.where(on, x, torch.zeros_like(x))
-
-
-def token_objective(logp, inp: TokenInputs, cfg: HeadConfig) -> TokenObjective:
-    """Per-token loss except the entropy term, its derivative g = dL/dlogp, the clipped mask and
-    each weighted term.
-
-    A term is evaluated only where its weight is nonzero: its arguments are zeroed elsewhere
-    before any exponential and its value masked, so placeholders (a zero reference log-prob on a
-    cross-entropy token) never produce ``0 * inf``, in the value or in autograd's backward.
-    Plain differentiable torch ops: the unfused path back-propagates ``loss`` through autograd,
-    the fused head uses the analytic ``g``; tests compare the two.
-    """
-    on_rl, on_kl, on_ce = inp.rl_weight != 0, inp.kl_weight != 0, inp.ce_weight != 0
-    adv = _where(on_rl, inp.advantages)
-    ratio, d_ratio = _exp_linear(_where(on_rl, logp - inp.old_logprobs))
-    clipped_ratio = ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
-    pg1, pg2 = -ratio * adv, -clipped_ratio * adv
-    pg = torch.maximum(pg1, pg2)
-    d_pg = _where(pg1 >= pg2, -d_ratio * adv)
-    clipped = pg2 > pg1
-    if cfg.dual_clip is not None:
-        cap = -cfg.dual_clip * adv
-        dual = (adv < 0) & (pg > cap)
-        pg = torch.where(dual, cap, pg)
-        d_pg = _where(~dual, d_pg)
-        clipped = clipped | dual
-    d = _where(on_kl, inp.ref_logprobs - logp)
-    if cfg.kl_estimator == "k1":
-        kl, d_kl = -d, torch.ones_like(d)
-    else:
-        kl, dk3 = _k3(d)
-        d_kl = -dk3  # dd/dlogp = -1
-    terms = {
-        "surrogate": _where(on_rl, inp.rl_weight * pg),
-        "kl": _where(on_kl, inp.kl_weight * kl),
-        "cross_entropy": _where(on_ce, -inp.ce_weight * logp),
-    }
-    g = (
-        _where(on_rl, inp.rl_weight * d_pg)
-        + _where(on_kl, inp.kl_weight * d_kl)
-        - _where(on_ce, inp.ce_weight)
-    )
-    return TokenObjective(sum(terms.values()), g, clipped, terms)
-
-
-def _nonfinite_counts(inp: TokenInputs, logp, entropy, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``[len(NONFINITE_NAMES)]`` int64 token counts (see :attr:`HeadOutput.nonfinite`)."""
-    on = {k: getattr(inp, k) != 0 for k in WEIGHT_FIELDS}
-
-    def bad(x: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
-        return ~torch.isfinite(x) if where is None else ~torch.isfinite(x) & where
-
-    flags = [
-        bad(logp) | bad(entropy),
-        bad(inp.old_logprobs, on["rl_weight"]),
-        bad(inp.advantages, on["rl_weight"]),
-        bad(inp.ref_logprobs, on["kl_weight"]),
-        *(bad(getattr(inp, k)) for k in WEIGHT_FIELDS),
-        bad(terms["surrogate"]),
-        bad(terms["kl"]),
-        bad(terms["entropy"]),
-        bad(terms["cross_entropy"]),
-    ]
-    return torch.stack([f.sum() for f in flags])
-
-
 class _FusedHead(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, inp: TokenInputs, cfg: HeadConfig, vocab_start: int, tp_group, sum_dx: bool):
-        stats = _stats(x, w, inp.targets, cfg, vocab_start)
+    def forward(
+        ctx, x, w, targets, objective: Objective, names: list, cfg: TileConfig, vocab_start, tp_group, sum_dx
+    ):
+        stats = _stats(x, w, targets, cfg, vocab_start)
         m, log_s, zy_m, mu = _combine(stats, tp_group)  # each [T]; lse = m + log_s
         logp = zy_m - log_s
         entropy = log_s - mu
-        # Objective math in float32 whatever dtype the per-token inputs came in.
-        inputs = TokenInputs(**{k: v if k == "targets" else v.float() for k, v in vars(inp).items()})
-        obj = token_objective(logp, inputs, cfg)
-        on_ent = inputs.entropy_weight != 0
-        terms = {**obj.terms, "entropy": _where(on_ent, -inputs.entropy_weight * entropy)}
-        loss = (obj.loss + terms["entropy"]).sum()
-        h = _where(on_ent, -inputs.entropy_weight)
-        rl_tokens = inputs.rl_weight != 0
-        clip_fraction = (obj.clipped & rl_tokens).sum() / rl_tokens.sum().clamp(min=1)
-        nonfinite = _nonfinite_counts(inputs, logp, entropy, terms)
-        ctx.save_for_backward(x, w, inp.targets, m, log_s, mu, obj.g, h)
+        terms = objective(logp, entropy)
+        names.extend(terms.extras)  # apply() returns tensors only: the caller names them again
+        extras = tuple(terms.extras.values())
+        ctx.save_for_backward(x, w, targets, m, log_s, mu, terms.g, terms.h)
         ctx.cfg, ctx.vocab_start, ctx.tp_group, ctx.sum_dx = cfg, vocab_start, tp_group, sum_dx
-        ctx.mark_non_differentiable(logp, entropy, clip_fraction, nonfinite)
-        return loss, logp, entropy, clip_fraction, nonfinite
+        ctx.mark_non_differentiable(logp, entropy, *extras)
+        return terms.loss, logp, entropy, *extras
 
     @staticmethod
-    def backward(ctx, grad_loss, _glogp, _gent, _gclip, _gnonfinite):
+    def backward(ctx, grad_loss, *_no_grads):
         x, w, targets, m, log_s, mu, g, h = ctx.saved_tensors
         cfg, vocab_start, tp_group = ctx.cfg, ctx.vocab_start, ctx.tp_group
         g, h = g * grad_loss, h * grad_loss
@@ -430,29 +256,32 @@ class _FusedHead(torch.autograd.Function):
         if ctx.sum_dx and tp_group is not None and dist.get_world_size(tp_group) > 1:
             # dX sums the contributions of every rank's vocabulary rows (TP group).
             dist.all_reduce(dx, group=tp_group)
-        return dx.to(x.dtype), dw.to(w.dtype), None, None, None, None, None
+        return dx.to(x.dtype), dw.to(w.dtype), *([None] * 7)
 
 
-def fused_head_loss(
+def fused_head(
     hidden: torch.Tensor,
     weight: torch.Tensor,
-    inputs: TokenInputs,
-    cfg: HeadConfig = HeadConfig(),
+    targets: torch.Tensor,
+    objective: Objective,
+    tiles: TileConfig = TileConfig(),
     vocab_start: int = 0,
     tp_group=None,
     sum_dx: bool = True,
-) -> HeadOutput:
-    """The loss head for one packed micro-batch.
+) -> HeadResult:
+    """The head for one packed micro-batch: log-probs of ``targets`` and entropies, the
+    ``objective``'s loss on them, and its gradient in backward.
 
     ``hidden`` ``[T, H]`` (all tokens; gather sequence-parallel shards first), ``weight``
-    ``[V/tp, H]`` holding vocabulary rows ``vocab_start ..``, per-token ``inputs`` of length T.
+    ``[V/tp, H]`` holding vocabulary rows ``vocab_start ..``, ``targets`` ``[T]`` global token ids.
     ``sum_dx``: all-reduce dX over the TP group in backward. False when the caller's autograd
     sums it already: the sequence-parallel gather in front of the head reduce-scatters its
     gradient, as megatron's output layer does with its partial input gradient.
     """
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} do not fit")
-    loss, logp, ent, clip, nonfinite = _FusedHead.apply(
-        hidden, weight, inputs, cfg, vocab_start, tp_group, sum_dx
+    names: list[str] = []
+    loss, logp, ent, *extras = _FusedHead.apply(
+        hidden, weight, targets, objective, names, tiles, vocab_start, tp_group, sum_dx
     )
-    return HeadOutput(loss=loss, logprobs=logp, entropy=ent, clip_fraction=clip, nonfinite=nonfinite)
+    return HeadResult(loss, logp, ent, dict(zip(names, extras, strict=True)))

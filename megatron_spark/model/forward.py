@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from megatron_spark import platform
-from megatron_spark.kernels.fused_head import HeadConfig, TokenInputs
+from megatron_spark.kernels.fused_head import Objective, TileConfig
 
 
 @dataclass(eq=False)  # compared by identity: a batch is a specific micro-batch
@@ -156,10 +156,12 @@ LossFn = Callable[[torch.Tensor, PackedBatch], torch.Tensor]
 class FusedHead:
     """Compute the loss with the fused head from hidden states (the logits never exist)."""
 
-    config: HeadConfig
-    """Clip range, KL estimator and tiling (``vocab_size`` is filled in by ``run_packed``)."""
-    inputs: Callable[[PackedBatch], TokenInputs]
-    """Per-token inputs of a micro-batch (targets are filled in by ``run_packed``)."""
+    tiles: TileConfig
+    """Tiling (``vocab_size`` is filled in by ``run_packed``)."""
+    objective: Callable[[PackedBatch, torch.Tensor], Objective]
+    """``objective(batch, keep)``: the objective of a micro-batch's head rows, given ``keep``
+    (on the device), false at each row without a target, where it must weigh nothing
+    (:func:`megatron_spark.train.loss.packed_head`)."""
 
 
 def run_packed(
@@ -174,7 +176,7 @@ def run_packed(
     """Run micro-batches through megatron's schedule (any PP).
 
     Returns one dict per micro-batch: ``loss`` and ``logprobs`` (plus ``entropy``,
-    ``clip_fraction`` and ``nonfinite`` with the fused head). ``logprobs[t]`` is
+    the objective's extras with the fused head). ``logprobs[t]`` is
     log p(tokens[t+1] | tokens[..t]) within the sequence, 0 at every last token; for a batch with head rows, ``logprobs[k]`` is
     log p(head_targets[k]) at position ``head_index[k]`` (``[K]``). ``loss_fn(logprobs, batch)`` gives the scalar to
     back-propagate (already normalised: the schedule does not average over micro-batches). With
@@ -188,7 +190,7 @@ def run_packed(
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from megatron_spark.kernels.fused_head import WEIGHT_FIELDS, fused_head_loss
+    from megatron_spark.kernels.fused_head import fused_head as head_kernel
     from megatron_spark.mcore_compat import OutputLayerBypass, PositionRotary
     from megatron_spark.model.attention import SDPACoreAttention
 
@@ -239,30 +241,24 @@ def run_packed(
             # backward does not, with several threads)
             hidden = hidden[:, : batch.num_tokens] if rows is None else hidden.index_select(1, rows)
             keep = valid.to(dev)
-            given = fused_head.inputs(batch)
-            fields = {f.name: getattr(given, f.name).to(dev) for f in dataclasses.fields(given)}
-            # A sequence's last token has no target: no objective may touch it.
-            fields.update({k: fields[k] * keep for k in WEIGHT_FIELDS}, targets=targets.to(dev))
-            inputs = dataclasses.replace(given, **fields)
             tp_rank = parallel_state.get_tensor_model_parallel_rank()
             if temperature != 1.0:
                 hidden = hidden / temperature
-            out = fused_head_loss(
+            out = head_kernel(
                 hidden[0],
                 bypass.weight,
-                inputs,
-                dataclasses.replace(fused_head.config, vocab_size=vocab_size),
+                targets.to(dev),
+                fused_head.objective(batch, keep),
+                dataclasses.replace(fused_head.tiles, vocab_size=vocab_size),
                 vocab_start=tp_rank * bypass.weight.shape[0],
                 tp_group=parallel_state.get_tensor_model_parallel_group(),
                 sum_dx=not bypass.gathers_sequence,
             )
-            logprobs = out.logprobs * valid.to(dev)
             stats = {
                 "loss": out.loss.detach(),
-                "logprobs": logprobs,
+                "logprobs": out.logprobs * keep,
                 "entropy": out.entropy,
-                "clip_fraction": out.clip_fraction,
-                "nonfinite": out.nonfinite,
+                **out.extras,
             }
             return out.loss, valid.sum().to(dev), stats
 

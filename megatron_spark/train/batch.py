@@ -1,4 +1,4 @@
-"""Training samples, packed into micro-batches by a token budget, and their per-token loss inputs.
+"""Training samples, packed into micro-batches by a token budget.
 
 A :class:`Sample` is a prompt and a response. Packed whole, sample i occupies ``len(prompt) +
 len(response)`` consecutive tokens of a micro-batch row. With ``share_prompts``, consecutive
@@ -13,9 +13,7 @@ last), and every per-token array below has one row per response token, sample af
 ``sample_ids`` order (``spans``). Prompt tokens are never trained on. A response's last token
 predicts nothing, so it is not packed at all (one token per sample less to run).
 
-Normalisation: the token-level loss of an optimizer step is a sum over response tokens divided by
-the number of such tokens in the whole step, across micro-batches and data-parallel ranks
-(``num_tokens_global``); the weights carry that divisor, so the loss head only sums.
+What the loss makes of these arrays (weights, normalisers, terms) is :mod:`megatron_spark.train.loss`.
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ from dataclasses import dataclass, field
 import torch
 
 from megatron_spark.errors import UserError
-from megatron_spark.kernels.fused_head import TokenInputs
 from megatron_spark.model.forward import PackedBatch, pack
 
 
@@ -50,18 +47,6 @@ class Sample:
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_ids) + len(self.response_ids)
-
-
-@dataclass(frozen=True)
-class LossCoefficients:
-    """Per-objective coefficients of the token-level loss."""
-
-    kl: float = 0.0
-    """Coefficient of the KL penalty to the reference (RL tokens)."""
-    entropy: float = 0.0
-    """Coefficient of the entropy bonus (RL tokens)."""
-    ce: float = 1.0
-    """Coefficient of cross-entropy on ``ce`` samples' response tokens."""
 
 
 @dataclass(eq=False)
@@ -198,48 +183,3 @@ def build_micro_batches(
                     rollout[lo:hi] = torch.tensor(s.rollout_logprobs, dtype=torch.float32)
         out.append(MicroBatch(batch, ids, spans, rl, adv, rollout, scale))
     return out
-
-
-def sample_token_counts(samples: Sequence[Sample]) -> torch.Tensor:
-    """``[2]`` float64: (RL response tokens, CE response tokens) of ``samples``; equal to
-    :func:`token_counts` of their micro-batches."""
-    rl = sum(len(s.response_ids) for s in samples if s.objective == "rl")
-    ce = sum(len(s.response_ids) for s in samples if s.objective != "rl")
-    return torch.tensor([rl, ce], dtype=torch.float64)
-
-
-def adds_nothing(sample: Sample, coef: LossCoefficients) -> bool:
-    """Whether ``sample``'s tokens add exactly 0 to the loss and to every gradient: an RL sample
-    with advantage 0 (the clipped surrogate is then 0 whatever the ratio) and neither a KL nor an
-    entropy term. Its tokens still count in the loss normaliser; responses never attend to each
-    other, so leaving it out of the pack changes no other sample's activations."""
-    return sample.objective == "rl" and sample.advantage == 0.0 and coef.kl == 0.0 and coef.entropy == 0.0
-
-
-def token_counts(micro_batches: Sequence[MicroBatch]) -> torch.Tensor:
-    """``[2]`` float64: (RL response tokens, CE response tokens) of these micro-batches."""
-    rl = sum(int(mb.rl_mask.sum()) for mb in micro_batches)
-    ce = sum(int((~mb.rl_mask).sum()) for mb in micro_batches)
-    return torch.tensor([rl, ce], dtype=torch.float64)
-
-
-def token_inputs(mb: MicroBatch, coef: LossCoefficients, counts: torch.Tensor) -> TokenInputs:
-    """Loss-head inputs of one micro-batch; ``counts`` are the step's global token counts
-    (:func:`token_counts` summed over micro-batches and data-parallel ranks)."""
-    t = mb.batch.num_head_rows
-    inv_rl = 1.0 / max(1.0, float(counts[0]))
-    inv_ce = 1.0 / max(1.0, float(counts[1]))
-    rl = mb.rl_mask.float() * mb.rl_scale * inv_rl
-    ce_mask = (~mb.rl_mask).float()
-    old = mb.old_logprobs if mb.old_logprobs is not None else mb.rollout_logprobs
-    ref = mb.ref_logprobs if mb.ref_logprobs is not None else torch.zeros(t)
-    return TokenInputs(
-        targets=torch.zeros(t, dtype=torch.long),  # run_packed fills in the next tokens
-        old_logprobs=old.float(),
-        ref_logprobs=ref.float(),
-        advantages=mb.advantages.float(),
-        rl_weight=rl,
-        kl_weight=rl * coef.kl if mb.ref_logprobs is not None else torch.zeros(t),
-        entropy_weight=rl * coef.entropy,
-        ce_weight=ce_mask * (coef.ce * inv_ce),
-    )

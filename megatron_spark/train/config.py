@@ -17,6 +17,7 @@ from megatron_spark.model.builder import PrecisionConfig
 from megatron_spark.platform import ParallelConfig
 from megatron_spark.rollout.bridge import BridgeConfig
 from megatron_spark.spark.config import SparkConfig
+from megatron_spark.train.loss import LossConfig
 from megatron_spark.train.metrics import MetricsConfig
 from megatron_spark.train.optim import OptimConfig
 
@@ -127,23 +128,12 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
-class GRPOConfig:
-    """The policy-gradient objective."""
+class GRPOConfig(LossConfig):
+    """The policy-gradient objective: the loss's constants (clip range, KL, entropy:
+    :class:`~megatron_spark.train.loss.LossConfig`) and how a step's rollouts become updates."""
 
     advantage: Literal["std", "mean"] = "std"
     """Group-normalised advantage: divide by the group's reward std, or only subtract the mean."""
-    clip_low: float = 0.2
-    """PPO ratio clip below 1."""
-    clip_high: float = 0.2
-    """PPO ratio clip above 1 (larger than clip_low: "clip-higher")."""
-    dual_clip: float | None = None
-    """Dual-clip constant (> 1) for negative advantages; null disables."""
-    kl_coef: float = 0.0
-    """Coefficient of the KL penalty to the initial weights (0: no reference model is kept)."""
-    kl_estimator: Literal["k1", "k3"] = "k3"
-    """Per-token KL estimator."""
-    entropy_coef: float = 0.0
-    """Coefficient of the entropy bonus."""
     num_minibatches: int = 1
     """Optimizer steps per rollout batch (the batch's prompt groups are split evenly)."""
     old_logprobs: Literal["recompute", "rollout"] = "recompute"
@@ -158,15 +148,7 @@ class GRPOConfig:
     trained tokens only."""
 
     def __post_init__(self) -> None:
-        if not 0 <= self.clip_low < 1:
-            raise ValueError(f"clip_low={self.clip_low} is invalid; expected in [0, 1)")
-        if self.clip_high < 0:
-            raise ValueError(f"clip_high={self.clip_high} is invalid; expected >= 0")
-        if self.dual_clip is not None and not self.dual_clip > 1:
-            raise ValueError(f"dual_clip={self.dual_clip} is invalid; expected > 1 or null")
-        for name in ("kl_coef", "entropy_coef"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} is invalid; expected >= 0")
+        super().__post_init__()
         if self.num_minibatches < 1:
             raise ValueError(f"num_minibatches={self.num_minibatches} is invalid; expected >= 1")
 

@@ -25,7 +25,8 @@ import torch
 from megatron_spark.reward.verifiers import verify_batch
 from megatron_spark.rollout.protocol import SamplingParams
 from megatron_spark.train.advantages import group_advantages
-from megatron_spark.train.batch import LossCoefficients, Sample, adds_nothing, sample_token_counts
+from megatron_spark.train.batch import Sample
+from megatron_spark.train.loss import LossCoefficients, adds_nothing, sample_token_counts
 from megatron_spark.train.seeds import SeedPurpose
 from megatron_spark.train.session import Session
 from megatron_spark.train.stats import UpdateStats
@@ -169,7 +170,7 @@ def update(
     ``kinds`` (one per group) spreads each kind of group evenly over the optimizer steps
     (:func:`minibatches`). Returns the steps' statistics, summed over the world."""
     cfg = s.cfg
-    coef = LossCoefficients(kl=cfg.grpo.kl_coef, entropy=cfg.grpo.entropy_coef, ce=ce_coef)
+    coef = cfg.grpo.coefficients(ce=ce_coef)
     # Every DP rank must take the same number of optimizer steps (each one all-reduces the
     # gradients): as many as the rank with the fewest groups can fill, at most num_minibatches.
     k = s.par.min_over_replicas(min(cfg.grpo.num_minibatches, len(groups)))

@@ -7,15 +7,17 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
-from megatron_spark.kernels.fused_head import HeadConfig, describe_nonfinite
+from megatron_spark.kernels.fused_head import TileConfig
 from megatron_spark.model.config import ModelArch
-from megatron_spark.model.forward import FusedHead, run_packed
+from megatron_spark.model.forward import run_packed
 from megatron_spark.parallel import ParallelContext
-from megatron_spark.train.batch import (
+from megatron_spark.train.batch import MicroBatch, Sample, build_micro_batches
+from megatron_spark.train.loss import (
     LossCoefficients,
-    MicroBatch,
-    Sample,
-    build_micro_batches,
+    LossConfig,
+    describe_nonfinite,
+    head_sums,
+    packed_head,
     token_counts,
     token_inputs,
 )
@@ -33,17 +35,19 @@ class PolicyTrainer:
         arch: ModelArch,
         optimizer: Optimizer | None,
         par: ParallelContext,
-        head: HeadConfig,
+        loss: LossConfig,
+        tiles: TileConfig,
         *,
         micro_batch_tokens: int,
         share_prompts: bool,
         temperature: float,
         ref_model=None,
     ):
-        """``optimizer``: None where nothing trains (``eval``); ``head``: the fused loss head's
-        clip range, KL estimator and tiling; ``temperature``: the rollout's, which the log-probs
+        """``optimizer``: None where nothing trains (``eval``); ``loss``: the objective's
+        constants; ``tiles``: the fused loss head's tiling; ``temperature``: the rollout's, which the log-probs
         must match; ``ref_model``: the frozen initial weights for the KL penalty, or None."""
-        self.model, self.arch, self.optimizer, self.par, self.head = model, arch, optimizer, par, head
+        self.model, self.arch, self.optimizer, self.par = model, arch, optimizer, par
+        self.loss, self.tiles = loss, tiles
         self.micro_batch_tokens, self.share_prompts = micro_batch_tokens, share_prompts
         self.temperature, self.ref_model = temperature, ref_model
         self.updates_in_step = 0
@@ -74,7 +78,7 @@ class PolicyTrainer:
     ) -> UpdateStats:
         """One optimizer step on packed micro-batches (this DP rank's share). ``counts``: this
         rank's (RL, CE) response tokens of the step, the loss normaliser, when it holds more than
-        ``mbs`` do (samples left out because they add nothing, :func:`~megatron_spark.train.batch.adds_nothing`);
+        ``mbs`` do (samples left out because they add nothing, :func:`~megatron_spark.train.loss.adds_nothing`);
         default: those of ``mbs``. Returns this rank's statistics (the loss head's sums are non-zero on
         the statistics owner only: :meth:`UpdateStats.reduced` adds them up)."""
         counts = token_counts(mbs) if counts is None else counts.clone()
@@ -82,13 +86,12 @@ class PolicyTrainer:
             # Response tokens of the whole step, over every DP rank: the loss normaliser.
             dist.all_reduce(counts, group=self.par.dp_group)
         inputs = {mb.batch: token_inputs(mb, coef, counts) for mb in mbs}
-        head = FusedHead(self.head, lambda b: inputs[b])
         out = run_packed(
             self.model,
             self.arch.vocab_size,
             [mb.batch for mb in mbs],
             forward_only=False,
-            fused_head=head,
+            fused_head=packed_head(inputs.__getitem__, self.loss, self.tiles),
             temperature=self.temperature,
         )
         lr = self.optimizer.lr  # the rate this update uses
@@ -98,19 +101,8 @@ class PolicyTrainer:
         if self.par.owns_stats:
             for j, (mb, o) in enumerate(zip(mbs, out)):
                 self.note_nonfinite(o["nonfinite"], j, len(mbs))
-                rl = mb.rl_mask
-                n_rl = float(rl.sum())
-                lp = o["logprobs"].cpu()
-                sums["loss"] += float(o["loss"])
-                sums["rl_tokens"] += n_rl
-                sums["entropy_sum"] += float(o["entropy"].cpu()[rl].sum())
-                sums["clipped"] += float(o["clip_fraction"]) * n_rl
-                sums["gap_sum"] += float((lp - mb.rollout_logprobs)[rl].abs().sum())
-                if mb.ref_logprobs is not None:
-                    d = (mb.ref_logprobs - lp)[rl]
-                    sums["kl_sum"] += float(
-                        (d.exp() - d - 1).sum() if self.head.kl_estimator == "k3" else (-d).sum()
-                    )
+                part = head_sums(mb, o, self.loss)
+                sums = {k: sums[k] + part[k] for k in sums}
         return UpdateStats(
             **sums,
             gap_tokens=sums["rl_tokens"],

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from megatron_spark import platform
 from megatron_spark.config import dump_config, to_dict
 from megatron_spark.errors import UserError
-from megatron_spark.kernels.fused_head import HeadConfig
+from megatron_spark.kernels.fused_head import TileConfig
 from megatron_spark.parallel import ParallelContext, on_rank0
 from megatron_spark.rollout.client import RolloutClient
 from megatron_spark.spark.queue import ItemQueue
@@ -131,20 +131,13 @@ class Session:
         self.rollout = RolloutClient(*build_engine(cfg, model, arch, par), par, self.tokenizer)
         from megatron_spark.model.builder import transformer_engine_available
 
-        head = HeadConfig(
-            clip_low=cfg.grpo.clip_low,
-            clip_high=cfg.grpo.clip_high,
-            dual_clip=cfg.grpo.dual_clip,
-            kl_estimator=cfg.grpo.kl_estimator,
-            token_chunk=cfg.train.token_chunk,
-            vocab_chunk=cfg.train.vocab_chunk,
-        )
         self.policy = PolicyTrainer(
             model,
             arch,
             optimizer,
             par,
-            head,
+            cfg.grpo,
+            TileConfig(token_chunk=cfg.train.token_chunk, vocab_chunk=cfg.train.vocab_chunk),
             micro_batch_tokens=cfg.train.micro_batch_tokens,
             # Micro-batches hold a group's prompt once (``train.share_prompts``; not with TE).
             share_prompts=cfg.train.share_prompts and not transformer_engine_available(),

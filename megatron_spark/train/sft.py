@@ -13,7 +13,8 @@ import time
 from megatron_spark.errors import UserError
 from megatron_spark.spark.checks import checks_for
 from megatron_spark.spark.warmstart import warm_start_example
-from megatron_spark.train.batch import LossCoefficients, Sample
+from megatron_spark.train.batch import Sample
+from megatron_spark.train.loss import LossCoefficients
 from megatron_spark.train.seeds import SeedPurpose
 from megatron_spark.train.session import Session
 

@@ -13,7 +13,8 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from megatron_spark import platform  # noqa: E402
-from megatron_spark.kernels.fused_head import HeadConfig, fused_head_loss  # noqa: E402
+from megatron_spark.kernels.fused_head import TileConfig  # noqa: E402
+from megatron_spark.train.loss import LossConfig, fused_loss  # noqa: E402
 from tests.unit.test_fused_head import assert_rel, make_problem  # noqa: E402
 
 
@@ -24,15 +25,15 @@ def main() -> None:
     rank, world = platform.init_distributed()
     for seed, padded in ((1, 64), (2, 54)):  # 54: the second rank's rows end in padding
         x, w, inp, vocab = make_problem(seed, padded=padded)  # same draw on every rank
-        cfg = HeadConfig(vocab_size=vocab, token_chunk=8, vocab_chunk=16, dual_clip=3.0)
+        cfg, tiles = LossConfig(dual_clip=3.0), TileConfig(vocab_size=vocab, token_chunk=8, vocab_chunk=16)
         full_x, full_w = x.clone().requires_grad_(), w.clone().requires_grad_()
-        ref = fused_head_loss(full_x, full_w, inp, cfg)
+        ref = fused_loss(full_x, full_w, inp, cfg, tiles)
         ref.loss.backward()
 
         rows = padded // world
         shard_w = w[rank * rows : (rank + 1) * rows].clone().requires_grad_()
         tp_x = x.clone().requires_grad_()
-        out = fused_head_loss(tp_x, shard_w, inp, cfg, vocab_start=rank * rows, tp_group=dist.group.WORLD)
+        out = fused_loss(tp_x, shard_w, inp, cfg, tiles, vocab_start=rank * rows, tp_group=dist.group.WORLD)
         out.loss.backward()
 
         assert_rel(out.loss, ref.loss, 1e-6, "loss")

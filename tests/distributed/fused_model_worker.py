@@ -16,8 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from megatron_spark import platform  # noqa: E402
 from megatron_spark.checkpoint.convert import load_pretrained  # noqa: E402
-from megatron_spark.kernels.fused_head import HeadConfig, TokenInputs  # noqa: E402
+from megatron_spark.kernels.fused_head import TileConfig  # noqa: E402
 from megatron_spark.model.forward import pack  # noqa: E402
+from megatron_spark.train.loss import LossConfig, TokenInputs  # noqa: E402
 from tests.fused_paths import assert_fused_equals_unfused  # noqa: E402
 from tests.shared_prompt_paths import assert_shared_equals_whole  # noqa: E402
 
@@ -53,8 +54,11 @@ def main() -> None:
             torch.zeros(t),
             r(0, 0.05),
         )
-    cfg = HeadConfig(token_chunk=16, vocab_chunk=64, dual_clip=3.0)
-    assert_fused_equals_unfused(model, arch.vocab_size, batches, inputs, cfg, where=f"rank {dist.get_rank()}")
+    tiles = TileConfig(token_chunk=16, vocab_chunk=64)
+    where = f"rank {dist.get_rank()}"
+    assert_fused_equals_unfused(
+        model, arch.vocab_size, batches, inputs, LossConfig(dual_clip=3.0), tiles, where
+    )
     assert_shared_equals_whole(model, arch.vocab_size, where=f"shared prompts, rank {dist.get_rank()}")
     dist.barrier()
     if dist.get_rank() == 0:

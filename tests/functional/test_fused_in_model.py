@@ -7,8 +7,9 @@ import torch
 
 from megatron_spark import platform
 from megatron_spark.checkpoint.convert import load_pretrained
-from megatron_spark.kernels.fused_head import HeadConfig, TokenInputs
+from megatron_spark.kernels.fused_head import TileConfig
 from megatron_spark.model.forward import pack, run_packed
+from megatron_spark.train.loss import LossConfig, TokenInputs
 from tests.conftest import sample_sequences
 from tests.fused_paths import assert_fused_equals_unfused
 
@@ -34,7 +35,7 @@ def test_fused_head_equals_unfused_path(family, ddp, hf_models):
         t = batch.num_tokens
         r = lambda lo, hi, t=t: lo + (hi - lo) * torch.rand(t, generator=gen)  # noqa: E731
         inputs[batch] = TokenInputs(
-            targets=torch.zeros(t, dtype=torch.long),  # filled in by run_packed
+            targets=torch.zeros(t, dtype=torch.long),  # unused: run_packed gives the batch's own
             old_logprobs=lp + r(-0.4, 0.4),
             ref_logprobs=lp + r(-0.3, 0.3),
             advantages=r(-1.5, 1.5),
@@ -43,6 +44,8 @@ def test_fused_head_equals_unfused_path(family, ddp, hf_models):
             entropy_weight=torch.zeros(t),
             ce_weight=torch.where(torch.rand(t, generator=gen) < 0.3, r(0.01, 0.05), torch.zeros(t)),
         )
-    cfg = HeadConfig(token_chunk=16, vocab_chunk=100, dual_clip=3.0)
-    fused = assert_fused_equals_unfused(model, arch.vocab_size, batches, inputs, cfg, where=family)
+    tiles = TileConfig(token_chunk=16, vocab_chunk=100)
+    fused = assert_fused_equals_unfused(
+        model, arch.vocab_size, batches, inputs, LossConfig(dual_clip=3.0), tiles, where=family
+    )
     assert all(0 < f["clip_fraction"].item() < 1 for f in fused)

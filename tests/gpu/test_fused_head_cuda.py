@@ -4,7 +4,8 @@ GEMMs keep float32 logits. Skipped without a GPU."""
 import pytest
 import torch
 
-from megatron_spark.kernels.fused_head import HeadConfig, TokenInputs, fused_head_loss
+from megatron_spark.kernels.fused_head import TileConfig
+from megatron_spark.train.loss import LossConfig, TokenInputs, fused_loss
 from tests.unit.test_fused_head import assert_rel, make_problem, reference
 from tests.unit.test_fused_head_extreme import assert_extreme_matches_float64
 
@@ -15,11 +16,11 @@ pytestmark = [
 NAMES = ("loss", "logprobs", "entropy", "dX", "dW")
 
 
-def _run(x, w, inp: TokenInputs, cfg: HeadConfig):
+def _run(x, w, inp: TokenInputs, cfg: LossConfig, tiles: TileConfig):
     """loss, log-probs, entropies, dX, dW of the head on CUDA, as float64 CPU tensors."""
     xr = x.detach().cuda().requires_grad_()
     wr = w.detach().cuda().requires_grad_()
-    out = fused_head_loss(xr, wr, TokenInputs(**{k: v.cuda() for k, v in vars(inp).items()}), cfg)
+    out = fused_loss(xr, wr, TokenInputs(**{k: v.cuda() for k, v in vars(inp).items()}), cfg, tiles)
     out.loss.backward()
     return [t.detach().double().cpu() for t in (out.loss, out.logprobs, out.entropy, xr.grad, wr.grad)]
 
@@ -32,11 +33,9 @@ def test_compiled_triton_equals_torch_and_float64(tokens, hidden, padded, chunks
     x, w, inp, vocab = make_problem(5, tokens=tokens, hidden=hidden, vocab=padded - 11, padded=padded)
     got = {}
     for impl in ("torch", "triton"):
-        cfg = HeadConfig(
-            vocab_size=vocab, token_chunk=chunks[0], vocab_chunk=chunks[1], dual_clip=3.0, impl=impl
-        )
-        got[impl] = _run(x, w, inp, cfg)
-    ref = reference(x, w, inp, HeadConfig(vocab_size=vocab, dual_clip=3.0), vocab)
+        tiles = TileConfig(vocab_size=vocab, token_chunk=chunks[0], vocab_chunk=chunks[1], impl=impl)
+        got[impl] = _run(x, w, inp, LossConfig(dual_clip=3.0), tiles)
+    ref = reference(x, w, inp, LossConfig(dual_clip=3.0), vocab)
     for what, a, b, r in zip(NAMES, got["triton"], got["torch"], ref):
         assert_rel(a, b, 1e-6, f"triton vs torch {what}")
         # float32 sums over thousands of columns: 2.8e-6 seen on an H100 (2026-11-22).
@@ -49,8 +48,8 @@ def test_bf16_operands_keep_float32_logits():
     logits rounded to bf16 (what an output layer run in bf16 hands to the loss)."""
     x, w, inp, vocab = make_problem(7, tokens=2048, hidden=512, vocab=32000, padded=32064)
     x, w = x.bfloat16(), w.bfloat16()
-    cfg = HeadConfig(vocab_size=vocab, dual_clip=3.0)
-    ours = _run(x, w, inp, cfg)
+    cfg = LossConfig(dual_clip=3.0)
+    ours = _run(x, w, inp, cfg, TileConfig(vocab_size=vocab))
     ref = reference(x, w, inp, cfg, vocab)
     with torch.no_grad():
         logits = (x.cuda() @ w.cuda().t()).float()[:, :vocab]  # bf16 logits, then float32

@@ -5,12 +5,8 @@ import zlib
 import pytest
 import torch
 
-from megatron_spark.kernels.fused_head import (
-    WEIGHT_FIELDS,
-    HeadConfig,
-    TokenInputs,
-    fused_head_loss,
-)
+from megatron_spark.kernels.fused_head import TileConfig
+from megatron_spark.train.loss import WEIGHT_FIELDS, LossConfig, TokenInputs, fused_loss
 
 
 def make_problem(seed, tokens=37, hidden=24, vocab=53, padded=64, dtype=torch.float32):
@@ -37,7 +33,7 @@ def make_problem(seed, tokens=37, hidden=24, vocab=53, padded=64, dtype=torch.fl
     return x, w, inputs, vocab
 
 
-def reference(x, w, inp: TokenInputs, cfg: HeadConfig, vocab, logp_at: torch.Tensor | None = None):
+def reference(x, w, inp: TokenInputs, cfg: LossConfig, vocab, logp_at: torch.Tensor | None = None):
     """float64, logits materialised, autograd for the gradients. Each term only where its weight is
     nonzero (its arguments zeroed elsewhere, so placeholders are never exponentiated).
 
@@ -92,17 +88,10 @@ def assert_rel(got, want, rel, what):
 def test_matches_float64_reference(kl, dual_clip, chunks):
     seed = zlib.crc32(repr((kl, dual_clip, chunks)).encode())  # a fresh draw per case, reproducible
     x, w, inp, vocab = make_problem(seed)
-    cfg = HeadConfig(
-        kl_estimator=kl,
-        dual_clip=dual_clip,
-        vocab_size=vocab,
-        token_chunk=chunks[0],
-        vocab_chunk=chunks[1],
-        clip_low=0.2,
-        clip_high=0.28,
-    )
+    cfg = LossConfig(kl_estimator=kl, dual_clip=dual_clip, clip_low=0.2, clip_high=0.28)
+    tiles = TileConfig(vocab_size=vocab, token_chunk=chunks[0], vocab_chunk=chunks[1])
     xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
-    out = fused_head_loss(xr, wr, inp, cfg)
+    out = fused_loss(xr, wr, inp, cfg, tiles)
     out.loss.backward()
     ref_loss, ref_lp, ref_ent, ref_dx, ref_dw, ref_clip = reference(x, w, inp, cfg, vocab)
     assert_rel(out.loss, ref_loss, 1e-6, "loss")
@@ -117,12 +106,12 @@ def test_matches_float64_reference(kl, dual_clip, chunks):
 
 def test_bf16_inputs_accumulate_in_float32():
     x, w, inp, vocab = make_problem(5)
-    cfg = HeadConfig(vocab_size=vocab, token_chunk=8, vocab_chunk=16)
+    tiles = TileConfig(vocab_size=vocab, token_chunk=8, vocab_chunk=16)
     xb, wb = x.bfloat16().requires_grad_(), w.bfloat16().requires_grad_()
-    out = fused_head_loss(xb, wb, inp, cfg)
+    out = fused_loss(xb, wb, inp, LossConfig(), tiles)
     out.loss.backward()
     assert xb.grad.dtype == torch.bfloat16 and wb.grad.dtype == torch.bfloat16
-    ref_loss, ref_lp, *_ = reference(xb.float(), wb.float(), inp, cfg, vocab)
+    ref_loss, ref_lp, *_ = reference(xb.float(), wb.float(), inp, LossConfig(), vocab)
     assert_rel(out.logprobs, ref_lp, 1e-5, "logprobs")  # same bf16 operands, float32 math
 
 
@@ -139,7 +128,7 @@ def test_cross_entropy_matches_megatron():
     inp = TokenInputs(
         inp.targets, inp.old_logprobs, inp.ref_logprobs, inp.advantages, zeros, zeros, zeros, ce_w
     )
-    out = fused_head_loss(x, w, inp, HeadConfig(token_chunk=8, vocab_chunk=16))
+    out = fused_loss(x, w, inp, LossConfig(), TileConfig(token_chunk=8, vocab_chunk=16))
     ce = vocab_parallel_cross_entropy((x @ w.t())[:, None, :], inp.targets[:, None])[:, 0]
     assert_rel(out.loss, (ce_w * ce).sum(), 1e-6, "loss")
 
@@ -150,11 +139,11 @@ def test_never_allocates_full_logits():
     t, v, h = 512, 50_000, 16
     x, w = torch.randn(t, h, generator=g), torch.randn(v, h, generator=g)
     inp = TokenInputs(torch.randint(0, v, (t,), generator=g), *(torch.rand(t, generator=g) for _ in range(7)))
-    cfg = HeadConfig(token_chunk=128, vocab_chunk=1024)
+    tiles = TileConfig(token_chunk=128, vocab_chunk=1024)
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fused_head_loss(x.requires_grad_(), w.requires_grad_(), inp, cfg).loss.backward()
+        fused_loss(x.requires_grad_(), w.requires_grad_(), inp, LossConfig(), tiles).loss.backward()
     biggest = max((e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0), default=0)
     # The largest single allocation is a weight-sized gradient buffer (3.2 MB, allocator
     # rounding aside); the logits would be T x V x 4 bytes = 102 MB.

@@ -7,14 +7,15 @@ import math
 import pytest
 import torch
 
-from megatron_spark.kernels.fused_head import (
+from megatron_spark.kernels.fused_head import TileConfig
+from megatron_spark.train.loss import (
     EXP_MAX,
     NONFINITE_NAMES,
-    HeadConfig,
     HeadOutput,
+    LossConfig,
     TokenInputs,
     describe_nonfinite,
-    fused_head_loss,
+    fused_loss,
     token_objective,
 )
 from tests.unit.test_fused_head import assert_rel, make_problem, reference
@@ -83,11 +84,11 @@ def extreme_problem(dtype=torch.float32, seed: int = 0):
     return x, w, inputs
 
 
-def run_head(x, w, inp: TokenInputs, cfg: HeadConfig, device: str = "cpu"):
+def run_head(x, w, inp: TokenInputs, cfg: LossConfig, tiles: TileConfig, device: str = "cpu"):
     """The head's output and (dX, dW) on ``device``, everything handed back on the CPU."""
     xr = x.detach().to(device, copy=True).requires_grad_()
     wr = w.detach().to(device, copy=True).requires_grad_()
-    out = fused_head_loss(xr, wr, TokenInputs(**{k: v.to(device) for k, v in vars(inp).items()}), cfg)
+    out = fused_loss(xr, wr, TokenInputs(**{k: v.to(device) for k, v in vars(inp).items()}), cfg, tiles)
     out.loss.backward()
     out = HeadOutput(**{k: v.detach().cpu() for k, v in vars(out).items()})
     return out, xr.grad.cpu(), wr.grad.cpu()
@@ -98,10 +99,9 @@ def assert_extreme_matches_float64(impl: str, kl: str, dual_clip, dtype, device:
     within 1e-6 of float64 evaluated at the head's float32 log-probs; dX within 1e-6 of
     ||dZ|| ||W||, the size of its float32 accumulation error for logits of 1e6."""
     x, w, inp = extreme_problem(dtype)
-    cfg = HeadConfig(
-        kl_estimator=kl, dual_clip=dual_clip, vocab_size=VOCAB, token_chunk=7, vocab_chunk=5, impl=impl
-    )
-    out, dx, dw = run_head(x, w, inp, cfg, device)
+    cfg = LossConfig(kl_estimator=kl, dual_clip=dual_clip)
+    tiles = TileConfig(vocab_size=VOCAB, token_chunk=7, vocab_chunk=5, impl=impl)
+    out, dx, dw = run_head(x, w, inp, cfg, tiles, device)
     ref_loss, ref_lp, ref_ent, ref_dx, ref_dw, _ = reference(x, w, inp, cfg, VOCAB, logp_at=out.logprobs)
     ulps = (out.logprobs.double() - ref_lp).abs() / (
         torch.finfo(torch.float32).eps * ref_lp.abs().clamp(min=1)
@@ -129,7 +129,7 @@ def test_cross_entropy_token_at_logprob_minus_95_is_finite():
     zero = torch.zeros(1)
     inp = TokenInputs(torch.tensor([1]), zero, zero, zero, zero, zero, zero, torch.ones(1))
     for kl in ("k1", "k3"):
-        out, dx, dw = run_head(x, w, inp, HeadConfig(kl_estimator=kl, impl="torch"))
+        out, dx, dw = run_head(x, w, inp, LossConfig(kl_estimator=kl), TileConfig(impl="torch"))
         assert out.loss.item() == 95.0, kl
         # dL/dz = -(onehot - p) = [1, -1] (p(1) = e^-95), so dW = [[1], [-1]] and dX = 0 - (-95).
         assert dw.tolist() == [[1.0], [-1.0]] and dx.tolist() == [[95.0]], kl
@@ -155,7 +155,7 @@ def test_ratio_and_k3_follow_their_tangent_beyond_exp_max():
     for kl in ("k1", "k3"):
         # KL only: the per-token loss is k3(d) with gradient -(e^d - 1) w.r.t. logp.
         inp = TokenInputs(torch.zeros(n, dtype=torch.long), zero, ref, zero, zero, one, zero, zero)
-        obj = token_objective(logp, inp, HeadConfig(kl_estimator=kl))
+        obj = token_objective(logp, inp, LossConfig(kl_estimator=kl))
         (autograd,) = torch.autograd.grad(obj.loss.sum(), logp)
         assert torch.isfinite(obj.loss).all() and torch.isfinite(obj.g).all(), kl
         assert torch.equal(autograd, obj.g), f"{kl}: autograd and the analytic gradient differ"
@@ -175,7 +175,7 @@ def test_ratio_and_k3_follow_their_tangent_beyond_exp_max():
     old = torch.full((n,), -0.5)
     logp = (old + xs).requires_grad_()
     inp = TokenInputs(torch.zeros(n, dtype=torch.long), old, zero, -one, one, zero, zero, zero)
-    obj = token_objective(logp, inp, HeadConfig())
+    obj = token_objective(logp, inp, LossConfig())
     (autograd,) = torch.autograd.grad(obj.loss.sum(), logp)
     assert torch.equal(autograd, obj.g)
     x = logp.detach().double() - old.double()
@@ -190,7 +190,8 @@ def test_placeholders_where_a_weight_is_zero_are_never_evaluated():
     """NaN and infinite old/reference log-probs and advantages on tokens whose weights are 0 change
     nothing: same loss and gradients, bit for bit, as zeros there, and nothing reported."""
     x, w, inp, vocab = make_problem(3)
-    cfg = HeadConfig(kl_estimator="k3", vocab_size=vocab, token_chunk=8, vocab_chunk=16, impl="torch")
+    cfg = LossConfig(kl_estimator="k3")
+    tiles = TileConfig(vocab_size=vocab, token_chunk=8, vocab_chunk=16, impl="torch")
     off_rl, off_kl = inp.rl_weight == 0, inp.kl_weight == 0
     assert off_rl.any() and off_kl.any()
     clean = TokenInputs(
@@ -213,7 +214,7 @@ def test_placeholders_where_a_weight_is_zero_are_never_evaluated():
         inp.entropy_weight,
         inp.ce_weight,
     )
-    a, b = run_head(x, w, clean, cfg), run_head(x, w, poisoned, cfg)
+    a, b = run_head(x, w, clean, cfg, tiles), run_head(x, w, poisoned, cfg, tiles)
     assert b[0].nonfinite.sum() == 0, describe_nonfinite(b[0].nonfinite)
     assert torch.equal(a[0].loss, b[0].loss) and torch.isfinite(b[0].loss)
     assert torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
@@ -248,8 +249,8 @@ def test_nonfinite_inputs_are_counted_by_name(name, expected):
     """One non-finite input at one token: the head names it and the term it reached, nothing else."""
     x, w, inp, vocab = make_problem(4)
     x, inp = _poison(name, x, inp)
-    cfg = HeadConfig(kl_estimator="k3", vocab_size=vocab, token_chunk=8, vocab_chunk=16, impl="torch")
-    out = fused_head_loss(x, w, inp, cfg)
+    tiles = TileConfig(vocab_size=vocab, token_chunk=8, vocab_chunk=16, impl="torch")
+    out = fused_loss(x, w, inp, LossConfig(kl_estimator="k3"), tiles)
     got = {n: c for n, c in zip(NONFINITE_NAMES, out.nonfinite.tolist()) if c}
     assert got == expected
     assert not torch.isfinite(out.loss)
@@ -281,8 +282,8 @@ def test_huge_logits_from_the_gemm_stay_finite(scale, dtype):
     inp = TokenInputs(**{**vars(inp), "old_logprobs": far(), "ref_logprobs": far()})
     for kl in ("k1", "k3"):
         for dual_clip in (None, 3.0):
-            cfg = HeadConfig(kl_estimator=kl, dual_clip=dual_clip, vocab_size=vocab, impl="torch")
-            out, dx, dw = run_head(x, w, inp, cfg)
+            cfg = LossConfig(kl_estimator=kl, dual_clip=dual_clip)
+            out, dx, dw = run_head(x, w, inp, cfg, TileConfig(vocab_size=vocab, impl="torch"))
             assert out.logprobs.min() < -1e3, "logits are huge"
             assert out.nonfinite.sum() == 0, describe_nonfinite(out.nonfinite)
             assert torch.isfinite(out.loss) and torch.isfinite(out.entropy).all()

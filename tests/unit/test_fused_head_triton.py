@@ -13,7 +13,8 @@ import torch  # noqa: E402
 
 pytest.importorskip("triton", reason="triton is not installed")
 
-from megatron_spark.kernels.fused_head import HeadConfig, TokenInputs, fused_head_loss  # noqa: E402
+from megatron_spark.kernels.fused_head import TileConfig  # noqa: E402
+from megatron_spark.train.loss import LossConfig, TokenInputs, fused_loss  # noqa: E402
 from tests.unit.test_fused_head import assert_rel, make_problem, reference  # noqa: E402
 from tests.unit.test_fused_head_extreme import assert_extreme_matches_float64, run_head  # noqa: E402
 
@@ -23,16 +24,14 @@ def test_triton_equals_torch_and_reference(chunks, padded):
     x, w, inp, vocab = make_problem(21, tokens=13, hidden=8, padded=padded)
     results = {}
     for impl in ("torch", "triton"):
-        cfg = HeadConfig(
-            vocab_size=vocab, token_chunk=chunks[0], vocab_chunk=chunks[1], dual_clip=3.0, impl=impl
-        )
+        tiles = TileConfig(vocab_size=vocab, token_chunk=chunks[0], vocab_chunk=chunks[1], impl=impl)
         xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
-        out = fused_head_loss(xr, wr, inp, cfg)
+        out = fused_loss(xr, wr, inp, LossConfig(dual_clip=3.0), tiles)
         out.loss.backward()
         results[impl] = (out.loss, out.logprobs, out.entropy, xr.grad, wr.grad)
     for what, a, b in zip(("loss", "logprobs", "entropy", "dX", "dW"), results["triton"], results["torch"]):
         assert_rel(a, b, 1e-6, f"triton vs torch {what}")
-    ref = reference(x, w, inp, HeadConfig(vocab_size=vocab, dual_clip=3.0), vocab)
+    ref = reference(x, w, inp, LossConfig(dual_clip=3.0), vocab)
     for what, a, b in zip(("loss", "logprobs", "entropy", "dX", "dW"), results["triton"], ref):
         assert_rel(a, b, 1e-6, f"triton vs float64 {what}")
     assert not torch.isnan(results["triton"][4]).any()
@@ -49,7 +48,7 @@ def test_triton_cross_entropy_token_at_logprob_minus_95_is_finite():
     x, w = torch.ones(1, 1), torch.tensor([[0.0], [-95.0]])
     zero = torch.zeros(1)
     inp = TokenInputs(torch.tensor([1]), zero, zero, zero, zero, zero, zero, torch.ones(1))
-    out, dx, dw = run_head(x, w, inp, HeadConfig(kl_estimator="k3", impl="triton"))
+    out, dx, dw = run_head(x, w, inp, LossConfig(kl_estimator="k3"), TileConfig(impl="triton"))
     assert out.loss.item() == 95.0
     assert dw.tolist() == [[1.0], [-1.0]] and dx.tolist() == [[95.0]]
 
@@ -63,7 +62,9 @@ def test_triton_target_just_past_a_tile_end():
     inp.targets = torch.tensor([5, 6, 7, 10, 11, 12, 15, 16, 17, 20, 21, 22])
     out = {}
     for impl in ("torch", "triton"):
-        out[impl] = fused_head_loss(x, w, inp, HeadConfig(vocab_size=vocab, vocab_chunk=5, impl=impl))
+        out[impl] = fused_loss(
+            x, w, inp, LossConfig(), TileConfig(vocab_size=vocab, vocab_chunk=5, impl=impl)
+        )
     assert torch.isfinite(out["triton"].logprobs).all()
     assert_rel(out["triton"].logprobs, out["torch"].logprobs, 1e-6, "logprobs")
     assert_rel(out["triton"].loss, out["torch"].loss, 1e-6, "loss")

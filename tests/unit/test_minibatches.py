@@ -2,8 +2,9 @@
 
 import pytest
 
-from megatron_spark.train.batch import Sample, build_micro_batches, token_counts
+from megatron_spark.train.batch import Sample, build_micro_batches
 from megatron_spark.train.grpo import minibatches
+from megatron_spark.train.loss import token_counts
 
 
 def _group(tag: int, size: int, objective: str = "rl") -> list[Sample]:

@@ -5,15 +5,10 @@ the loss head's loss and gradients (checked through the real head, not restated)
 import pytest
 import torch
 
-from megatron_spark.kernels.fused_head import HeadConfig, fused_head_loss
-from megatron_spark.train.batch import (
-    LossCoefficients,
-    Sample,
-    adds_nothing,
-    build_micro_batches,
-    token_inputs,
-)
+from megatron_spark.kernels.fused_head import TileConfig
+from megatron_spark.train.batch import Sample, build_micro_batches
 from megatron_spark.train.grpo import to_train
+from megatron_spark.train.loss import LossCoefficients, LossConfig, adds_nothing, fused_loss, token_inputs
 
 SAMPLES = {
     "rl, advantage 0": Sample([1, 2, 3], [4, 5, 6], rollout_logprobs=[-1.0, -2.0, -0.5], advantage=0.0),
@@ -44,7 +39,7 @@ def test_skipped_exactly_when_the_head_gives_it_no_loss_and_no_gradient(sample_n
     inputs.targets = torch.randint(0, 16, (k,), generator=gen)
     hidden = torch.randn(k, 8, generator=gen, requires_grad=True)
     weight = torch.randn(16, 8, generator=gen, requires_grad=True)
-    out = fused_head_loss(hidden, weight, inputs, HeadConfig(impl="torch"))
+    out = fused_loss(hidden, weight, inputs, LossConfig(), TileConfig(impl="torch"))
     out.loss.backward()
     silent = out.loss.item() == 0.0 and not hidden.grad.any() and not weight.grad.any()
     assert adds_nothing(sample, coef) == silent

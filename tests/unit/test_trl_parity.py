@@ -6,7 +6,7 @@ TRL the module is skipped. Each case builds a real ``GRPOTrainer`` on a tiny
 random Llama, hands ``trainer._compute_loss`` a batch of per-token inputs (left-padded prompts,
 right-padded completions of unequal lengths, old/ref log-probs perturbed so that ratios leave the
 clip range, advantages of both signs) and compares loss and every parameter gradient with
-``fused_head_loss`` on the same model's final hidden states and ``lm_head`` weight.
+``train.loss.fused_loss`` on the same model's final hidden states and ``lm_head`` weight.
 
 TRL's aggregation maps to our per-token weights ``w`` (mask m, B sequences, L_i = tokens of i):
 
@@ -37,12 +37,8 @@ from datasets import Dataset  # noqa: E402  (TRL's own dependency)
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
-from megatron_spark.kernels.fused_head import (  # noqa: E402
-    HeadConfig,
-    HeadOutput,
-    TokenInputs,
-    fused_head_loss,
-)
+from megatron_spark.kernels.fused_head import TileConfig  # noqa: E402
+from megatron_spark.train.loss import HeadOutput, LossConfig, TokenInputs, fused_loss  # noqa: E402
 
 VOCAB = 64
 PROMPT_LEN = 5
@@ -220,14 +216,14 @@ def _ours(model, case: Case, batch: dict[str, torch.Tensor]) -> tuple[HeadOutput
         entropy_weight=torch.full_like(w, case.entropy_coef / mask.sum().item()),
         ce_weight=torch.zeros_like(w),
     )
-    cfg = HeadConfig(
+    cfg = LossConfig(
         clip_low=case.epsilon,
         clip_high=case.epsilon if case.epsilon_high is None else case.epsilon_high,
         dual_clip=case.delta,
         kl_estimator="k3",
-        vocab_chunk=24,  # several vocabulary tiles
     )
-    return fused_head_loss(hidden, model.lm_head.weight, inputs, cfg), inputs
+    tiles = TileConfig(vocab_chunk=24)  # several vocabulary tiles
+    return fused_loss(hidden, model.lm_head.weight, inputs, cfg, tiles), inputs
 
 
 def _loss_and_grads(model, loss_fn) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
