@@ -30,7 +30,7 @@ def _evals(run_dir: Path) -> list[dict[str, float]]:
 
 
 def _latest_checkpoint(run_dir: Path) -> Path:
-    from megatron_spark.train.checkpoint import latest
+    from megatron_spark.checkpoint.steps import latest
 
     path = latest(run_dir / "checkpoints")
     if path is None:

@@ -86,7 +86,7 @@ def problems_for(num_prompts: int, seed: int):
 def warm_start(work: Path, threads: int) -> Path:
     """Train the tiny recipe's SFT warm start (examples/tiny_arith/sft.yaml) in ``work``; its
     checkpoint. This is where the recipe's GRPO starts."""
-    from megatron_spark.train.checkpoint import latest
+    from megatron_spark.checkpoint.steps import latest
 
     run_dir = work / "sft"
     cmd = [sys.executable, "-m", "megatron_spark.cli", "sft", str(SFT_RECIPE), f"run_dir={run_dir}"]

@@ -155,24 +155,20 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="key=value config overrides")
     ap.add_argument("--show", type=int, default=0, help="also print this many replies per kind")
     args = ap.parse_args()
+    from megatron_spark.checkpoint import steps as ckpt
+    from megatron_spark.eval.accuracy import ensure_pool, eval_problems
+    from megatron_spark.inference.context import Inference
     from megatron_spark.spark.checks import checks_for
     from megatron_spark.spark.heldout import heldout_items
-    from megatron_spark.train import checkpoint as ckpt
-    from megatron_spark.train.evaluation import ensure_pool, eval_problems
-    from megatron_spark.train.session import Session
 
     cfg = load_config(RunConfig, args.config, args.overrides)
-    cfg = dataclasses.replace(
-        cfg, run_dir=f"{args.checkpoint}/probe", model=dataclasses.replace(cfg.model, init=args.checkpoint)
-    )
-    s = Session(cfg, "eval")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init=args.checkpoint))
+    s = Inference(cfg)
     try:
         problems = eval_problems(s)
         state = ckpt.read_rank0_state(args.checkpoint)
-        if state is not None and state.get("judge_pool") is not None:
-            s.state.judge_pool = state["judge_pool"]
-        ensure_pool(s, problems)
-        items = heldout_items(problems, s.state.judge_pool, checks_for(s.task.name), seed=s.cfg.seed)
+        pool = ensure_pool(s, problems, state.get("judge_pool") if state is not None else None)
+        items = heldout_items(problems, pool, checks_for(s.task.name), seed=s.cfg.seed)
         answers = {p.uid: p.answer for p in problems}
         texts = s.rollout.greedy([h.item.prompt for h in items], s.cfg.spark.max_new_tokens)
         for kind in ("pointwise", "pairwise"):

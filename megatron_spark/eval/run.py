@@ -20,14 +20,19 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from megatron_spark.checkpoint import steps as ckpt
 from megatron_spark.errors import UserError
+from megatron_spark.eval.accuracy import ensure_pool, eval_problems, verify_texts
 from megatron_spark.eval.progress import GenerationProgress
-from megatron_spark.train.config import RunConfig
+from megatron_spark.inference.context import Inference, Scoring
+
+if TYPE_CHECKING:  # the config tree sits above every component it configures
+    from megatron_spark.train.config import RunConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +47,7 @@ class EvalOptions:
     """Replace an existing output directory (else it is refused)."""
 
 
-def _generate_texts(s):
+def _generate_texts(s: Scoring):
     def generate(prompts, params):
         return s.rollout.generate([s.tokenizer.encode_prompt(p) for p in prompts], params)
 
@@ -66,13 +71,12 @@ def majority_pick(problem, texts: list[str], checks, box: str) -> str:
     return texts[keys.index(best)]
 
 
-def reasoning(s, problems, k: int) -> tuple[dict, list[str], list[float]]:
+def reasoning(s: Scoring, problems, k: int) -> tuple[dict, list[str], list[float]]:
     """pass@1 (greedy), the mean accuracy of ``k`` samples at temperature 1 (a random pick),
     pass@k, and maj@j for every j <= k (majority of the first j samples, so that self-reflection
     can be compared at an equal number of generations); also the greedy texts and rewards."""
     from megatron_spark.rollout.protocol import SamplingParams
     from megatron_spark.spark.checks import checks_for
-    from megatron_spark.train.evaluation import verify_texts
 
     answers = [p.answer for p in problems]
     greedy = s.rollout.greedy([p.prompt for p in problems], s.cfg.rollout.max_new_tokens)
@@ -96,7 +100,7 @@ def reasoning(s, problems, k: int) -> tuple[dict, list[str], list[float]]:
     return out, greedy, pass1
 
 
-def own_verdicts(s, problems, greedy: list[str], rewards: list[float]) -> dict:
+def own_verdicts(s: Scoring, problems, greedy: list[str], rewards: list[float]) -> dict:
     """How the model judges its own greedy answers (the first round of self-reflection): the share
     of its wrong answers it rejects (anything but an explicit Yes) and of its right ones it accepts."""
     from megatron_spark.reward.extract import extract_boxed
@@ -121,12 +125,11 @@ def own_verdicts(s, problems, greedy: list[str], rewards: list[float]) -> dict:
     }
 
 
-def tts_accuracy(s, problems, rounds: int, n: int, majority: dict) -> dict:
+def tts_accuracy(s: Scoring, problems, rounds: int, n: int, majority: dict) -> dict:
     """Self-reflection and best-of-n by the model's own verdict, each beside majority voting at
     the same number of generations (``majority``: the maj@j of :func:`reasoning`)."""
     from megatron_spark.spark.checks import checks_for
     from megatron_spark.spark.tts import best_of_n, self_reflect
-    from megatron_spark.train.evaluation import verify_texts
 
     gen, q = _generate_texts(s), [p.prompt for p in problems]
     answers = [p.answer for p in problems]
@@ -164,7 +167,7 @@ def tts_accuracy(s, problems, rounds: int, n: int, majority: dict) -> dict:
     return out
 
 
-def reward_bench(s, path: str) -> tuple[dict, list[dict]]:
+def reward_bench(s: Scoring, path: str) -> tuple[dict, list[dict]]:
     """The judge's score on a reward benchmark file and its per-item rows (see
     :func:`~megatron_spark.eval.reward_bench.score_replies`)."""
     from megatron_spark.eval.reward_bench import ITEMS_FILE, JudgeQuery, load_reward_bench, score_replies
@@ -208,15 +211,13 @@ def run_eval(cfg: RunConfig, opts: EvalOptions) -> Path:
 
 
 def _evaluate(cfg: RunConfig, opts: EvalOptions, src: Path, out_dir: Path) -> None:
+    from megatron_spark.config import dump_config
     from megatron_spark.eval.report import write_atomically, write_report
     from megatron_spark.spark.checks import checks_for
     from megatron_spark.spark.heldout import evaluate_items, heldout_items
-    from megatron_spark.train import checkpoint as ckpt
-    from megatron_spark.train.evaluation import ensure_pool, eval_problems, verify_texts
-    from megatron_spark.train.session import Session
 
     start = time.perf_counter()
-    s = Session(cfg, "eval")
+    s = Inference(cfg)
     progress = GenerationProgress(s.rollout, s.cfg, "eval", "reasoning")
     try:
         problems = eval_problems(s)
@@ -224,10 +225,8 @@ def _evaluate(cfg: RunConfig, opts: EvalOptions, src: Path, out_dir: Path) -> No
         result["reasoning"], greedy, greedy_rewards = reasoning(s, problems, opts.maj_k)
         progress.phase("judge")
         state = ckpt.read_rank0_state(src)
-        if state is not None and state.get("judge_pool") is not None:
-            s.state.judge_pool = state["judge_pool"]
-        ensure_pool(s, problems)
-        items = heldout_items(problems, s.state.judge_pool, checks_for(s.task.name), seed=s.cfg.seed)
+        pool = ensure_pool(s, problems, state.get("judge_pool") if state is not None else None)
+        items = heldout_items(problems, pool, checks_for(s.task.name), seed=s.cfg.seed)
         texts = s.rollout.greedy([h.item.prompt for h in items], s.cfg.spark.max_new_tokens)
         m = evaluate_items(items, texts, lambda t, a: verify_texts(s, t, a))
         result["judge"] = {
@@ -269,6 +268,7 @@ def _evaluate(cfg: RunConfig, opts: EvalOptions, src: Path, out_dir: Path) -> No
             write_atomically(
                 out_dir / "eval.json", lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n")
             )
+            dump_config(cfg, out_dir / "config.yaml")
             metrics = src.parent.parent / "metrics.jsonl"
             write_report(out_dir, result, metrics if metrics.is_file() else None)
     finally:
@@ -289,8 +289,6 @@ def run_generate(cfg: RunConfig, opts: GenerateOptions) -> list[dict]:
     """Responses to ``opts.prompts``, plain greedy or with a test-time mode."""
     from megatron_spark.spark.checks import checks_for
     from megatron_spark.spark.tts import best_of_n, self_reflect
-    from megatron_spark.train import checkpoint as ckpt
-    from megatron_spark.train.session import Session
 
     src = Path(opts.checkpoint)
     if not (src / "model").is_dir() and not (src / "config.json").is_file():
@@ -300,45 +298,34 @@ def run_generate(cfg: RunConfig, opts: GenerateOptions) -> list[dict]:
             f"--tts {opts.tts}: {src} was never trained on judge prompts (no SPARK run or judge warm "
             f"start wrote it), so its verdicts mean nothing; use a SPARK checkpoint or --tts none"
         )
-    # The session writes its config and summary into run_dir: a scratch one, gone afterwards.
-    with tempfile.TemporaryDirectory(prefix="megatron-spark-generate-") as scratch:
-        cfg = dataclasses.replace(
-            cfg,
-            run_dir=scratch,
-            model=dataclasses.replace(cfg.model, init=str(src)),
-            train=dataclasses.replace(cfg.train, eval_num_problems=0),
-        )
-        s = Session(cfg, "eval")
-        progress = GenerationProgress(
-            s.rollout, s.cfg, "generate", None if opts.tts == "none" else opts.tts, stderr=True
-        )
-        try:
-            gen, q = _generate_texts(s), list(opts.prompts)
-            mx, jmx, box = s.cfg.rollout.max_new_tokens, s.cfg.spark.max_new_tokens, s.cfg.task.verifier.box
-            checks = checks_for(s.task.name)
-            rounds = None
-            if opts.tts == "self-reflect":
-                r = self_reflect(q, gen, s.tokenizer, opts.rounds, mx, jmx, box, styles=checks.styles)
-                responses, gens, rounds = r.responses, r.generations, r.rounds
-            elif opts.tts == "best-of-n":
-                r = best_of_n(
-                    q,
-                    gen,
-                    s.tokenizer,
-                    opts.n,
-                    mx,
-                    jmx,
-                    seed=s.cfg.seed,
-                    box=box,
-                    style=checks.styles.judge,
-                )
-                responses, gens = r.responses, r.generations
-            else:
-                responses, gens = s.rollout.greedy(q, mx), [1] * len(q)
-            rows = [{"prompt": p, "response": t, "generations": g} for p, t, g in zip(q, responses, gens)]
-            for row, trace in zip(rows, rounds or []):
-                row["rounds"] = trace  # each round's judged answer, verdict and reflection
-            return rows
-        finally:
-            progress.close()
-            s.close()
+    cfg = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, init=str(src)),
+        train=dataclasses.replace(cfg.train, eval_num_problems=0),
+    )
+    s = Inference(cfg)
+    progress = GenerationProgress(
+        s.rollout, s.cfg, "generate", None if opts.tts == "none" else opts.tts, stderr=True
+    )
+    try:
+        gen, q = _generate_texts(s), list(opts.prompts)
+        mx, jmx, box = s.cfg.rollout.max_new_tokens, s.cfg.spark.max_new_tokens, s.cfg.task.verifier.box
+        checks = checks_for(s.task.name)
+        rounds = None
+        if opts.tts == "self-reflect":
+            r = self_reflect(q, gen, s.tokenizer, opts.rounds, mx, jmx, box, styles=checks.styles)
+            responses, gens, rounds = r.responses, r.generations, r.rounds
+        elif opts.tts == "best-of-n":
+            r = best_of_n(
+                q, gen, s.tokenizer, opts.n, mx, jmx, seed=s.cfg.seed, box=box, style=checks.styles.judge
+            )
+            responses, gens = r.responses, r.generations
+        else:
+            responses, gens = s.rollout.greedy(q, mx), [1] * len(q)
+        rows = [{"prompt": p, "response": t, "generations": g} for p, t, g in zip(q, responses, gens)]
+        for row, trace in zip(rows, rounds or []):
+            row["rounds"] = trace  # each round's judged answer, verdict and reflection
+        return rows
+    finally:
+        progress.close()
+        s.close()

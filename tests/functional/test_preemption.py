@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 
-from megatron_spark.train import checkpoint as ckpt
+from megatron_spark.checkpoint import steps as ckpt
 from tests.conftest import REPO, _env
 from tests.edges import cli, refused
 from tests.functional.test_resume import CONFIG, NUM_STEPS, REWARD, final_weights, first_difference, records

@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from megatron_spark.train import checkpoint as ckpt
+from megatron_spark.checkpoint import steps as ckpt
 from tests.conftest import REPO, _env
 from tests.edges import cli, refused, snapshot
 

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from megatron_spark.train.checkpoint import latest
+from megatron_spark.checkpoint.steps import latest
 from tests.conftest import REPO, read_metrics, run_cli, run_torchrun
 
 SPARK = str(REPO / "examples/tiny_arith/spark.yaml")

@@ -18,7 +18,7 @@ import math
 import pytest
 import yaml
 
-from megatron_spark.train.checkpoint import latest
+from megatron_spark.checkpoint.steps import latest
 from tests.conftest import REPO, read_metrics, run_cli
 
 RECIPES = REPO / "examples" / "tiny_countdown"

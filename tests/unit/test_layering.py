@@ -54,3 +54,14 @@ def test_no_class_has_more_than_fifteen_methods():
                 if n > MAX_METHODS:
                     big.append(f"{path.relative_to(REPO)}::{node.name} has {n} methods")
     assert not big, big
+
+
+def test_scoring_a_checkpoint_loads_no_training_code():
+    """``eval`` and ``generate`` (and the held-out scorers training shares with them) run without
+    importing the training package: no optimizer or run state exists to be left as None."""
+    code = (
+        "import sys, megatron_spark.eval.run, megatron_spark.eval.accuracy, megatron_spark.inference.context\n"
+        "print(sorted(m for m in sys.modules if m.startswith('megatron_spark.train')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

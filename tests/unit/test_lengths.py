@@ -9,9 +9,9 @@ from megatron_spark.config import load_config
 from megatron_spark.data.tasks import Problem
 from megatron_spark.data.tokenizer import load_tokenizer
 from megatron_spark.errors import UserError
+from megatron_spark.inference.lengths import check_lengths, item_prompt_bound
 from megatron_spark.spark import templates
 from megatron_spark.train.config import RunConfig
-from megatron_spark.train.lengths import check_lengths, item_prompt_bound
 
 FIRST = templates.Styles(judge="question_first", reflection="question_first")
 

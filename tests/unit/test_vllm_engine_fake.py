@@ -204,8 +204,8 @@ def test_importing_the_engine_does_not_import_vllm():
 def test_the_vllm_engine_on_the_cpu_asks_for_vllms_cpu_build(monkeypatch):
     from megatron_spark import platform
     from megatron_spark.config import load_config
+    from megatron_spark.inference.build import build_engine
     from megatron_spark.train.config import RunConfig
-    from megatron_spark.train.setup import build_engine
 
     for name in ("vllm", "vllm.platforms"):  # as if not installed (also where it was imported)
         monkeypatch.setitem(sys.modules, name, None)

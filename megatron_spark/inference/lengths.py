@@ -37,12 +37,15 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from megatron_spark.data.tasks import Problem, TaskSource
 from megatron_spark.data.tokenizer import Tokenizer
 from megatron_spark.errors import UserError
 from megatron_spark.spark import templates
-from megatron_spark.train.config import RunConfig
+
+if TYPE_CHECKING:  # the config tree sits above every component it configures
+    from megatron_spark.train.config import RunConfig
 
 SYNTHETIC_SAMPLE = 256
 """Train problems of an unbounded source whose prompts are measured."""

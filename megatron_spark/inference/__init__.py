@@ -1,0 +1,1 @@
+"""A model behind a rollout engine with the task it is scored on: what training and scoring share."""
