@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-import torch.distributed as dist
 
 from megatron_spark import platform
 from megatron_spark.checkpoint.io import TOKENIZER_FILES
@@ -102,7 +101,7 @@ def build_engine(cfg: RunConfig, model, arch: ModelArch, par: ParallelContext):
             "rollout.engine=vllm on the CPU needs vLLM's CPU build (docs/rollout.md); "
             "use rollout.engine=hf on this machine"
         )
-    hosts = kind == "vllm" or dist.get_rank(par.mp_group) == 0
+    hosts = kind == "vllm" or par.is_leader  # an HF engine: one per replica, on its leader
     dtype = cfg.precision.torch_dtype
     engine = None
     if hosts and kind == "hf":
