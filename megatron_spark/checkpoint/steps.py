@@ -319,6 +319,12 @@ def read_meta(ckpt: Path) -> dict[str, Any]:
     return _read_json(path) if path.is_file() else {}
 
 
+def judge_trained(path: str | Path) -> bool:
+    """Whether the weights at ``path`` were written by a run that trained on judge prompts (a
+    SPARK run or a judge warm start); False for anything that is not such a training checkpoint."""
+    return Path(path).is_dir() and bool(read_meta(path).get("judge_trained", False))
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))

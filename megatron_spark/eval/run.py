@@ -205,7 +205,7 @@ def run_eval(cfg: RunConfig, opts: EvalOptions) -> Path:
     # replaced only with --overwrite, and only by a complete one.
     writer = os.environ.get("RANK", "0") == "0"
     with atomic_output_dir(out_dir, opts.overwrite, [("--checkpoint", src)], writer, "eval --out") as tmp:
-        cfg = dataclasses.replace(cfg, run_dir=str(tmp), model=dataclasses.replace(cfg.model, init=str(src)))
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init=str(src)))
         _evaluate(cfg, opts, src, tmp)
     return out_dir / "report.md"
 
@@ -293,7 +293,7 @@ def run_generate(cfg: RunConfig, opts: GenerateOptions) -> list[dict]:
     src = Path(opts.checkpoint)
     if not (src / "model").is_dir() and not (src / "config.json").is_file():
         raise UserError(f"--checkpoint {src}: not a checkpoint directory (no model/ or config.json)")
-    if opts.tts != "none" and not ckpt.read_meta(src).get("judge_trained", False):
+    if opts.tts != "none" and not ckpt.judge_trained(src):
         raise UserError(
             f"--tts {opts.tts}: {src} was never trained on judge prompts (no SPARK run or judge warm "
             f"start wrote it), so its verdicts mean nothing; use a SPARK checkpoint or --tts none"

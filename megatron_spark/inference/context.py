@@ -8,7 +8,6 @@ optimizer, no reference model and no run state, because nothing trains.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from megatron_spark import platform
@@ -48,8 +47,7 @@ class Inference:
         self.tokenizer, self.task, _, self.verifier = build_data(cfg)
         check_lengths(cfg, "eval", self.tokenizer, self.task, max_positions(cfg, self.tokenizer))
         model, arch = load_model(cfg, self.tokenizer, cfg.parallel)
-        init = Path(cfg.model.init)
-        self.judge_trained = init.is_dir() and bool(ckpt.read_meta(init).get("judge_trained", False))
+        self.judge_trained = ckpt.judge_trained(cfg.model.init)
         """Whether these weights were trained on judge prompts: test-time modes need it."""
         self.rollout = RolloutClient(*build_engine(cfg, model, arch, self.par), self.par, self.tokenizer)
         self.rollout.sync()

@@ -43,9 +43,9 @@ class PolicyTrainer:
         temperature: float,
         ref_model=None,
     ):
-        """``loss``: the objective's
-        constants; ``tiles``: the fused loss head's tiling; ``temperature``: the rollout's, which the log-probs
-        must match; ``ref_model``: the frozen initial weights for the KL penalty, or None."""
+        """``loss``: the objective's constants; ``tiles``: the fused head's tiling;
+        ``temperature``: the rollout's, which the log-probs must match; ``ref_model``: the frozen
+        initial weights for the KL penalty, or None."""
         self.model, self.arch, self.optimizer, self.par = model, arch, optimizer, par
         self.loss, self.tiles = loss, tiles
         self.micro_batch_tokens, self.share_prompts = micro_batch_tokens, share_prompts

@@ -56,7 +56,8 @@ class Session:
         command: str,
         resume: bool = False,
         overwrite: bool = False,
-        optimizer_steps_per_step: int = 1,
+        *,
+        optimizer_steps_per_step: int,
     ):
         """``command``: "sft" or "train"; ``optimizer_steps_per_step``: how many optimizer steps
         the algorithm takes per step (its ``optimizer_steps``), which sizes the learning-rate
@@ -106,11 +107,10 @@ class Session:
         # The schedule counts every optimizer step of the run.
         updates = cfg.train.num_steps * optimizer_steps_per_step
         optimizer = Optimizer(model, cfg.optim, updates, model_parallel_group=par.mp_group)
-        init = Path(cfg.model.init)
         self.judge_trained = bool(
             (command == "train" and cfg.spark.enabled)
             or (command == "sft" and cfg.sft.judge_fraction > 0)
-            or (init.is_dir() and ckpt.read_meta(init).get("judge_trained", False))
+            or ckpt.judge_trained(cfg.model.init)
         )
         """Whether these weights were trained on judge prompts (format or skill): ``generate
         --tts`` refuses weights that never saw one."""
