@@ -180,11 +180,21 @@ class SFTSection:
     sample is boxed and wrong shows that sample instead of the task's perturbation. The worked
     check is then learnt on the mistakes the model makes, not only on made-up ones (a check that
     has only seen perturbations repeats the model's own slips). 0: never."""
+    own_wrong_answers_every_steps: int = 1
+    """Sample the model's own answers on every this-many-th step from
+    ``own_wrong_answers_from_step`` (1: every step); the steps between show the task's
+    perturbations. Only the problems whose example shows a candidate are sampled. Each sampling
+    step costs a weight sync and a generation (on the tiny Countdown recipe about a third of the
+    warm start's time when every step samples)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.practice_compare_fraction <= 1:
             raise ValueError(
                 f"practice_compare_fraction={self.practice_compare_fraction} is invalid; expected 0 to 1"
+            )
+        if self.own_wrong_answers_every_steps < 1:
+            raise ValueError(
+                f"own_wrong_answers_every_steps={self.own_wrong_answers_every_steps} is invalid; expected >= 1"
             )
         if self.own_wrong_answers_from_step < 0:
             raise ValueError(

@@ -40,45 +40,76 @@ def own_wrong_answers(s: Session, problems) -> dict[str, str]:
     return {p.uid: v.extracted for p, v in zip(problems, verdicts) if v.extracted and v.reward < 1.0}
 
 
-def sft_samples(s: Session, problems, own_wrong: dict[str, str] | None = None) -> tuple[list[Sample], int]:
+SHOWS_CANDIDATE = ("pointwise", "pairwise", "reflection")
+"""Example kinds whose prompt shows a wrong candidate (the model's own, where it has one)."""
+
+
+def example_kinds(mix, rng: random.Random, n: int) -> list[str | None]:
+    """What each of ``n`` problems becomes: ``pointwise`` / ``pairwise`` (a ``mix.judge_fraction``
+    share, half each), ``reflection``, ``practice`` (an exercise of the check's skill), or None
+    (its worked solution). Drawn before anything else of the step, so the model's own answers are
+    sampled only for the problems whose example shows a candidate."""
+    kinds: list[str | None] = []
+    for _ in range(n):
+        u = rng.random()
+        if u < mix.judge_fraction:
+            kinds.append("pointwise" if rng.random() < 0.5 else "pairwise")
+        elif u < mix.judge_fraction + mix.reflection_fraction:
+            kinds.append("reflection")
+        elif u < mix.judge_fraction + mix.reflection_fraction + mix.practice_fraction:
+            kinds.append("practice")
+        else:
+            kinds.append(None)
+    return kinds
+
+
+def sft_samples(
+    s: Session,
+    problems,
+    own_wrong: dict[str, str] | None = None,
+    rng: random.Random | None = None,
+    kinds: list[str | None] | None = None,
+) -> tuple[list[Sample], int]:
     """Worked solutions, with a ``sft.judge_fraction`` / ``sft.reflection_fraction`` share of
     judge and reflection examples (:mod:`megatron_spark.spark.warmstart`; a problem's wrong
-    candidate is the task's perturbation or another problem's answer); and how many problems drawn
-    for a judge or reflection example had no wrong candidate (they train on their solution).
-    ``own_wrong``: the model's own wrong answers by uid, shown where a problem has one."""
+    candidate is the task's perturbation or another problem's answer) and a
+    ``sft.practice_fraction`` share of exercises of the check; and how many problems drawn for a
+    judge or reflection example had no wrong candidate (they train on their solution).
+    ``own_wrong``: the model's own wrong answers by uid, shown where a problem has one; ``rng`` and
+    ``kinds``: the step's generator and its :func:`example_kinds`, drawn here when not given."""
     missing = [p.uid for p in problems if not p.solution]
     if missing:
         raise UserError(f"sft: problem {missing[0]} has no worked solution (set task.file.solution_key)")
     tok, mix = s.tokenizer, s.cfg.sft
     checks = checks_for(s.task.name)
-    rng = random.Random(s.sampling_seed(SeedPurpose.WARM_START_MIX))
+    rng = rng or random.Random(s.sampling_seed(SeedPurpose.WARM_START_MIX))
+    kinds = kinds if kinds is not None else example_kinds(mix, rng, len(problems))
     answers = [p.right_answer for p in problems]
     samples, without = [], 0
-    for p in problems:
-        u = rng.random()
-        kind = None
-        if u < mix.judge_fraction:
-            kind = "pointwise" if rng.random() < 0.5 else "pairwise"
-        elif u < mix.judge_fraction + mix.reflection_fraction:
-            kind = "reflection"
-        elif u < mix.judge_fraction + mix.reflection_fraction + mix.practice_fraction:
-            exercise = checks.practice(p, rng, mix.practice_compare_fraction)
-            if exercise is not None:
-                prompt, response = exercise
-                samples.append(
-                    Sample(tok.encode_prompt(prompt), tok.encode(response) + [tok.eos_id], objective="ce")
-                )
-                continue
-        wrong = (own_wrong or {}).get(p.uid)
-        example = (
-            warm_start_example(p, kind, rng, checks, mix.judge_verdicts, distractors=answers, wrong=wrong)
-            if kind
-            else None
-        )
-        without += kind is not None and example is None
+    for p, kind in zip(problems, kinds):
+        example = None
+        if kind == "practice":
+            example = checks.practice(p, rng, mix.practice_compare_fraction)
+        elif kind is not None:
+            wrong = (own_wrong or {}).get(p.uid)
+            example = warm_start_example(
+                p, kind, rng, checks, mix.judge_verdicts, distractors=answers, wrong=wrong
+            )
+            without += example is None
         prompt, response = example or (p.prompt, p.solution)
         samples.append(Sample(tok.encode_prompt(prompt), tok.encode(response) + [tok.eos_id], objective="ce"))
     return samples, without
+
+
+def samples_own_answers(sft, step: int) -> bool:
+    """Whether warm-start step ``step`` (0-based) samples the model's own answers."""
+    start, every = sft.own_wrong_answers_from_step, sft.own_wrong_answers_every_steps
+    return bool(
+        start
+        and step >= start
+        and (step - start) % every == 0
+        and (sft.judge_fraction or sft.reflection_fraction)
+    )
 
 
 def optimizer_steps(cfg) -> int:
@@ -90,16 +121,14 @@ def sft_step(s: Session) -> dict[str, float]:
     start = time.perf_counter()
     # Built for the whole step, then shared: the example mix does not depend on the DP size.
     problems = s.state.sampler.next_batch(s.cfg.train.num_prompts_per_step)
-    start_own = s.cfg.sft.own_wrong_answers_from_step
+    rng = random.Random(s.sampling_seed(SeedPurpose.WARM_START_MIX))
+    kinds = example_kinds(s.cfg.sft, rng, len(problems))
     own = None
-    if (
-        start_own
-        and s.state.step >= start_own
-        and (s.cfg.sft.judge_fraction or s.cfg.sft.reflection_fraction)
-    ):
+    if samples_own_answers(s.cfg.sft, s.state.step):
         with s.timer("own_answers"):
-            own = own_wrong_answers(s, problems)
-    samples, without = sft_samples(s, problems, own)
+            shown = [p for p, kind in zip(problems, kinds) if kind in SHOWS_CANDIDATE]
+            own = own_wrong_answers(s, shown) if shown else {}
+    samples, without = sft_samples(s, problems, own, rng, kinds)
     samples = s.par.my_share(samples)
     with s.timer("train"):
         mbs = s.policy.micro_batches(samples)

@@ -67,3 +67,9 @@ def test_checked_judge_reward_is_refused_for_a_task_without_worked_checks():
 def test_practice_compare_fraction_outside_zero_to_one_is_refused(value):
     with pytest.raises(UserError, match=rf"sft.practice_compare_fraction={value}.*expected 0 to 1"):
         load_config(RunConfig, None, [f"sft.practice_compare_fraction={value}"])
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_own_wrong_answers_every_steps_below_one_is_refused(value):
+    with pytest.raises(UserError, match=rf"sft.own_wrong_answers_every_steps={value}.*expected >= 1"):
+        load_config(RunConfig, None, [f"sft.own_wrong_answers_every_steps={value}"])

@@ -175,3 +175,33 @@ def test_free_form_answers_take_another_problems_answer_as_the_wrong_candidate()
         assert prompt.startswith("Problem: Simplify 2/4.") or prompt.startswith(
             "Simplify 2/4."
         )  # question first
+
+
+def test_own_answers_are_sampled_every_k_steps_from_the_first_and_never_without_candidates():
+    from megatron_spark.train.config import SFTSection
+    from megatron_spark.train.sft import samples_own_answers
+
+    mix = SFTSection(judge_fraction=0.4, own_wrong_answers_from_step=6, own_wrong_answers_every_steps=3)
+    assert [t for t in range(20) if samples_own_answers(mix, t)] == [6, 9, 12, 15, 18]
+    every = SFTSection(reflection_fraction=0.1, own_wrong_answers_from_step=2)
+    assert [t for t in range(6) if samples_own_answers(every, t)] == [2, 3, 4, 5]
+    assert not any(samples_own_answers(SFTSection(judge_fraction=0.4), t) for t in range(50))
+    # Nothing shows a candidate: nothing to sample for.
+    only_solutions = SFTSection(practice_fraction=0.5, own_wrong_answers_from_step=1)
+    assert not any(samples_own_answers(only_solutions, t) for t in range(50))
+
+
+def test_example_kinds_follow_the_mix_and_its_generator():
+    from collections import Counter
+
+    from megatron_spark.train.config import SFTSection
+    from megatron_spark.train.sft import example_kinds
+
+    mix = SFTSection(judge_fraction=0.4, reflection_fraction=0.1, practice_fraction=0.25)
+    kinds = example_kinds(mix, random.Random(0), 20000)
+    share = {k: n / len(kinds) for k, n in Counter(kinds).items()}
+    assert abs(share["pointwise"] - 0.2) < 0.015 and abs(share["pairwise"] - 0.2) < 0.015
+    assert abs(share["reflection"] - 0.1) < 0.015 and abs(share["practice"] - 0.25) < 0.015
+    assert abs(share[None] - 0.25) < 0.015
+    assert example_kinds(mix, random.Random(3), 64) == example_kinds(mix, random.Random(3), 64)
+    assert set(example_kinds(SFTSection(), random.Random(0), 100)) == {None}
