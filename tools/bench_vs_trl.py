@@ -195,18 +195,18 @@ def run_ours(args: argparse.Namespace, work: Path) -> dict:
     cfg = load_config(RunConfig, RECIPE, overrides)
     s = Session(cfg, "train", optimizer_steps_per_step=optimizer_steps(cfg))
     problems = problems_for(args.num_prompts * args.num_steps, args.seed)
-    prompt_tokens = [len(s.tokenizer.encode_prompt(p.prompt)) for p in problems]
+    prompt_tokens = [len(s.roles.tokenizer.encode_prompt(p.prompt)) for p in problems]
     step_seconds, tokens, samples, stages, skipped = [], 0, 0, {}, []
     try:
         for _ in range(args.num_steps):
             t0 = time.perf_counter()
-            metrics = grpo_step(s)
+            metrics = s.finish_step(*grpo_step(s.roles))
             step_seconds.append(time.perf_counter() - t0)
             n = args.num_prompts * args.num_samples
             samples += n
             tokens += round(metrics["policy/response_tokens_mean"] * n)
             skipped.append(metrics["train/skipped_token_fraction"])
-            for k, v in s.timer.pop().items():
+            for k, v in s.roles.timer.pop().items():
                 stages[k] = stages.get(k, 0.0) + v
     finally:
         s.close()

@@ -1,7 +1,7 @@
 """What scoring a policy works with on one rank: :class:`Scoring` (the roles every scorer reads)
 and :class:`Inference` (a checkpoint behind a rollout engine, for ``eval`` and ``generate``).
 
-Training's :class:`~megatron_spark.train.session.Session` carries the same roles and is scored
+Training's :class:`~megatron_spark.train.roles.Roles` carry the same roles and are scored
 by the same functions (:mod:`megatron_spark.eval.accuracy`); an :class:`Inference` has no
 optimizer, no reference model and no run state, because nothing trains.
 """

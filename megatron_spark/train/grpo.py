@@ -27,13 +27,13 @@ from megatron_spark.rollout.protocol import SamplingParams
 from megatron_spark.train.advantages import group_advantages
 from megatron_spark.train.batch import Sample
 from megatron_spark.train.loss import LossCoefficients, adds_nothing, sample_token_counts
+from megatron_spark.train.roles import Roles
 from megatron_spark.train.seeds import SeedPurpose
-from megatron_spark.train.session import Session
 from megatron_spark.train.stats import UpdateStats
 
 
 def sample_groups(
-    s: Session,
+    r: Roles,
     prompts: Sequence[str],
     n: int,
     max_new_tokens: int,
@@ -43,34 +43,34 @@ def sample_groups(
     """Completions of this rank's ``prompts`` (texts), ``n`` samples each, prompt-major.
     ``first``: the index of ``prompts[0]`` in the step-wide list this rank's share was cut from,
     so that every sample is drawn as in a one-process run."""
-    ids = [s.tokenizer.encode_prompt(p) for p in prompts]
+    ids = [r.tokenizer.encode_prompt(p) for p in prompts]
     params = SamplingParams(
-        temperature=s.cfg.rollout.temperature,
-        top_p=s.cfg.rollout.top_p,
+        temperature=r.cfg.rollout.temperature,
+        top_p=r.cfg.rollout.top_p,
         max_new_tokens=max_new_tokens,
-        stop_token_ids=(s.tokenizer.eos_id,),
-        seed=s.sampling_seed(purpose),
+        stop_token_ids=(r.tokenizer.eos_id,),
+        seed=r.seed(purpose),
         first_row=first * n,
     )
-    return s.rollout.generate([p for p in ids for _ in range(n)], params)
+    return r.rollout.generate([p for p in ids for _ in range(n)], params)
 
 
-def rollout(s: Session, problems, first: int = 0):
+def rollout(r: Roles, problems, first: int = 0):
     """``completions`` for this rank's problems (``first``: see :func:`sample_groups`), n samples
     each, prompt-major."""
-    r = s.cfg.rollout
+    ro = r.cfg.rollout
     return sample_groups(
-        s, [p.prompt for p in problems], r.num_samples_per_prompt, r.max_new_tokens, first=first
+        r, [p.prompt for p in problems], ro.num_samples_per_prompt, ro.max_new_tokens, first=first
     )
 
 
-def score(s: Session, problems, completions) -> tuple[torch.Tensor, int]:
+def score(r: Roles, problems, completions) -> tuple[torch.Tensor, int]:
     """Rewards ``[prompts, n]`` and the number of verifier timeouts."""
-    n = s.cfg.rollout.num_samples_per_prompt
-    return score_with(s, completions, [(p.answer, None, "") for p in problems for _ in range(n)], n)
+    n = r.cfg.rollout.num_samples_per_prompt
+    return score_with(r, completions, [(p.answer, None, "") for p in problems for _ in range(n)], n)
 
 
-def score_with(s: Session, completions, targets, n: int) -> tuple[torch.Tensor, int]:
+def score_with(r: Roles, completions, targets, n: int) -> tuple[torch.Tensor, int]:
     """Rewards ``[groups, n]`` of ``completions`` against per-sample ``(label, choices, check)``:
     a verdict vocabulary scores the boxed verdict (and, with a non-empty ``check``, requires the
     reply to write that check before it: :func:`~megatron_spark.spark.verdict.judge_reward`),
@@ -81,10 +81,10 @@ def score_with(s: Session, completions, targets, n: int) -> tuple[torch.Tensor, 
     from megatron_spark.spark.verdict import judge_reward
 
     def verify():
-        texts = [s.tokenizer.decode(c.token_ids) for c in completions]
+        texts = [r.tokenizer.decode(c.token_ids) for c in completions]
         rewards = [0.0] * len(texts)
         plain = [i for i, (_, choices, _) in enumerate(targets) if choices is None]
-        verdicts = verify_batch(s.verifier, [texts[i] for i in plain], [targets[i][0] for i in plain])
+        verdicts = verify_batch(r.verifier, [texts[i] for i in plain], [targets[i][0] for i in plain])
         for i, v in zip(plain, verdicts):
             rewards[i] = v.reward
         for i, (label, choices, check) in enumerate(targets):
@@ -92,7 +92,7 @@ def score_with(s: Session, completions, targets, n: int) -> tuple[torch.Tensor, 
                 rewards[i] = judge_reward(texts[i], label, choices, check)
         return rewards, sum(v.timed_out for v in verdicts)
 
-    rewards, timeouts = s.par.on_leader(verify)
+    rewards, timeouts = r.par.on_leader(verify)
     return torch.tensor(rewards, dtype=torch.float64).view(-1, n), timeouts
 
 
@@ -112,14 +112,14 @@ def to_samples(
     ]
 
 
-def fill_logprobs(s: Session, micro_batches) -> None:
+def fill_logprobs(r: Roles, micro_batches) -> None:
     """Old (recomputed) and reference log-probs of the micro-batches, in place (last stage)."""
-    if s.cfg.grpo.old_logprobs == "recompute":
-        old = s.policy.forward_logprobs(micro_batches)
+    if r.cfg.grpo.old_logprobs == "recompute":
+        old = r.policy.forward_logprobs(micro_batches)
         for mb, lp in zip(micro_batches, old or [None] * len(micro_batches)):
             mb.old_logprobs = lp
-    if s.policy.ref_model is not None:
-        ref = s.policy.forward_logprobs(micro_batches, reference=True)
+    if r.policy.ref_model is not None:
+        ref = r.policy.forward_logprobs(micro_batches, reference=True)
         for mb, lp in zip(micro_batches, ref or [None] * len(micro_batches)):
             mb.ref_logprobs = lp
 
@@ -163,41 +163,41 @@ def groups_of(samples: list[Sample], group_size: int) -> list[list[Sample]]:
 
 
 def update(
-    s: Session, groups: list[list[Sample]], ce_coef: float = 0.0, kinds: Sequence[str] | None = None
+    r: Roles, groups: list[list[Sample]], ce_coef: float = 0.0, kinds: Sequence[str] | None = None
 ) -> UpdateStats:
     """``grpo.num_minibatches`` optimizer steps on the groups' samples, then the weight sync.
     ``ce`` samples (teacher-forced) are weighed by ``ce_coef`` over their own token count.
     ``kinds`` (one per group) spreads each kind of group evenly over the optimizer steps
     (:func:`minibatches`). Returns the steps' statistics, summed over the world."""
-    cfg = s.cfg
+    cfg = r.cfg
     coef = cfg.grpo.coefficients(ce=ce_coef)
     # Every DP rank must take the same number of optimizer steps (each one all-reduces the
     # gradients): as many as the rank with the fewest groups can fill, at most num_minibatches.
-    k = s.par.min_over_replicas(min(cfg.grpo.num_minibatches, len(groups)))
+    k = r.par.min_over_replicas(min(cfg.grpo.num_minibatches, len(groups)))
     if k < 1:
         raise RuntimeError("update: a data-parallel rank has no samples (callers must give each one)")
     chunks = minibatches(groups, k, kinds)
     # Normalisers of every chunk's loss: all its response tokens, trained or not.
     counts = [sample_token_counts(chunk) for chunk in chunks]
     trained = [to_train(chunk, coef, cfg.grpo.skip_zero_advantage) for chunk in chunks]
-    plans = [s.policy.micro_batches(chunk) for chunk in trained]
-    with s.timer("logprobs"):  # every chunk's old log-probs before the first update
+    plans = [r.policy.micro_batches(chunk) for chunk in trained]
+    with r.timer("logprobs"):  # every chunk's old log-probs before the first update
         for mbs in plans:
-            fill_logprobs(s, mbs)
+            fill_logprobs(r, mbs)
     stats = UpdateStats()
     for i, mbs in enumerate(plans):
-        with s.timer("train"):
-            stats = stats + s.policy.train_on(mbs, coef, counts[i])
+        with r.timer("train"):
+            stats = stats + r.policy.train_on(mbs, coef, counts[i])
     # All RL response tokens, trained or left out by the skip (counted by the statistics owner).
-    all_rl = float(sum(c[0] for c in counts)) if s.par.owns_stats else 0.0
-    with s.timer("sync"):
-        s.rollout.sync()
-    return dataclasses.replace(stats, all_rl_tokens=all_rl).reduced(s.par)
+    all_rl = float(sum(c[0] for c in counts)) if r.par.owns_stats else 0.0
+    with r.timer("sync"):
+        r.rollout.sync()
+    return dataclasses.replace(stats, all_rl_tokens=all_rl).reduced(r.par)
 
 
-def policy_metrics(s: Session, completions, rewards: torch.Tensor, timeouts: int) -> dict[str, float]:
+def policy_metrics(r: Roles, completions, rewards: torch.Tensor, timeouts: int) -> dict[str, float]:
     """``policy/*`` and ``reward/timeouts`` of this step's task prompts, over the world."""
-    totals = s.par.sum_replicas(
+    totals = r.par.sum_replicas(
         {
             "samples": len(completions),
             "reward": float(rewards.sum()),
@@ -220,28 +220,20 @@ def policy_metrics(s: Session, completions, rewards: torch.Tensor, timeouts: int
     }
 
 
-def throughput(s: Session, samples: list[Sample], start: float) -> dict[str, float]:
-    totals = s.par.sum_replicas({"tokens": float(sum(x.num_tokens for x in samples)), "n": len(samples)})
+def throughput(r: Roles, samples: list[Sample], start: float) -> dict[str, float]:
+    totals = r.par.sum_replicas({"tokens": float(sum(x.num_tokens for x in samples)), "n": len(samples)})
     elapsed = time.perf_counter() - start
     return {"perf/tokens_per_s": totals["tokens"] / elapsed, "perf/samples_per_s": totals["n"] / elapsed}
 
 
-def finish(s: Session, metrics: dict[str, float], t: UpdateStats) -> dict[str, float]:
-    """Count the step, and a skipped one (non-finite loss or gradient)."""
-    s.state.step += 1
-    lr = t.lr / max(1.0, t.steps)
-    metrics.update(s.after_update(t.applied == t.steps, metrics["train/loss"], t.grad_norm, lr))
-    return metrics
-
-
-def policy_phase(s: Session):
+def policy_phase(r: Roles):
     """Rollout, verify and group advantages of this step's task prompts."""
-    cfg = s.cfg
-    problems, first = s.par.my_slice(s.state.sampler.next_batch(cfg.train.num_prompts_per_step))
-    with s.timer("rollout"):
-        completions = rollout(s, problems, first)
-    with s.timer("verify"):
-        rewards, timeouts = score(s, problems, completions)
+    cfg = r.cfg
+    problems, first = r.par.my_slice(r.state.sampler.next_batch(cfg.train.num_prompts_per_step))
+    with r.timer("rollout"):
+        completions = rollout(r, problems, first)
+    with r.timer("verify"):
+        rewards, timeouts = score(r, problems, completions)
     return problems, completions, rewards, timeouts
 
 
@@ -250,13 +242,14 @@ def optimizer_steps(cfg) -> int:
     return cfg.grpo.num_minibatches
 
 
-def grpo_step(s: Session) -> dict[str, float]:
+def grpo_step(r: Roles) -> tuple[dict[str, float], UpdateStats]:
+    """One GRPO step: its metrics and the update's statistics (the loop counts the step)."""
     start = time.perf_counter()
-    problems, completions, rewards, timeouts = policy_phase(s)
-    s.rollout.sleep()
-    with s.timer("advantages"):
-        samples = to_samples(completions, group_advantages(rewards, s.cfg.grpo.advantage), rewards)
-    t = update(s, groups_of(samples, s.cfg.rollout.num_samples_per_prompt))
-    metrics = {**policy_metrics(s, completions, rewards, timeouts), **t.metrics()}
-    metrics.update(throughput(s, samples, start))
-    return finish(s, metrics, t)
+    problems, completions, rewards, timeouts = policy_phase(r)
+    r.rollout.sleep()
+    with r.timer("advantages"):
+        samples = to_samples(completions, group_advantages(rewards, r.cfg.grpo.advantage), rewards)
+    t = update(r, groups_of(samples, r.cfg.rollout.num_samples_per_prompt))
+    metrics = {**policy_metrics(r, completions, rewards, timeouts), **t.metrics()}
+    metrics.update(throughput(r, samples, start))
+    return metrics, t

@@ -30,23 +30,24 @@ def run(cfg: RunConfig, command: str, resume: bool = False, overwrite: bool = Fa
         stopped_by, failed = None, True
         try:
             s.metrics.print(f"run directory: {s.run_dir}")
-            if s.state.step == 0:
+            r = s.roles  # what a step works with (the Session keeps files, logs and checkpoints)
+            if r.state.step == 0:
                 s.log(s.evaluate())
             if command == "sft":
-                s.rollout.sleep()  # SFT only uses the engine to evaluate
-            while s.state.step < cfg.train.num_steps:
+                r.rollout.sleep()  # SFT only uses the engine to evaluate
+            while r.state.step < cfg.train.num_steps:
                 signum = signals.agreed()
                 if signum is not None:
                     stopped_by = signal.Signals(signum).name
                     raise _stop(s, stopped_by, EXIT_STATUS[signum])
-                metrics = step_fn(s)
+                metrics = s.finish_step(*step_fn(r))
                 if s.stop_error is None and s.should_eval():
                     if command == "sft":
-                        with s.timer("sync"):
-                            s.rollout.sync()
+                        with r.timer("sync"):
+                            r.rollout.sync()
                     metrics.update(s.evaluate())
                     if command == "sft":
-                        s.rollout.sleep()
+                        r.rollout.sleep()
                 s.log(metrics)  # before saving: a resumed run cuts the record back to its checkpoint
                 if s.stop_error is not None:
                     raise s.stop_error  # logged above, never saved: the last checkpoint stays good
@@ -62,12 +63,13 @@ def run(cfg: RunConfig, command: str, resume: bool = False, overwrite: bool = Fa
 
 def _stop(s: Session, signal_name: str, exit_status: int) -> Stopped:
     """Save the step just finished (unless it is saved already) and say where it is."""
-    if s.state.step == 0:
+    step = s.roles.state.step
+    if step == 0:
         return Stopped(f"stopped by {signal_name} before the first step; nothing to save", exit_status)
-    if s.saved_step != s.state.step:
+    if s.saved_step != step:
         s.save()
     return Stopped(
-        f"stopped by {signal_name} after step {s.state.step}: checkpoint {s.ckpt_root / f'step_{s.state.step:06d}'}; "
+        f"stopped by {signal_name} after step {step}: checkpoint {s.ckpt_root / f'step_{step:06d}'}; "
         f"continue with --resume",
         exit_status,
     )

@@ -1,6 +1,6 @@
 """What each random stream of a training step is for.
 
-Every stream is seeded from (run seed, step, purpose) by :meth:`Session.sampling_seed`, the same
+Every stream is seeded from (run seed, step, purpose) by :meth:`Roles.seed <megatron_spark.train.roles.Roles.seed>`, the same
 on every rank and on resume; a new purpose must take a new number, since the numbers are part of
 what recorded runs reproduce.
 """

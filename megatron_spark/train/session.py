@@ -1,12 +1,11 @@
 """What every training loop works with on one rank, and the run's files.
 
-A :class:`Session` holds the run's roles, each an object with one job: ``s.par`` (the parallel
-layout and its collectives, :class:`~megatron_spark.parallel.ParallelContext`), ``s.policy``
-(model, optimizer and loss head, :class:`~megatron_spark.train.policy.PolicyTrainer`),
-``s.rollout`` (the engine fed by the weight bridge,
-:class:`~megatron_spark.rollout.client.RolloutClient`) and ``s.state`` (step, sampler, item queue,
-:class:`~megatron_spark.train.state.RunState`), beside the task's data, the metrics logger and the
-run directory with its checkpoints. The loop bodies (SFT, GRPO, SPARK) are plain functions over it.
+A :class:`Session` builds the run's roles once (:class:`~megatron_spark.train.roles.Roles`: the
+parallel context, the policy trainer, the rollout client, the run state, the task's data) and
+keeps what a step must not touch: the run directory and its lock, checkpoints, the metrics
+logger, held-out evaluation and the count of non-finite steps. The step functions (SFT, GRPO,
+SPARK) take the roles only; the loop (:mod:`megatron_spark.train.run`) hands each step's result
+to :meth:`Session.finish_step`.
 """
 
 from __future__ import annotations
@@ -36,9 +35,10 @@ from megatron_spark.train.config import RunConfig
 from megatron_spark.train.metrics import MetricsLogger, StageTimer
 from megatron_spark.train.optim import Optimizer
 from megatron_spark.train.policy import PolicyTrainer
-from megatron_spark.train.seeds import SeedPurpose
+from megatron_spark.train.roles import Roles
 from megatron_spark.train.setup import build_policy, build_reference
 from megatron_spark.train.state import RunState
+from megatron_spark.train.stats import UpdateStats
 
 
 def resolve_run_dir(cfg: RunConfig, command: str) -> Path:
@@ -64,10 +64,10 @@ class Session:
         schedule. (Scoring a checkpoint needs none of this: :class:`~megatron_spark.inference.context.Inference`.)"""
         self.cfg = cfg
         self.command = command
-        self.timer = StageTimer()
+        timer = StageTimer()
         parallel = cfg.parallel
         platform.setup(parallel, seed=cfg.seed)
-        self.par = par = ParallelContext.from_megatron()
+        par = ParallelContext.from_megatron()
         self.layout = {
             "tensor_parallel_size": parallel.tensor_parallel_size,
             "pipeline_parallel_size": parallel.pipeline_parallel_size,
@@ -99,11 +99,11 @@ class Session:
                 raise UserError(f"--resume: no complete checkpoint under {self.ckpt_root}{why}")
             self.skipped_checkpoints = skipped
 
-        self.tokenizer, self.task, sampler, self.verifier = build_data(cfg)
+        tokenizer, task, sampler, verifier = build_data(cfg)
         # Every phase's longest sequence against the model's positions, before loading weights.
-        check_lengths(cfg, command, self.tokenizer, self.task, max_positions(cfg, self.tokenizer))
-        model, arch, self.tokenizer_files = build_policy(cfg, self.tokenizer, parallel)
-        ref_model = build_reference(cfg, self.tokenizer, parallel) if cfg.grpo.kl_coef > 0 else None
+        check_lengths(cfg, command, tokenizer, task, max_positions(cfg, tokenizer))
+        model, arch, self.tokenizer_files = build_policy(cfg, tokenizer, parallel)
+        ref_model = build_reference(cfg, tokenizer, parallel) if cfg.grpo.kl_coef > 0 else None
         # The schedule counts every optimizer step of the run.
         updates = cfg.train.num_steps * optimizer_steps_per_step
         optimizer = Optimizer(model, cfg.optim, updates, model_parallel_group=par.mp_group)
@@ -114,10 +114,10 @@ class Session:
         )
         """Whether these weights were trained on judge prompts (format or skill): ``generate
         --tts`` refuses weights that never saw one."""
-        self.rollout = RolloutClient(*build_engine(cfg, model, arch, par), par, self.tokenizer)
+        rollout = RolloutClient(*build_engine(cfg, model, arch, par), par, tokenizer)
         from megatron_spark.model.builder import transformer_engine_available
 
-        self.policy = PolicyTrainer(
+        policy = PolicyTrainer(
             model,
             arch,
             optimizer,
@@ -130,14 +130,15 @@ class Session:
             temperature=cfg.rollout.temperature,
             ref_model=ref_model,
         )
-        self.state = RunState(sampler, ItemQueue(cfg.spark.max_item_age_steps))
+        state = RunState(sampler, ItemQueue(cfg.spark.max_item_age_steps))
+        self.roles = Roles(cfg, par, policy, rollout, state, tokenizer, task, verifier, timer)
         self.stop_error: UserError | None = None
         """Set by ``after_update`` when the run must stop (too many non-finite steps in a row)."""
         self.saved_step: int | None = None
         """The step of the newest checkpoint this run wrote or resumed from."""
         if resume:
             self._restore(latest)
-            self.saved_step = self.state.step
+            self.saved_step = state.step
         # The first write: everything above only read, so a refused run leaves nothing behind.
         on_rank0(self._claim_run_dir)
         dist.barrier()
@@ -145,31 +146,34 @@ class Session:
             self.run_dir,
             par.rank == 0,
             cfg.train.num_steps,
-            start_step=self.state.step,
+            start_step=state.step,
             title=command,
             config=cfg.metrics,
             run_config=to_dict(cfg),
         )
         from megatron_spark.data.datasets import FileTask
 
-        if isinstance(self.task, FileTask):  # which format the rows were read in, and from where
-            self.metrics.print(self.task.description)
+        if isinstance(task, FileTask):  # which format the rows were read in, and from where
+            self.metrics.print(task.description)
         for line in getattr(self, "skipped_checkpoints", []):
             self.metrics.print(f"--resume: {line}")
         if resume:
             self.metrics.print(f"--resume: continuing from {latest}")
-        if self.rollout.bridge.transport != "none":
-            self.metrics.print(f"weight bridge: TP pieces over {self.rollout.bridge.transport}")
-        with self.timer("sync"):
-            self.rollout.sync()
+        if rollout.bridge.transport != "none":
+            self.metrics.print(f"weight bridge: TP pieces over {rollout.bridge.transport}")
+        with timer("sync"):
+            rollout.sync()
 
     # ------------------------------------------------------------------ training
 
-    def sampling_seed(self, purpose: SeedPurpose = SeedPurpose.POLICY_ROLLOUT) -> int:
-        """Distinct per run seed, step and purpose, equal on every rank (each DP replica samples
-        its rows of the step-wide batch, ``SamplingParams.first_row``); the same on resume."""
-        # The 0 stands where the DP rank once was, so that recorded one-process runs reproduce.
-        return hash((self.cfg.seed, self.state.step, 0, int(purpose))) & 0x7FFFFFFF
+    def finish_step(self, metrics: dict[str, float], t: UpdateStats) -> dict[str, float]:
+        """Count the step a step function just took (its ``metrics`` and update statistics
+        ``t``), and a skipped one (non-finite loss or gradient): ``metrics`` with ``train/lr``,
+        ``train/skipped_steps`` and ``train/nonfinite_microbatches``. Collective."""
+        self.roles.state.step += 1
+        lr = t.lr / max(1.0, t.steps)
+        metrics.update(self.after_update(t.applied == t.steps, metrics["train/loss"], t.grad_norm, lr))
+        return metrics
 
     def after_update(self, applied: bool, loss: float, grad_norm: float, lr: float) -> dict[str, float]:
         """Count a skipped (non-finite) step and print one line naming the micro-batches, inputs
@@ -178,26 +182,26 @@ class Session:
         Collective: every rank calls it once per step."""
         bad = not applied or not math.isfinite(loss) or not math.isfinite(grad_norm)
         # Micro-batches with a non-finite loss-head input or term, over every rank.
-        mine = self.policy.pop_nonfinite_notes()
-        nonfinite = self.par.reduce({"n": float(len(mine))})["n"]
+        mine = self.roles.policy.pop_nonfinite_notes()
+        nonfinite = self.roles.par.reduce({"n": float(len(mine))})["n"]
         if bad:
-            notes = self.par.gather_world(mine) if nonfinite else []
+            notes = self.roles.par.gather_world(mine) if nonfinite else []
             cause = skip_cause(notes)
             self.metrics.print(
-                f"step {self.state.step} skipped (loss {loss:.4g}, grad norm {grad_norm:.4g}): {cause}"
+                f"step {self.roles.state.step} skipped (loss {loss:.4g}, grad norm {grad_norm:.4g}): {cause}"
             )
-            self.state.skipped_steps += 1
-            self.state.consecutive_bad += 1
-            if self.state.consecutive_bad >= self.cfg.train.max_consecutive_bad_steps:
+            self.roles.state.skipped_steps += 1
+            self.roles.state.consecutive_bad += 1
+            if self.roles.state.consecutive_bad >= self.cfg.train.max_consecutive_bad_steps:
                 self.stop_error = UserError(
-                    f"{self.state.consecutive_bad} consecutive steps had a non-finite loss or gradient "
-                    f"(last at step {self.state.step}: {cause}); lower optim.lr or check the data "
+                    f"{self.roles.state.consecutive_bad} consecutive steps had a non-finite loss or gradient "
+                    f"(last at step {self.roles.state.step}: {cause}); lower optim.lr or check the data "
                     f"(train.max_consecutive_bad_steps={self.cfg.train.max_consecutive_bad_steps})"
                 )
         else:
-            self.state.consecutive_bad = 0
+            self.roles.state.consecutive_bad = 0
         return {
-            "train/skipped_steps": float(self.state.skipped_steps),
+            "train/skipped_steps": float(self.roles.state.skipped_steps),
             "train/lr": lr,
             "train/nonfinite_microbatches": nonfinite,
         }
@@ -207,28 +211,28 @@ class Session:
     def evaluate(self) -> dict[str, float]:
         """Held-out accuracy now (:func:`megatron_spark.eval.accuracy.evaluate`; judge and
         reflection with ``train.eval_judge``), the answer pool kept in the run state."""
-        with self.timer("eval"):
-            out, self.state.judge_pool = accuracy.evaluate(
-                self, self.state.judge_pool, self.cfg.train.eval_judge
+        with self.roles.timer("eval"):
+            out, self.roles.state.judge_pool = accuracy.evaluate(
+                self.roles, self.roles.state.judge_pool, self.cfg.train.eval_judge
             )
         return out
 
     def should_eval(self) -> bool:
         k = self.cfg.train.eval_every_steps
-        return self.state.step == self.cfg.train.num_steps or (k > 0 and self.state.step % k == 0)
+        return self.roles.state.step == self.cfg.train.num_steps or (k > 0 and self.roles.state.step % k == 0)
 
     # ------------------------------------------------------------------ checkpoints
 
     def save(self) -> Path:
         from megatron_spark.rollout.bridge import unwrap
 
-        state = {**self.state.state_dict(), "optimizer": self.policy.optimizer.state_dict()}
-        with self.timer("checkpoint"):
+        state = {**self.roles.state.state_dict(), "optimizer": self.roles.policy.optimizer.state_dict()}
+        with self.roles.timer("checkpoint"):
             path = ckpt.save(
                 self.ckpt_root,
-                self.state.step,
-                unwrap(self.policy.model),
-                self.policy.arch,
+                self.roles.state.step,
+                unwrap(self.roles.policy.model),
+                self.roles.policy.arch,
                 self.cfg.precision.params_dtype,
                 state,
                 self.layout,
@@ -236,27 +240,27 @@ class Session:
                 self.tokenizer_files,
                 extra_meta={"judge_trained": self.judge_trained},
             )
-        self.saved_step = self.state.step
+        self.saved_step = self.roles.state.step
         return path
 
     def should_save(self) -> bool:
         k = self.cfg.train.save_every_steps
-        return self.state.step == self.cfg.train.num_steps or (k > 0 and self.state.step % k == 0)
+        return self.roles.state.step == self.cfg.train.num_steps or (k > 0 and self.roles.state.step % k == 0)
 
     def _restore(self, path: Path) -> None:
         from megatron_spark.checkpoint.dist import load_model
         from megatron_spark.rollout.bridge import unwrap
 
         state = ckpt.load_train_state(path, self.layout)
-        load_model(unwrap(self.policy.model), path / "model")
-        self.policy.optimizer.load_state_dict(state["optimizer"])
-        self.state.load_state_dict(state)
+        load_model(unwrap(self.roles.policy.model), path / "model")
+        self.roles.policy.optimizer.load_state_dict(state["optimizer"])
+        self.roles.state.load_state_dict(state)
         ckpt.set_rng_state(state["rng"])
 
     # ------------------------------------------------------------------ lifecycle
 
     def log(self, metrics: dict[str, float]) -> None:
-        self.metrics.log(self.state.step, {**metrics, **self.timer.pop()})
+        self.metrics.log(self.roles.state.step, {**metrics, **self.roles.timer.pop()})
 
     def _claim_run_dir(self):
         """Rank 0: lock the run directory, then write the resolved config."""
@@ -269,12 +273,12 @@ class Session:
         to resume from and why the run ended. After a failure a write error here is dropped:
         the error that ended the run is the one to report (a full disk fails both)."""
         self.metrics.close()
-        self.rollout.close()
-        if self.par.rank == 0:
+        self.roles.rollout.close()
+        if self.roles.par.rank == 0:
             saved = self.ckpt_root / ckpt.step_name(self.saved_step) if self.saved_step is not None else None
             summary = {
                 "run_dir": str(self.run_dir),
-                "step": self.state.step,
+                "step": self.roles.state.step,
                 "checkpoint": str(saved) if saved is not None else None,
                 "status": stopped_by or ("failed" if failed else "completed"),
             }

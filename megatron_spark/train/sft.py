@@ -15,28 +15,29 @@ from megatron_spark.spark.checks import checks_for
 from megatron_spark.spark.warmstart import warm_start_example
 from megatron_spark.train.batch import Sample
 from megatron_spark.train.loss import LossCoefficients
+from megatron_spark.train.roles import Roles
 from megatron_spark.train.seeds import SeedPurpose
-from megatron_spark.train.session import Session
+from megatron_spark.train.stats import UpdateStats
 
 
-def own_wrong_answers(s: Session, problems) -> dict[str, str]:
+def own_wrong_answers(r: Roles, problems) -> dict[str, str]:
     """uid -> the model's own wrong final answer to that problem: one temperature-1 sample each
     from the current weights, kept when it boxes an answer the verifier rejects."""
     from megatron_spark.reward.verifiers import verify_batch
     from megatron_spark.rollout.protocol import SamplingParams
 
-    with s.timer("sync"):
-        s.rollout.sync()
+    with r.timer("sync"):
+        r.rollout.sync()
     params = SamplingParams(
         temperature=1.0,
-        max_new_tokens=s.cfg.rollout.max_new_tokens,
-        stop_token_ids=(s.tokenizer.eos_id,),
-        seed=s.sampling_seed(SeedPurpose.OWN_ANSWERS),
+        max_new_tokens=r.cfg.rollout.max_new_tokens,
+        stop_token_ids=(r.tokenizer.eos_id,),
+        seed=r.seed(SeedPurpose.OWN_ANSWERS),
     )
     # Every replica samples the whole step's problems alike (the batch is built on every rank).
-    completions = s.rollout.generate([s.tokenizer.encode_prompt(p.prompt) for p in problems], params)
-    texts = [s.tokenizer.decode(c.token_ids) for c in completions]
-    verdicts = s.par.on_leader(lambda: verify_batch(s.verifier, texts, [p.answer for p in problems]))
+    completions = r.rollout.generate([r.tokenizer.encode_prompt(p.prompt) for p in problems], params)
+    texts = [r.tokenizer.decode(c.token_ids) for c in completions]
+    verdicts = r.par.on_leader(lambda: verify_batch(r.verifier, texts, [p.answer for p in problems]))
     return {p.uid: v.extracted for p, v in zip(problems, verdicts) if v.extracted and v.reward < 1.0}
 
 
@@ -64,7 +65,7 @@ def example_kinds(mix, rng: random.Random, n: int) -> list[str | None]:
 
 
 def sft_samples(
-    s: Session,
+    r: Roles,
     problems,
     own_wrong: dict[str, str] | None = None,
     rng: random.Random | None = None,
@@ -80,9 +81,9 @@ def sft_samples(
     missing = [p.uid for p in problems if not p.solution]
     if missing:
         raise UserError(f"sft: problem {missing[0]} has no worked solution (set task.file.solution_key)")
-    tok, mix = s.tokenizer, s.cfg.sft
-    checks = checks_for(s.task.name)
-    rng = rng or random.Random(s.sampling_seed(SeedPurpose.WARM_START_MIX))
+    tok, mix = r.tokenizer, r.cfg.sft
+    checks = checks_for(r.task.name)
+    rng = rng or random.Random(r.seed(SeedPurpose.WARM_START_MIX))
     kinds = kinds if kinds is not None else example_kinds(mix, rng, len(problems))
     answers = [p.right_answer for p in problems]
     samples, without = [], 0
@@ -117,25 +118,25 @@ def optimizer_steps(cfg) -> int:
     return 1
 
 
-def sft_step(s: Session) -> dict[str, float]:
+def sft_step(r: Roles) -> tuple[dict[str, float], UpdateStats]:
+    """One warm-start step: its metrics and the update's statistics (the loop counts the step)."""
     start = time.perf_counter()
     # Built for the whole step, then shared: the example mix does not depend on the DP size.
-    problems = s.state.sampler.next_batch(s.cfg.train.num_prompts_per_step)
-    rng = random.Random(s.sampling_seed(SeedPurpose.WARM_START_MIX))
-    kinds = example_kinds(s.cfg.sft, rng, len(problems))
+    problems = r.state.sampler.next_batch(r.cfg.train.num_prompts_per_step)
+    rng = random.Random(r.seed(SeedPurpose.WARM_START_MIX))
+    kinds = example_kinds(r.cfg.sft, rng, len(problems))
     own = None
-    if samples_own_answers(s.cfg.sft, s.state.step):
-        with s.timer("own_answers"):
+    if samples_own_answers(r.cfg.sft, r.state.step):
+        with r.timer("own_answers"):
             shown = [p for p, kind in zip(problems, kinds) if kind in SHOWS_CANDIDATE]
-            own = own_wrong_answers(s, shown) if shown else {}
-    samples, without = sft_samples(s, problems, own, rng, kinds)
-    samples = s.par.my_share(samples)
-    with s.timer("train"):
-        mbs = s.policy.micro_batches(samples)
-        stats = s.policy.train_on(mbs, LossCoefficients(ce=1.0))
+            own = own_wrong_answers(r, shown) if shown else {}
+    samples, without = sft_samples(r, problems, own, rng, kinds)
+    samples = r.par.my_share(samples)
+    with r.timer("train"):
+        mbs = r.policy.micro_batches(samples)
+        stats = r.policy.train_on(mbs, LossCoefficients(ce=1.0))
     tokens = sum(x.num_tokens for x in samples)
-    totals = s.par.sum_replicas({"tokens": tokens}, per_rank={"loss": stats.loss})
-    s.state.step += 1
+    totals = r.par.sum_replicas({"tokens": tokens}, per_rank={"loss": stats.loss})
     metrics = {
         "train/loss": totals["loss"],
         "train/grad_norm": stats.grad_norm,
@@ -145,5 +146,4 @@ def sft_step(s: Session) -> dict[str, float]:
     }
     if own is not None:
         metrics["sft/own_wrong_answers"] = float(len(own))
-    metrics.update(s.after_update(bool(stats.applied), totals["loss"], stats.grad_norm, stats.lr))
-    return metrics
+    return metrics, stats

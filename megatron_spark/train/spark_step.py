@@ -43,7 +43,6 @@ from megatron_spark.spark.verdict import check_matches, parse_verdict
 from megatron_spark.train.advantages import group_advantages
 from megatron_spark.train.batch import Sample
 from megatron_spark.train.grpo import (
-    finish,
     groups_of,
     policy_metrics,
     policy_phase,
@@ -53,70 +52,71 @@ from megatron_spark.train.grpo import (
     to_samples,
     update,
 )
+from megatron_spark.train.roles import Roles
 from megatron_spark.train.seeds import SeedPurpose
-from megatron_spark.train.session import Session
+from megatron_spark.train.stats import UpdateStats
 
 
-def recycle_step(s: Session, problems, completions, rewards: torch.Tensor) -> list[Item]:
+def recycle_step(r: Roles, problems, completions, rewards: torch.Tensor) -> list[Item]:
     """Items from the task groups of the whole step, every DP replica's gathered in DP-rank order.
 
     The result is identical on every rank (same groups, same seeded generator), so every rank
     keeps the same queue, and the per-step caps and label balance apply to the step as in one
     process, whatever the data-parallel size."""
-    n = s.cfg.rollout.num_samples_per_prompt
-    texts = [s.tokenizer.decode(c.token_ids) for c in completions]
+    n = r.cfg.rollout.num_samples_per_prompt
+    texts = [r.tokenizer.decode(c.token_ids) for c in completions]
     mine = [(p, texts[i * n : (i + 1) * n], rewards[i].tolist()) for i, p in enumerate(problems)]
-    groups = [ScoredGroup(*g) for share in s.par.gather_replicas(mine) for g in share]
-    rng = random.Random(s.sampling_seed(SeedPurpose.RECYCLE))
-    checks = checks_for(s.task.name)
+    groups = [ScoredGroup(*g) for share in r.par.gather_replicas(mine) for g in share]
+    rng = random.Random(r.seed(SeedPurpose.RECYCLE))
+    checks = checks_for(r.task.name)
     return recycle(
-        groups, s.state.step, s.cfg.spark, s.cfg.task.verifier.box, rng, checks.styles, checks.reasoning
+        groups, r.state.step, r.cfg.spark, r.cfg.task.verifier.box, rng, checks.styles, checks.reasoning
     )
 
 
-def pop_items(s: Session) -> tuple[list[Item], list[Item], int]:
+def pop_items(r: Roles) -> tuple[list[Item], list[Item], int]:
     """``(popped, mine, first)``: the step's items (the same on every rank), this DP rank's
     contiguous share of them and the index of its first item."""
-    popped = s.state.queue.pop(s.cfg.spark.items_per_step, s.state.step)
-    return popped, *s.par.my_slice(popped)
+    popped = r.state.queue.pop(r.cfg.spark.items_per_step, r.state.step)
+    return popped, *r.par.my_slice(popped)
 
 
-def roll_items(s: Session, items: list[Item], first: int = 0):
+def roll_items(r: Roles, items: list[Item], first: int = 0):
     """Rollout and rewards ``[items, m]`` of this rank's ``items`` (judge: verdict vs label;
     reflection: the task verifier vs the ground truth); ``first``: see :func:`pop_items`."""
-    m = s.cfg.spark.num_samples_per_item
-    with s.timer("item_rollout"):
+    m = r.cfg.spark.num_samples_per_item
+    with r.timer("item_rollout"):
         prompts = [x.prompt for x in items]
         completions = sample_groups(
-            s, prompts, m, s.cfg.spark.max_new_tokens, SeedPurpose.ITEM_ROLLOUT, first
+            r, prompts, m, r.cfg.spark.max_new_tokens, SeedPurpose.ITEM_ROLLOUT, first
         )
-    with s.timer("item_verify"):
-        checked = s.cfg.spark.judge_reward == "checked"
+    with r.timer("item_verify"):
+        checked = r.cfg.spark.judge_reward == "checked"
         targets = [(x.label, x.choices or None, x.check if checked else "") for x in items for _ in range(m)]
-        rewards, timeouts = score_with(s, completions, targets, m)
+        rewards, timeouts = score_with(r, completions, targets, m)
     return completions, rewards, timeouts
 
 
 def item_samples(
-    s: Session, items: list[Item], completions, rewards: torch.Tensor
+    r: Roles, items: list[Item], completions, rewards: torch.Tensor
 ) -> tuple[list[list[Sample]], list[str]]:
     """One group of RL samples per item, weighed by its role, plus the verdict CE samples; and
     each group's kind (the item's, or ``verdict_ce``) for :func:`~megatron_spark.train.grpo.update`."""
-    sp, m = s.cfg.spark, s.cfg.spark.num_samples_per_item
+    sp, m = r.cfg.spark, r.cfg.spark.num_samples_per_item
     weight = {"pointwise": sp.judge_weight, "pairwise": sp.judge_weight, "reflection": sp.reflection_weight}
-    adv = group_advantages(rewards, s.cfg.grpo.advantage)
+    adv = group_advantages(rewards, r.cfg.grpo.advantage)
     groups, kinds = [], []
     for i, item in enumerate(items):
         cs = completions[i * m : (i + 1) * m]
         samples = to_samples(cs, adv[i], rewards[i], weight[item.kind])
         if item.choices and sp.judge_rl_tokens == "verdict":
-            samples = [verdict_only(s.tokenizer, x) for x in samples]
+            samples = [verdict_only(r.tokenizer, x) for x in samples]
         groups.append(samples)
         kinds.append(item.kind)
         if sp.judge_ce_weight > 0 and item.choices:
             if sp.judge_reward == "checked":  # no verdict target after a wrong check
-                cs = [c for c in cs if check_matches(s.tokenizer.decode(c.token_ids), item.check)]
-            boxed = (x for c in cs if (x := verdict_ce_sample(s, c, item)) is not None)
+                cs = [c for c in cs if check_matches(r.tokenizer.decode(c.token_ids), item.check)]
+            boxed = (x for c in cs if (x := verdict_ce_sample(r, c, item)) is not None)
             ce = list(itertools.islice(boxed, sp.judge_ce_samples))  # the first ones that box
             if ce:
                 groups.append(ce)
@@ -154,14 +154,14 @@ def verdict_only(tok, sample: Sample) -> Sample:
     )
 
 
-def verdict_ce_sample(s: Session, completion, item: Item) -> Sample | None:
+def verdict_ce_sample(r: Roles, completion, item: Item) -> Sample | None:
     """``completion`` cut before its last box, + the right verdict; None when it boxes nothing.
 
     The cut is made at a token boundary at or before the box, and the rest is re-encoded with the
     right verdict, so the tokens are split the way the model itself writes them. Only the verdict's
     tokens are trained: the re-encoded ``\\boxed{`` before them is context, and nothing follows
     them (the closing brace and eos would only dilute the verdict's share of the loss)."""
-    tok = s.tokenizer
+    tok = r.tokenizer
     ids = list(completion.token_ids)
     text = tok.decode(ids)
     at = text.rfind("\\boxed{")
@@ -189,17 +189,17 @@ VERDICT_STATS = (
 """The sums :func:`verdict_stats` returns."""
 
 
-def verdict_stats(s: Session, items: list[Item], completions) -> dict[str, float]:
+def verdict_stats(r: Roles, items: list[Item], completions) -> dict[str, float]:
     """Sums over this rank's judge groups of what decides whether RL can teach the verdict: how
     many samples box a verdict, how many groups say one verdict in every sample (all rewards
     equal: zero advantage, nothing to learn), the entropy (bits) of each group's verdicts, and
     how many samples of items with a worked check write it out right."""
-    m = s.cfg.spark.num_samples_per_item
+    m = r.cfg.spark.num_samples_per_item
     out = dict.fromkeys(VERDICT_STATS, 0.0)
     for i, item in enumerate(items):
         if not item.choices:
             continue
-        texts = [s.tokenizer.decode(c.token_ids) for c in completions[i * m : (i + 1) * m]]
+        texts = [r.tokenizer.decode(c.token_ids) for c in completions[i * m : (i + 1) * m]]
         verdicts = [parse_verdict(t, item.choices) for t in texts]
         counts = Counter(verdicts)
         out["judge_groups"] += 1
@@ -214,12 +214,12 @@ def verdict_stats(s: Session, items: list[Item], completions) -> dict[str, float
 
 
 def item_metrics(
-    s: Session, items: list[Item], built: list[Item], rewards: torch.Tensor, completions=()
+    r: Roles, items: list[Item], built: list[Item], rewards: torch.Tensor, completions=()
 ) -> dict[str, float]:
     """``judge/*``, ``reflection/*`` and ``spark/*`` of this step, summed over the world.
     ``items``, ``rewards`` and ``completions`` are this rank's share; ``built`` and the queue are
     the same on every rank and counted once."""
-    verdicts = verdict_stats(s, items, completions) if completions else {}
+    verdicts = verdict_stats(r, items, completions) if completions else {}
     per_replica = {key: verdicts.get(key, 0.0) for key in VERDICT_STATS}
     judge_rows = [i for i, x in enumerate(items) if x.choices]
     flat = rewards[judge_rows] if judge_rows else rewards[:0]
@@ -235,9 +235,9 @@ def item_metrics(
     point = [x for x in built if x.kind == "pointwise"]
     shared["pos"] = float(sum(x.polarity == "correct" for x in point))
     shared["point"] = float(len(point))
-    shared["queue"] = float(len(s.state.queue))
-    shared["expired"] = float(s.state.queue.expired)
-    t = s.par.sum_replicas(per_replica, shared)
+    shared["queue"] = float(len(r.state.queue))
+    shared["expired"] = float(r.state.queue.expired)
+    t = r.par.sum_replicas(per_replica, shared)
     out = {
         "judge/pointwise_accuracy": t["reward_pointwise"] / max(1.0, t["samples_pointwise"]),
         "judge/pairwise_accuracy": t["reward_pairwise"] / max(1.0, t["samples_pairwise"]),
@@ -265,67 +265,68 @@ def optimizer_steps(cfg) -> int:
     return cfg.grpo.num_minibatches * (2 if cfg.spark.schedule == "alternating" else 1)
 
 
-def spark_step(s: Session) -> dict[str, float]:
-    if s.cfg.spark.schedule == "alternating":
-        return alternating_step(s)
+def spark_step(r: Roles) -> tuple[dict[str, float], UpdateStats]:
+    """One SPARK step (``spark.schedule``): its metrics and the update's statistics."""
+    if r.cfg.spark.schedule == "alternating":
+        return alternating_step(r)
     start = time.perf_counter()
-    _, items, first = pop_items(s)
-    problems, completions, rewards, timeouts = policy_phase(s)
+    _, items, first = pop_items(r)
+    problems, completions, rewards, timeouts = policy_phase(r)
     if items:
-        item_completions, item_rewards, item_timeouts = roll_items(s, items, first)
+        item_completions, item_rewards, item_timeouts = roll_items(r, items, first)
     else:
         item_completions, item_rewards, item_timeouts = [], torch.zeros(0, 1, dtype=torch.float64), 0
-    s.rollout.sleep()
-    with s.timer("recycle"):
-        built = recycle_step(s, problems, completions, rewards)
-        s.state.queue.push(built)
-    with s.timer("advantages"):
-        n = s.cfg.rollout.num_samples_per_prompt
-        adv = group_advantages(rewards, s.cfg.grpo.advantage)
-        groups = groups_of(to_samples(completions, adv, rewards, s.cfg.spark.policy_weight), n)
+    r.rollout.sleep()
+    with r.timer("recycle"):
+        built = recycle_step(r, problems, completions, rewards)
+        r.state.queue.push(built)
+    with r.timer("advantages"):
+        n = r.cfg.rollout.num_samples_per_prompt
+        adv = group_advantages(rewards, r.cfg.grpo.advantage)
+        groups = groups_of(to_samples(completions, adv, rewards, r.cfg.spark.policy_weight), n)
         kinds = ["policy"] * len(groups)
         if items:
-            item_groups, item_kinds = item_samples(s, items, item_completions, item_rewards)
+            item_groups, item_kinds = item_samples(r, items, item_completions, item_rewards)
             groups, kinds = groups + item_groups, kinds + item_kinds
     # Each optimizer step takes its share of every kind (policy, each item kind, verdict CE).
-    t = update(s, groups, ce_coef=s.cfg.spark.judge_ce_weight, kinds=kinds)
-    metrics = {**policy_metrics(s, completions, rewards, timeouts + item_timeouts), **t.metrics()}
-    metrics.update(item_metrics(s, items, built, item_rewards, item_completions))
-    metrics.update(throughput(s, [x for g in groups for x in g], start))
-    return finish(s, metrics, t)
+    t = update(r, groups, ce_coef=r.cfg.spark.judge_ce_weight, kinds=kinds)
+    metrics = {**policy_metrics(r, completions, rewards, timeouts + item_timeouts), **t.metrics()}
+    metrics.update(item_metrics(r, items, built, item_rewards, item_completions))
+    metrics.update(throughput(r, [x for g in groups for x in g], start))
+    return metrics, t
 
 
-def alternating_step(s: Session) -> dict[str, float]:
+def alternating_step(r: Roles) -> tuple[dict[str, float], UpdateStats]:
     start = time.perf_counter()
-    problems, completions, rewards, timeouts = policy_phase(s)
-    s.rollout.sleep()
-    with s.timer("recycle"):
-        built = recycle_step(s, problems, completions, rewards)
-        s.state.queue.push(built)
-    with s.timer("advantages"):
-        adv = group_advantages(rewards, s.cfg.grpo.advantage)
-        groups = groups_of(to_samples(completions, adv, rewards), s.cfg.rollout.num_samples_per_prompt)
-    t = update(s, groups)  # phase 1: the policy
-    metrics = policy_metrics(s, completions, rewards, timeouts)
+    problems, completions, rewards, timeouts = policy_phase(r)
+    r.rollout.sleep()
+    with r.timer("recycle"):
+        built = recycle_step(r, problems, completions, rewards)
+        r.state.queue.push(built)
+    with r.timer("advantages"):
+        adv = group_advantages(rewards, r.cfg.grpo.advantage)
+        groups = groups_of(to_samples(completions, adv, rewards), r.cfg.rollout.num_samples_per_prompt)
+    t = update(r, groups)  # phase 1: the policy
+    metrics = policy_metrics(r, completions, rewards, timeouts)
     samples = [x for g in groups for x in g]
-    popped, items, first = pop_items(s)
+    popped, items, first = pop_items(r)
     # Phase 2 holds collectives: it runs when every DP rank has a share (``popped`` is the same
     # on every rank, so they all decide alike).
-    run_items = len(popped) >= s.par.dp_size
+    run_items = len(popped) >= r.par.dp_size
     item_rewards = torch.zeros(0, 1, dtype=torch.float64)
     if run_items:
-        item_completions, item_rewards, _ = roll_items(s, items, first)
-        s.rollout.sleep()
-        item_groups, item_kinds = item_samples(s, items, item_completions, item_rewards)
+        item_completions, item_rewards, _ = roll_items(r, items, first)
+        r.rollout.sleep()
+        item_groups, item_kinds = item_samples(r, items, item_completions, item_rewards)
         # phase 2: judge and reflection
-        t2 = update(s, item_groups, ce_coef=s.cfg.spark.judge_ce_weight, kinds=item_kinds)
+        t2 = update(r, item_groups, ce_coef=r.cfg.spark.judge_ce_weight, kinds=item_kinds)
         t = t + t2  # train/* over both phases' optimizer steps (the log-prob gap: phase 1's)
         samples += [x for g in item_groups for x in g]
     else:
-        s.state.queue.requeue(popped)  # too few for every rank: kept for the next step
+        r.state.queue.requeue(popped)  # too few for every rank: kept for the next step
     metrics.update(t.metrics())
     metrics["spark/item_phase_skipped"] = 0.0 if run_items else 1.0
     completions = item_completions if run_items else ()
-    metrics.update(item_metrics(s, items if run_items else [], built, item_rewards, completions))
-    metrics.update(throughput(s, samples, start))
-    return finish(s, metrics, t)
+    metrics.update(item_metrics(r, items if run_items else [], built, item_rewards, completions))
+    metrics.update(throughput(r, samples, start))
+    return metrics, t

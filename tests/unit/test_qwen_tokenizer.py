@@ -81,12 +81,12 @@ def test_system_prompt_replaces_the_default_system_turn(qwen_tokenizer_dir):
 
 
 def _session(tok, **sft) -> SimpleNamespace:
-    """What ``sft_samples`` reads from a Session."""
+    """What ``sft_samples`` reads from the roles."""
     return SimpleNamespace(
         tokenizer=tok,
         cfg=SimpleNamespace(sft=SFTSection(**sft)),
         task=SimpleNamespace(name="gsm8k_train"),
-        sampling_seed=lambda purpose=0: 7,
+        seed=lambda purpose=0: 7,
     )
 
 
