@@ -5,9 +5,10 @@ the committed recipe, then ``megatron-spark eval`` with its test-time modes.
 What is asserted is the pipeline on this task: own wrong answers reach the warm start, every item
 kind is recycled and trained with balanced verdict labels, and the evaluation scores balanced
 held-out judge items from both wrong-answer sources, the model's verdicts on its own answers, and
-the test-time modes on the same samples as the reasoning scores. Whether the judge *learns* is
-measured over seeds by ``tools/spark_experiment.py`` (docs/experiments/tiny_countdown.md), at
-the recipes' full length, which is beyond a CI budget.
+the test-time modes on the same samples as the reasoning scores. Whether the judge *learns*
+needs the recipes' full length, beyond the test command's budget: CI asserts it on the full demo
+after the test command (tests/claims/test_demo_claim.py), and ``tools/spark_experiment.py``
+measures it over seeds (docs/experiments/tiny_countdown.md).
 """
 
 from __future__ import annotations
