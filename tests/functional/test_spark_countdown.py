@@ -1,4 +1,4 @@
-"""SPARK on Countdown, the demo's task, end to end at a shortened length: the warm start (200
+"""SPARK on Countdown, the demo's task, end to end at a shortened length: the warm start (300
 steps; the model's own wrong answers become judge candidates from step 100), four SPARK steps of
 the committed recipe, then ``megatron-spark eval`` with its test-time modes.
 
@@ -23,7 +23,7 @@ from megatron_spark.checkpoint.steps import latest
 from tests.conftest import REPO, read_metrics, run_cli
 
 RECIPES = REPO / "examples" / "tiny_countdown"
-WARM_STEPS, OWN_FROM = 200, 100
+WARM_STEPS, OWN_FROM = 300, 100
 PROBLEMS, N = 60, 4
 
 
@@ -82,10 +82,13 @@ def test_the_warm_start_takes_the_models_own_wrong_answers_from_the_set_step(cou
     warm, _, _ = countdown_run
     rows = [r for r in read_metrics(warm) if "train/loss" in r]
     assert len(rows) == WARM_STEPS
-    own = [r.get("sft/own_wrong_answers") for r in rows]
-    assert all(x is None for x in own[: OWN_FROM - 1]), own[: OWN_FROM - 1]
-    later = [x for x in own[OWN_FROM:] if x is not None]
-    assert len(later) == WARM_STEPS - OWN_FROM and sum(later) > 0
+    every = yaml.safe_load((warm / "config.yaml").read_text())["sft"]["own_wrong_answers_every_steps"]
+    assert every == 2  # the recipe's
+    # Row t is step t (0-based): sampled at OWN_FROM, OWN_FROM + every, ...; nowhere else.
+    sampled = [t for t, r in enumerate(rows) if "sft/own_wrong_answers" in r]
+    assert sampled == list(range(OWN_FROM, WARM_STEPS, every))
+    assert sum(rows[t]["sft/own_wrong_answers"] for t in sampled) > 0
+    assert all("time/own_answers_s" in rows[t] for t in sampled)
     # Every judge and reflection example had a wrong candidate (own, perturbed or a distractor).
     assert all(r["sft/examples_without_wrong_answer"] == 0 for r in rows)
 
