@@ -15,7 +15,11 @@ def test_ci_runs_the_readme_test_command():
     assert len(ci_lines) == 4
     assert f"\n{ci_lines[0]}\n" in readme
     # then the vLLM engine's tests, the TRL cross-checks and the demo's claim, which the README names
-    assert ci_lines[1:] == ["bash tools/vllm_tests.sh", "bash tools/trl_tests.sh", "bash tools/claim_tests.sh"]
+    assert ci_lines[1:] == [
+        "bash tools/vllm_tests.sh",
+        "bash tools/trl_tests.sh",
+        "bash tools/claim_tests.sh",
+    ]
     assert all(f"`{line}`" in readme for line in ci_lines[1:])
 
 
