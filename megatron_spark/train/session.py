@@ -133,7 +133,7 @@ class Session:
         state = RunState(sampler, ItemQueue(cfg.spark.max_item_age_steps))
         self.roles = Roles(cfg, par, policy, rollout, state, tokenizer, task, verifier, timer)
         self.stop_error: UserError | None = None
-        """Set by ``after_update`` when the run must stop (too many non-finite steps in a row)."""
+        """Set by ``finish_step`` when the run must stop (too many non-finite steps in a row)."""
         self.saved_step: int | None = None
         """The step of the newest checkpoint this run wrote or resumed from."""
         if resume:
@@ -167,44 +167,44 @@ class Session:
     # ------------------------------------------------------------------ training
 
     def finish_step(self, metrics: dict[str, float], t: UpdateStats) -> dict[str, float]:
-        """Count the step a step function just took (its ``metrics`` and update statistics
-        ``t``), and a skipped one (non-finite loss or gradient): ``metrics`` with ``train/lr``,
-        ``train/skipped_steps`` and ``train/nonfinite_microbatches``. Collective."""
-        self.roles.state.step += 1
-        lr = t.lr / max(1.0, t.steps)
-        metrics.update(self.after_update(t.applied == t.steps, metrics["train/loss"], t.grad_norm, lr))
-        return metrics
-
-    def after_update(self, applied: bool, loss: float, grad_norm: float, lr: float) -> dict[str, float]:
-        """Count a skipped (non-finite) step and print one line naming the micro-batches, inputs
-        and terms that went non-finite; after too many in a row set ``stop_error``, which the
-        loop raises once the step's metrics are written (so the record shows the stopping step).
-        Collective: every rank calls it once per step."""
-        bad = not applied or not math.isfinite(loss) or not math.isfinite(grad_norm)
+        """Count the step a step function just took (its ``metrics`` and update statistics ``t``)
+        and, when its loss or gradient went non-finite, the skip: print one line naming the
+        micro-batches, inputs and terms that went non-finite, and after too many in a row set
+        ``stop_error``, which the loop raises once the step's metrics are written (so the record
+        shows the stopping step). Returns ``metrics`` with ``train/lr``, ``train/skipped_steps``
+        and ``train/nonfinite_microbatches``. Collective: every rank calls it once per step."""
+        state, par = self.roles.state, self.roles.par
+        state.step += 1
+        loss = metrics["train/loss"]
+        bad = t.applied != t.steps or not math.isfinite(loss) or not math.isfinite(t.grad_norm)
         # Micro-batches with a non-finite loss-head input or term, over every rank.
         mine = self.roles.policy.pop_nonfinite_notes()
-        nonfinite = self.roles.par.reduce({"n": float(len(mine))})["n"]
+        nonfinite = par.reduce({"n": float(len(mine))})["n"]
         if bad:
-            notes = self.roles.par.gather_world(mine) if nonfinite else []
+            notes = par.gather_world(mine) if nonfinite else []
             cause = skip_cause(notes)
             self.metrics.print(
-                f"step {self.roles.state.step} skipped (loss {loss:.4g}, grad norm {grad_norm:.4g}): {cause}"
+                f"step {state.step} skipped (loss {loss:.4g}, grad norm {t.grad_norm:.4g}): {cause}"
             )
-            self.roles.state.skipped_steps += 1
-            self.roles.state.consecutive_bad += 1
-            if self.roles.state.consecutive_bad >= self.cfg.train.max_consecutive_bad_steps:
+            state.skipped_steps += 1
+            state.consecutive_bad += 1
+            limit = self.cfg.train.max_consecutive_bad_steps
+            if state.consecutive_bad >= limit:
                 self.stop_error = UserError(
-                    f"{self.roles.state.consecutive_bad} consecutive steps had a non-finite loss or gradient "
-                    f"(last at step {self.roles.state.step}: {cause}); lower optim.lr or check the data "
-                    f"(train.max_consecutive_bad_steps={self.cfg.train.max_consecutive_bad_steps})"
+                    f"{state.consecutive_bad} consecutive steps had a non-finite loss or gradient "
+                    f"(last at step {state.step}: {cause}); lower optim.lr or check the data "
+                    f"(train.max_consecutive_bad_steps={limit})"
                 )
         else:
-            self.roles.state.consecutive_bad = 0
-        return {
-            "train/skipped_steps": float(self.roles.state.skipped_steps),
-            "train/lr": lr,
-            "train/nonfinite_microbatches": nonfinite,
-        }
+            state.consecutive_bad = 0
+        metrics.update(
+            {
+                "train/skipped_steps": float(state.skipped_steps),
+                "train/lr": t.lr / max(1.0, t.steps),
+                "train/nonfinite_microbatches": nonfinite,
+            }
+        )
+        return metrics
 
     # ------------------------------------------------------------------ evaluation
 
@@ -296,7 +296,7 @@ class Session:
 
 def skip_cause(notes: Sequence[str], limit: int = 3) -> str:
     """What went non-finite in a skipped step: the first ``limit`` micro-batch phrases of
-    :meth:`Session.note_nonfinite`, or, when the loss head saw nothing, where to look instead."""
+    :meth:`PolicyTrainer.note_nonfinite <megatron_spark.train.policy.PolicyTrainer.note_nonfinite>`, or, when the loss head saw nothing, where to look instead."""
     if not notes:
         return (
             "every input and term of the loss head was finite; the gradient overflowed or met "
