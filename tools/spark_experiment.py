@@ -5,7 +5,9 @@ Each seed has its own warm start (``examples/tiny_countdown/sft_spark.yaml``: wo
 judge prompts answered by a worked check and the verdict it implies, reflection prompts, practice
 of the check's arithmetic),
 and every configuration of that seed starts from it with the same policy rollouts (steps x
-prompts x samples); configurations differ only in what is recycled and how it is trained. Each
+prompts x samples); configurations differ only in what is recycled and how it is trained. The
+paper's baseline, ``grpo_only_solve_start``, runs GRPO from a second warm start of the seed with
+the same worked solutions and practice and no judge or reflection examples. Each
 final checkpoint is scored by ``megatron-spark eval``: held-out policy pass@1, judge accuracy on
 balanced held-out items (by the source of the wrong answer), the model's verdicts on its own
 answers, reflection, self-reflection TTS beside majority voting at the same number of
@@ -50,6 +52,25 @@ RUNS: dict[str, list[str]] = {
     "no_reflection": ["spark.reflection=false"],
 }
 """Configuration name -> overrides of ``spark.yaml``."""
+
+WARM_STARTS: dict[str, list[str]] = {
+    "warm_start": [],
+    # The paper's baseline is RLVR on a model that never practised judging. This warm start keeps
+    # the recipe's steps, learning rate and expected number of worked solutions and check
+    # practice per step (8 + 8), and drops the judge and reflection examples (and with them the
+    # model's own answers): the same solving data, nothing spent on judging.
+    "warm_start_solve_only": [
+        "sft.judge_fraction=0",
+        "sft.reflection_fraction=0",
+        "sft.practice_fraction=0.5",
+        "train.num_prompts_per_step=16",
+    ],
+}
+"""Warm-start name -> overrides of ``sft_spark.yaml``; each seed writes OUT/seed<S>/<name>."""
+
+RUN_WARM_START = {"grpo_only_solve_start": "warm_start_solve_only"}
+"""Configurations that start from another warm start than the recipe's."""
+RUNS["grpo_only_solve_start"] = ["spark.enabled=false"]
 
 METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("policy pass@1", ("reasoning", "pass@1")),
@@ -105,17 +126,33 @@ def _latest(run_dir: Path) -> Path:
     return run_dir / "checkpoints" / pointer.read_text().strip()
 
 
-def warm_start(out: Path, seed: int, threads: int) -> tuple[Path, float]:
-    run_dir = out / f"seed{seed}" / "warm_start"
-    start = time.perf_counter()
+def _commit() -> str:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    return head.stdout.strip() or "?"
+
+
+def warm_start(out: Path, seed: int, threads: int, name: str = "warm_start") -> tuple[Path, float]:
+    """The seed's warm start ``name`` (written once; its wall time and commit kept beside it)."""
+    run_dir = out / f"seed{seed}" / name
+    times = run_dir.parent / f"{name}.time.json"
     if not (run_dir / "checkpoints" / "latest").is_file():
         over = ["--overwrite"] if run_dir.exists() else []
+        start = time.perf_counter()
         _cli(
-            ["sft", str(RECIPES / "sft_spark.yaml"), f"run_dir={run_dir}", f"seed={seed}", *over],
+            [
+                "sft",
+                str(RECIPES / "sft_spark.yaml"),
+                f"run_dir={run_dir}",
+                f"seed={seed}",
+                *WARM_STARTS[name],
+                *over,
+            ],
             threads,
-            run_dir.parent / "warm_start.log",
+            run_dir.parent / f"{name}.log",
         )
-    return _latest(run_dir), time.perf_counter() - start
+        times.write_text(json.dumps({"wall_s": time.perf_counter() - start, "commit": _commit()}) + "\n")
+    wall = json.loads(times.read_text())["wall_s"] if times.is_file() else float("nan")
+    return _latest(run_dir), wall
 
 
 def run_one(
@@ -150,7 +187,7 @@ def run_one(
         threads,
         log,
     )
-    times = {"train_s": train_s, "eval_s": time.perf_counter() - start}
+    times = {"train_s": train_s, "eval_s": time.perf_counter() - start, "commit": _commit()}
     (run_dir / "times.json").write_text(json.dumps(times) + "\n")
     return {"eval": json.loads(result_path.read_text()), **times}
 
@@ -214,6 +251,11 @@ def targets(table: dict, seeds: list[int]) -> list[str]:
     best = diff(seed_values(joint, "best-of-8 by own verdict"), seed_values(joint, "maj@8"))
     policy = diff(seed_values(joint, "policy pass@1"), seed_values(grpo, "policy pass@1"))
     rl = both(seed_values("rl_only_judge", "pointwise judge"), seed_values("rl_only_judge", "pairwise judge"))
+    solve = "grpo_only_solve_start"
+    gap_solve = both(
+        diff(point, seed_values(solve, "pointwise judge")), diff(pair, seed_values(solve, "pairwise judge"))
+    )
+    policy_solve = diff(seed_values(joint, "policy pass@1"), seed_values(solve, "policy pass@1"))
     # (target, per-seed values, test per seed, rule over seeds, values are differences)
     bars = [
         ("SPARK joint: both judges >= 85%", both(point, pair), lambda v: v >= 0.85, "every", False),
@@ -249,6 +291,21 @@ def targets(table: dict, seeds: list[int]) -> list[str]:
             True,
         ),
         ("RL-only judge: both judges >= 70%", rl, lambda v: v >= 0.70, "every", False),
+        # Against the paper's baseline: GRPO from a warm start that never practised judging.
+        (
+            "SPARK joint: both judges >= 25 points above GRPO-only from a solve-only warm start",
+            gap_solve,
+            lambda v: v >= 0.25,
+            "every",
+            True,
+        ),
+        (
+            "policy pass@1: SPARK joint minus GRPO-only from a solve-only warm start >= -1 point (mean)",
+            policy_solve,
+            lambda v: True,
+            "mean-1",
+            True,
+        ),
     ]
     lines = [
         "## Against the targets",
@@ -279,7 +336,15 @@ def write_doc(results: dict, seeds: list[int], args, warm_times: dict, repeat: d
     kept = json.loads(json.dumps(results).replace(f"{args.out.absolute()}/", ""))
     (figs / "results.json").write_text(json.dumps(kept, indent=2) + "\n")
     table = summary(results, seeds)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    commits: dict[str, list[str]] = {}
+    for key, value in results.items():
+        commits.setdefault(value.get("commit", "?"), []).append(key.split("/")[0])
+    where = (
+        f"at commit {next(iter(commits))}"
+        if len(commits) <= 1
+        else "at commits "
+        + "; ".join(f"{c} ({', '.join(sorted(set(names)))})" for c, names in sorted(commits.items()))
+    )
     lines = [
         "# Tiny SPARK experiment (built-in Countdown, 2 CPU cores)",
         "",
@@ -287,11 +352,13 @@ def write_doc(results: dict, seeds: list[int], args, warm_times: dict, repeat: d
         "",
         f"Regenerate: `python tools/spark_experiment.py --out runs/experiment --seeds {' '.join(map(str, seeds))}"
         + (f" --num-steps {args.num_steps}" if args.num_steps else "")
-        + "`. "
-        + f"Measured {time.strftime('%Y-%m-%d')} at commit {commit.stdout.strip() or '?'} on a 2-core CPU machine.",
+        + f" --jobs {args.jobs}`. "
+        + f"Measured {time.strftime('%Y-%m-%d')} {where} on a {os.cpu_count()}-core CPU machine, "
+        + f"each run at {max(1, (os.cpu_count() or 2) // args.jobs)} thread(s), {args.jobs} at a time.",
         "",
         "Each seed has its own warm start (`examples/tiny_countdown/sft_spark.yaml`); every",
-        "configuration of a seed starts from it and rolls out the same policy prompts",
+        "configuration of a seed starts from it (`grpo_only_solve_start` from the seed's solve-only",
+        "warm start, the paper's baseline: its section says which) and rolls out the same policy prompts",
         "(`examples/tiny_countdown/spark.yaml`, the overrides below). Numbers are `megatron-spark eval`",
         "on each run's last checkpoint, on the 200 held-out problems: greedy pass@1; judge accuracy on",
         "balanced held-out items (half right answers, half wrong; wrong ones half from the warm",
@@ -307,7 +374,13 @@ def write_doc(results: dict, seeds: list[int], args, warm_times: dict, repeat: d
     for name, overrides in RUNS.items():
         if name not in table:
             continue
-        lines += [f"## {name}" + (f" (`{' '.join(overrides)}`)" if overrides else " (the recipe)"), ""]
+        start = RUN_WARM_START.get(name)
+        lines += [
+            f"## {name}"
+            + (f" (`{' '.join(overrides)}`)" if overrides else " (the recipe)")
+            + (f", from `{start}` (`{' '.join(WARM_STARTS[start])}`)" if start else ""),
+            "",
+        ]
         lines += [
             "| metric | mean ± std | " + " | ".join(f"seed {s}" for s in seeds) + " |",
             "|---|---|" + "---|" * len(seeds),
@@ -328,12 +401,14 @@ def write_doc(results: dict, seeds: list[int], args, warm_times: dict, repeat: d
                 + " |"
             )
         lines.append("")
-    if warm_times:
-        lines += [
-            "Warm start wall time per seed: "
-            + ", ".join(f"seed {s}: {t:.0f} s" for s, t in warm_times.items()),
-            "",
-        ]
+    for name in WARM_STARTS:
+        walls = {s: t for (n, s), t in warm_times.items() if n == name}
+        if walls:
+            lines += [
+                f"`{name}` wall time per seed: "
+                + ", ".join(f"seed {s}: {t:.0f} s" for s, t in walls.items()),
+                "",
+            ]
     if repeat:
         lines += ["## Run to run", "", repeat["text"], ""]
     curves = {
@@ -393,12 +468,24 @@ def main() -> int:
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        warm = dict(zip(args.seeds, pool.map(lambda s: warm_start(args.out, s, threads), args.seeds)))
         jobs = [(name, s) for s in args.seeds for name in args.runs if f"{name}/seed{s}" not in results]
         if args.repeat:
             jobs.append((args.repeat, args.seeds[0], "_repeat"))
+        # Every warm start a requested configuration starts from, each seed's recipe one always.
+        needed = sorted({(RUN_WARM_START.get(name, "warm_start"), s) for name, s, *_ in jobs})
+        needed = sorted(set(needed) | {("warm_start", s) for s in args.seeds})
+        warm = dict(zip(needed, pool.map(lambda ws: warm_start(args.out, ws[1], threads, ws[0]), needed)))
         futures = {
-            job: pool.submit(run_one, job[0], args.out, job[1], warm[job[1]][0], common, threads, *job[2:])
+            job: pool.submit(
+                run_one,
+                job[0],
+                args.out,
+                job[1],
+                warm[(RUN_WARM_START.get(job[0], "warm_start"), job[1])][0],
+                common,
+                threads,
+                *job[2:],
+            )
             for job in jobs
         }
         for job, future in futures.items():
@@ -412,7 +499,7 @@ def main() -> int:
         repeat = compare_repeat(results[key], results[key + "_repeat"])
         print(repeat["text"])
     if not args.no_doc:
-        write_doc(results, args.seeds, args, {s: t for s, (_, t) in warm.items()}, repeat)
+        write_doc(results, args.seeds, args, {key: t for key, (_, t) in warm.items()}, repeat)
         print(f"wrote {DOC}")
     print(f"results: {results_path}")
     return 0

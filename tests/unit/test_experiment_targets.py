@@ -68,3 +68,26 @@ def test_bars_of_configurations_that_did_not_run_are_left_out():
     lines = tool.targets(tool.summary(results, [0]), [0])
     assert [line for line in lines if line.startswith("| GRPO-only")]
     assert not [line for line in lines if "SPARK joint" in line or "RL-only" in line]
+
+
+def test_the_paper_baseline_bars_compare_with_the_solve_only_start():
+    tool = _tool()
+    results = {
+        "grpo_only/seed0": _eval(0.90, 0.90, 0.40, 0.42, 0.40, 0.5, 0.4, 0.9),
+        "spark_joint/seed0": _eval(0.95, 0.93, 0.41, 0.45, 0.41, 0.5, 0.4, 0.9),
+        # Never practised judging: its verdicts rarely parse, and it solves a little more.
+        "grpo_only_solve_start/seed0": _eval(0.10, 0.70, 0.43, None, None, None, 0.4, None),
+    }
+    rows = [line for line in tool.targets(tool.summary(results, [0]), [0]) if line.startswith("| ")]
+    by_label = {line.split(" | ")[0].lstrip("| "): line for line in rows}
+    # Against the same-warm-start baseline: +5 / +3 points, not 25.
+    assert by_label["SPARK joint: both judges >= 25 points above GRPO-only"].endswith("**no** |")
+    # Against the solve-only start: min(+85, +23) = +23 points: still short of 25.
+    solve = by_label["SPARK joint: both judges >= 25 points above GRPO-only from a solve-only warm start"]
+    assert "| +23.0 |" in solve and solve.endswith("**no** |")
+    policy = by_label[
+        "policy pass@1: SPARK joint minus GRPO-only from a solve-only warm start >= -1 point (mean)"
+    ]
+    assert "| -2.0 |" in policy and policy.endswith("**no** |")
+    # Self-reflection is not measured for weights that never saw a judge prompt: no row.
+    assert not [label for label in by_label if "solve-only" in label and "self-reflection" in label]
