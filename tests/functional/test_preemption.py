@@ -119,8 +119,15 @@ def test_sigterm_mid_step_checkpoints_and_resume_is_bitwise_identical(tmp_path):
 
 @pytest.fixture(scope="module")
 def slow_runs(tmp_path_factory):
-    """Two runs whose steps take seconds (a slow reward): one stopped by SIGINT, one sent SIGTERM
-    and, 1.5 s later, SIGINT. name -> (run dir, exit status, stderr)."""
+    """Two runs whose steps take seconds (a slow reward): one stopped by SIGINT, one sent SIGINT
+    and, 3 s later, SIGTERM. name -> (run dir, exit status, stderr, seconds from the last signal
+    to the exit).
+
+    The run tells a second request from a copy of the first (torchrun and SLURM deliver one signal
+    twice) by the time between them, as its watcher thread reads them (``DUPLICATE_WINDOW_S``,
+    1 s). The watcher reads a signal when it next holds the GIL, so a delay in reading the first
+    shortens the gap it sees: 3 s apart (step 1 takes at least 32 x 0.2 s of reward) leaves 2 s
+    for such delays on a loaded machine."""
     root = tmp_path_factory.mktemp("slow")
     (root / "slow_reward.py").write_text(SLOW_REWARD)
     config = root / "config.yaml"
@@ -144,7 +151,7 @@ def slow_runs(tmp_path_factory):
             wait_for_step(proc, run, 0)  # step 1 (seconds long) has begun
             proc.send_signal(signal.SIGINT)
             if second is not None:
-                time.sleep(1.5)
+                time.sleep(3.0)
                 proc.send_signal(second)
             sent = time.monotonic()
             _, err = proc.communicate(timeout=120)
