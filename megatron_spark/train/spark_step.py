@@ -187,13 +187,18 @@ VERDICT_STATS = (
     "checks_right",
 )
 """The sums :func:`verdict_stats` returns."""
+ENTROPY_UNIT = 2.0**-32
+"""The entropy sum counts in multiples of this many bits: integers add up exactly in the float64
+world sum, in any order, so the metric is the same at any data-parallel size (float sums of the
+groups' entropies differed in their last bit between one process and two replicas)."""
 
 
 def verdict_stats(r: Roles, items: list[Item], completions) -> dict[str, float]:
     """Sums over this rank's judge groups of what decides whether RL can teach the verdict: how
     many samples box a verdict, how many groups say one verdict in every sample (all rewards
-    equal: zero advantage, nothing to learn), the entropy (bits) of each group's verdicts, and
-    how many samples of items with a worked check write it out right."""
+    equal: zero advantage, nothing to learn), the entropy of each group's verdicts (in units of
+    ``ENTROPY_UNIT`` bits), and how many samples of items with a worked check write it out
+    right."""
     m = r.cfg.spark.num_samples_per_item
     out = dict.fromkeys(VERDICT_STATS, 0.0)
     for i, item in enumerate(items):
@@ -209,7 +214,7 @@ def verdict_stats(r: Roles, items: list[Item], completions) -> dict[str, float]:
             out["checks_right"] += sum(check_matches(t, item.check) for t in texts)
         out["parsed"] += sum(v is not None for v in verdicts)
         out["unanimous"] += float(len(counts) == 1)
-        out["entropy"] -= sum(c / m * math.log2(c / m) for c in counts.values())
+        out["entropy"] += round(-sum(c / m * math.log2(c / m) for c in counts.values()) / ENTROPY_UNIT)
     return out
 
 
@@ -250,7 +255,7 @@ def item_metrics(
         out["judge/verdict_parse_rate"] = t["parsed"] / t["judge_samples"]
         out["judge/unanimous_groups"] = t["unanimous"] / t["judge_groups"]
         out["judge/zero_advantage_groups"] = t["zero_adv"] / t["judge_groups"]
-        out["judge/verdict_entropy_bits"] = t["entropy"] / t["judge_groups"]
+        out["judge/verdict_entropy_bits"] = t["entropy"] * ENTROPY_UNIT / t["judge_groups"]
     if t["checked_samples"]:
         out["judge/check_right_rate"] = t["checks_right"] / t["checked_samples"]
     for kind in ITEM_KINDS:
