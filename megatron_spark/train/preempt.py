@@ -8,8 +8,9 @@ line naming it and exits with :data:`EXIT_STATUS` (128 + the signal's number, wh
 reports for a process the signal killed). A second signal exits at once.
 
 A second copy of the signal that arrives within :data:`DUPLICATE_WINDOW_S` of the first is the
-same request: SLURM signals every process of a job step and torchrun forwards the signal it got
-to its workers, so each worker sees it twice.
+same request: SLURM signals every process of a job step, a terminal's Ctrl-C every process of
+the foreground group, and torchrun forwards the signal it got to its workers, so each worker sees
+it twice. A different signal is always a second request, however soon it comes.
 
 The signals are watched on a thread (``signal.set_wakeup_fd``): Python runs its handlers only
 between bytecodes of the main thread, which may be inside a collective or a long kernel; the
@@ -77,8 +78,10 @@ class StopSignals:
                         f"received {signal.Signals(signum).name}: stopping after this step with a "
                         f"checkpoint (a second signal exits at once)"
                     )
-                elif now - self._first_at > DUPLICATE_WINDOW_S:
-                    _say(f"received {signal.Signals(signum).name} again: exiting now, without a checkpoint")
+                elif signum != self.signum or now - self._first_at > DUPLICATE_WINDOW_S:
+                    name, first = signal.Signals(signum).name, signal.Signals(self.signum).name
+                    again = "again" if signum == self.signum else f"after {first}"
+                    _say(f"received {name} {again}: exiting now, without a checkpoint")
                     os._exit(EXIT_STATUS[signum])
 
     def uninstall(self) -> None:
