@@ -50,6 +50,8 @@ RUNS: dict[str, list[str]] = {
     "no_pointwise": ["spark.pointwise=false"],
     "no_pairwise": ["spark.pairwise=false"],
     "no_reflection": ["spark.reflection=false"],
+    # The paper's baseline, from the seed's solve-only warm start (RUN_WARM_START).
+    "grpo_only_solve_start": ["spark.enabled=false"],
 }
 """Configuration name -> overrides of ``spark.yaml``."""
 
@@ -70,7 +72,6 @@ WARM_STARTS: dict[str, list[str]] = {
 
 RUN_WARM_START = {"grpo_only_solve_start": "warm_start_solve_only"}
 """Configurations that start from another warm start than the recipe's."""
-RUNS["grpo_only_solve_start"] = ["spark.enabled=false"]
 
 METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("policy pass@1", ("reasoning", "pass@1")),
@@ -340,7 +341,7 @@ def write_doc(results: dict, seeds: list[int], args, warm_times: dict, repeat: d
     for key, value in results.items():
         commits.setdefault(value.get("commit", "?"), []).append(key.split("/")[0])
     where = (
-        f"at commit {next(iter(commits))}"
+        f"at commit {next(iter(commits), '?')}"
         if len(commits) <= 1
         else "at commits "
         + "; ".join(f"{c} ({', '.join(sorted(set(names)))})" for c, names in sorted(commits.items()))
@@ -402,7 +403,7 @@ def write_doc(results: dict, seeds: list[int], args, warm_times: dict, repeat: d
             )
         lines.append("")
     for name in WARM_STARTS:
-        walls = {s: t for (n, s), t in warm_times.items() if n == name}
+        walls = {s: t for (n, s), t in warm_times.items() if n == name and t == t}  # not NaN
         if walls:
             lines += [
                 f"`{name}` wall time per seed: "
