@@ -30,9 +30,13 @@ from tests.edges import cli, refused
 from tests.functional.test_resume import CONFIG, NUM_STEPS, REWARD, final_weights, first_difference, records
 
 SLOW_REWARD = """
+import os
 import time
 
 def reward(response, answer):
+    # One byte per call in calls-<pid> beside this file: a test can see a step's rewards begin.
+    with open(os.path.join(os.path.dirname(__file__), f"calls-{os.getpid()}"), "ab") as f:
+        f.write(b".")
     time.sleep(0.2)
     return 1.0 if answer in response else 0.0
 """
@@ -62,6 +66,21 @@ def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, timeout: flo
             done = [json.loads(line)["step"] for line in path.read_text().splitlines() if line.endswith("}")]
             if done and done[-1] >= step:
                 return
+        time.sleep(0.02)
+
+
+def wait_inside_step_1(proc: subprocess.Popen, run_dir: Path, reward_dir: Path) -> None:
+    """Until the run is inside step 1: step 0 is logged and a reward of step 1 has been asked for
+    (SLOW_REWARD counts its calls). Step 0's metrics line comes before the step-boundary check,
+    so a signal sent when the line appears can still stop the run after step 0, at once, with
+    nothing to checkpoint (it did, in CI)."""
+    wait_for_step(proc, run_dir, 0)
+    calls = reward_dir / f"calls-{proc.pid}"
+    before = calls.stat().st_size if calls.is_file() else 0  # step 0's held-out rewards
+    deadline = time.monotonic() + 300
+    while not (calls.is_file() and calls.stat().st_size > before):
+        assert proc.poll() is None, f"exited {proc.returncode}:\n{proc.communicate()[1][-4000:]}"
+        assert time.monotonic() < deadline, "step 1 never asked for a reward"
         time.sleep(0.02)
 
 
@@ -119,16 +138,17 @@ def test_sigterm_mid_step_checkpoints_and_resume_is_bitwise_identical(tmp_path):
 
 @pytest.fixture(scope="module")
 def slow_runs(tmp_path_factory):
-    """Three runs whose steps take seconds (a slow reward), each sent SIGINT once step 1 has
-    begun: "sigint" nothing more; "again" SIGINT once more 3 s later; "other" SIGTERM 0.2 s later.
+    """Three runs whose steps take seconds (a slow reward), each sent SIGINT once step 1 is
+    computing its rewards: "sigint" nothing more; "again" SIGINT once more 3 s later; "other"
+    SIGTERM 0.2 s later.
     name -> (run dir, exit status, stderr, seconds from the last signal to the exit).
 
     A repeat of the first signal within ``DUPLICATE_WINDOW_S`` (1 s) is a copy of it (torchrun
     and SLURM deliver one signal twice); the run measures the gap as its watcher thread reads
     the signals, which it does when it next holds the GIL, so a late read of the first shortens
-    it: 3 s apart leaves 2 s for such delays on a loaded machine (step 1 takes at least
-    32 x 0.2 s of reward, so both signals land inside it). A different signal is a second
-    request however soon it comes."""
+    it: 3 s apart leaves 2 s for such delays on a loaded machine (step 1's rewards take at least
+    32 x 0.2 s, so both signals land inside it). A different signal is a second request however
+    soon it comes."""
     root = tmp_path_factory.mktemp("slow")
     (root / "slow_reward.py").write_text(SLOW_REWARD)
     config = root / "config.yaml"
@@ -149,7 +169,7 @@ def slow_runs(tmp_path_factory):
         run = root / name
         proc = popen(config, run, root)
         try:
-            wait_for_step(proc, run, 0)  # step 1 (seconds long) has begun
+            wait_inside_step_1(proc, run, root)  # its 32 rewards take 6.4 s or more
             proc.send_signal(signal.SIGINT)
             if second is not None:
                 time.sleep(after)
