@@ -24,6 +24,32 @@ ENVIRONMENT_ERRNOS = {
 a file where a directory should be): reported like a :class:`UserError`, not as a traceback."""
 
 
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 <= value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 (0: greedy), got {text!r}")
+    return value
+
+
+REDO_HELP = "temperature of self-reflection's new attempts (0: greedy, like the answer and verdicts)"
+
+
 def _parallel(args):
     from megatron_spark.platform import ParallelConfig
 
@@ -90,7 +116,14 @@ def cmd_eval(args) -> int:
 
     cfg = load_config(RunConfig, args.config, args.overrides)
     opts = EvalOptions(
-        args.checkpoint, args.out, args.maj_k, args.rounds, args.n, args.reward_bench, args.overwrite
+        args.checkpoint,
+        args.out,
+        args.maj_k,
+        args.rounds,
+        args.n,
+        args.reward_bench,
+        args.overwrite,
+        redo_temperature=args.redo_temperature,
     )
     report = run_eval(cfg, opts)
     if os.environ.get("RANK", "0") == "0":
@@ -123,7 +156,12 @@ def cmd_generate(args) -> int:
             prompts.append(row[key])
     if not prompts:
         raise UserError("generate: give --prompt TEXT or --input FILE.jsonl")
-    rows = run_generate(cfg, GenerateOptions(args.checkpoint, tuple(prompts), args.tts, args.rounds, args.n))
+    rows = run_generate(
+        cfg,
+        GenerateOptions(
+            args.checkpoint, tuple(prompts), args.tts, args.rounds, args.n, args.redo_temperature
+        ),
+    )
     if os.environ.get("RANK", "0") == "0":
         for row in rows:
             print(json.dumps(row))
@@ -202,9 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", required=True, help="training checkpoint (step directory) or converted model"
     )
     ev.add_argument("--out", default=None, help="output directory (default CHECKPOINT/eval)")
-    ev.add_argument("--maj-k", type=int, default=8, help="samples per problem for maj@k")
-    ev.add_argument("--rounds", type=int, default=2, help="self-reflection rounds")
-    ev.add_argument("--n", type=int, default=8, help="samples for best-of-n")
+    ev.add_argument("--maj-k", type=_int_at_least(1), default=8, help="samples per problem for maj@k")
+    ev.add_argument("--rounds", type=_int_at_least(0), default=2, help="self-reflection rounds")
+    ev.add_argument("--redo-temperature", type=_temperature, default=1.0, help=REDO_HELP)
+    ev.add_argument("--n", type=_int_at_least(1), default=8, help="samples for best-of-n")
     ev.add_argument("--reward-bench", default=None, help="reward benchmark jsonl to score as a judge")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     ev.set_defaults(func=cmd_eval)
@@ -222,8 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--tts", choices=["none", "self-reflect", "best-of-n"], default="none", help="test-time mode"
     )
-    gen.add_argument("--rounds", type=int, default=2, help="self-reflection judge/reflect rounds")
-    gen.add_argument("--n", type=int, default=8, help="samples for best-of-n")
+    gen.add_argument(
+        "--rounds", type=_int_at_least(0), default=2, help="self-reflection judge/reflect rounds"
+    )
+    gen.add_argument("--redo-temperature", type=_temperature, default=1.0, help=REDO_HELP)
+    gen.add_argument("--n", type=_int_at_least(1), default=8, help="samples for best-of-n")
     gen.set_defaults(func=cmd_generate)
 
     demo = sub.add_parser(

@@ -38,6 +38,21 @@ def _latest_checkpoint(run_dir: Path) -> Path:
     return path
 
 
+def _redo_line(sampled: dict, greedy: dict | None) -> str:
+    """Where self-reflection's gain comes from: answers it fixed and broke, and what redoing
+    greedily instead would have given."""
+    line = (
+        f"  it fixed {sampled['fixed']} of its {sampled['first_wrong']} wrong answers and broke "
+        f"{sampled['broken']} of its {sampled['first_right']} right ones"
+    )
+    if greedy:
+        line += (
+            f"; redoing greedily instead: {greedy['accuracy']:.1%} ({greedy['repeats']} of "
+            f"{greedy['redos']} redos repeat the rejected answer)"
+        )
+    return line
+
+
 def _test_time_lines(result: dict) -> str:
     """The final checkpoint as its own judge: its verdicts on its own answers and what test-time
     self-reflection and best-of-n by its own verdict do, each beside its baseline."""
@@ -59,6 +74,8 @@ def _test_time_lines(result: dict) -> str:
             f"majority vote with as many generations, {reflect['majority_k']}: "
             f"{reflect['majority_at_equal_generations']:.1%})"
         )
+        if "fixed" in reflect:
+            lines.append(_redo_line(reflect, tts.get("self-reflect-greedy-redo")))
     best = tts.get("best-of-n")
     if best:
         n = best["n"]

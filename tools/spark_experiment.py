@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -73,7 +74,20 @@ WARM_STARTS: dict[str, list[str]] = {
 RUN_WARM_START = {"grpo_only_solve_start": "warm_start_solve_only"}
 """Configurations that start from another warm start than the recipe's."""
 
-METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
+
+def _ratio(base: tuple[str, ...], num: str, den: str):
+    """A metric that is one count of ``eval.json`` over another (None when either is missing or the
+    denominator is 0)."""
+
+    def value(result: dict) -> float | None:
+        n, d = _get(result, base + (num,)), _get(result, base + (den,))
+        return n / d if n is not None and d else None
+
+    return value
+
+
+SAMPLED, GREEDY_REDO = ("tts", "self-reflect"), ("tts", "self-reflect-greedy-redo")
+METRICS: tuple[tuple[str, tuple[str, ...] | Callable[[dict], float | None]], ...] = (
     ("policy pass@1", ("reasoning", "pass@1")),
     ("pointwise judge", ("judge", "pointwise_accuracy")),
     ("pairwise judge", ("judge", "pairwise_accuracy")),
@@ -87,6 +101,11 @@ METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("reflection", ("reflection", "accuracy")),
     ("self-reflection TTS", ("tts", "self-reflect", "accuracy")),
     ("TTS generations", ("tts", "self-reflect", "generations_mean")),
+    ("TTS: own wrong answers fixed", _ratio(SAMPLED, "fixed", "first_wrong")),
+    ("TTS: own right answers broken", _ratio(SAMPLED, "broken", "first_right")),
+    ("TTS redos repeating the rejected answer", _ratio(SAMPLED, "repeats", "redos")),
+    ("self-reflection TTS, greedy redos", GREEDY_REDO + ("accuracy",)),
+    ("greedy redos repeating the rejected answer", _ratio(GREEDY_REDO, "repeats", "redos")),
     ("majority vote, same generations", ("tts", "self-reflect", "majority_at_equal_generations")),
     ("best-of-8 by own verdict", ("tts", "best-of-n", "accuracy")),
     ("maj@8", ("reasoning", "maj@8")),
@@ -97,7 +116,10 @@ COUNTS = {"TTS generations"}
 """Rows that are not fractions."""
 
 
-def _get(d: dict, path: tuple[str, ...]):
+def _get(d: dict, path):
+    """The value at ``path`` (keys) of ``d``, or ``path(d)`` for a computed metric; None if absent."""
+    if callable(path):
+        return path(d)
     for key in path:
         if not isinstance(d, dict) or key not in d:
             return None
@@ -365,8 +387,10 @@ def write_doc(results: dict, seeds: list[int], args, warm_times: dict, repeat: d
         "balanced held-out items (half right answers, half wrong; wrong ones half from the warm",
         "start's own samples, half perturbations: an operator or number changed, a number not",
         "offered, a sub-expression folded into its value, an operand dropped); the model's verdict",
-        "on its own greedy answers; reflection on held-out wrong attempts; self-reflection (2 rounds)",
-        "beside majority voting over temperature-1 samples with at least as many generations; best",
+        "on its own greedy answers; reflection on held-out wrong attempts; self-reflection (2 rounds,",
+        "each new attempt sampled at temperature 1; where it fixes and breaks answers; and the same",
+        "loop with greedy redos) beside majority voting over temperature-1 samples with at least as",
+        "many generations; best",
         "of 8 samples by the model's own verdict beside maj@8 (votes on the expression's value).",
         "Percentages; mean ± standard deviation over seeds, then each seed.",
         "",

@@ -40,7 +40,7 @@ follow under their own name."""
 RUN_FIELDS: dict[str, str] = {"num_problems": "held-out problems", "wall_time_s": "wall time (s)"}
 """Labels of known top-level scalars of eval.json; others are labelled by their key."""
 
-FRACTION_KEY = re.compile(r"accuracy|_rate$|^pass@|^maj@|_by_")
+FRACTION_KEY = re.compile(r"accuracy|_rate$|^pass@|^maj@|^majority_at|^own_(wrong|right)_|_by_|^sample_mean$")
 """A key (or any key above it, e.g. ``pointwise_by_source``) matching this holds fractions in
 [0, 1], shown as percentages."""
 

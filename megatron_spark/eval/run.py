@@ -45,6 +45,8 @@ class EvalOptions:
     reward_bench: str | None = None
     overwrite: bool = False
     """Replace an existing output directory (else it is refused)."""
+    redo_temperature: float = 1.0
+    """Temperature of self-reflection's new attempts (0: greedy); eval also reports greedy redos."""
 
 
 def _generate_texts(s: Scoring):
@@ -125,29 +127,52 @@ def own_verdicts(s: Scoring, problems, greedy: list[str], rewards: list[float]) 
     }
 
 
-def tts_accuracy(s: Scoring, problems, rounds: int, n: int, majority: dict) -> dict:
+def tts_accuracy(
+    s: Scoring, problems, rounds: int, n: int, majority: dict, greedy_right, redo_temperature: float = 1.0
+) -> dict:
     """Self-reflection and best-of-n by the model's own verdict, each beside majority voting at
-    the same number of generations (``majority``: the maj@j of :func:`reasoning`)."""
+    the same number of generations (``majority``: the maj@j of :func:`reasoning`). Self-reflection
+    runs with sampled redos at ``redo_temperature`` (``self-reflect``) and, when that is not 0,
+    again with greedy ones (``self-reflect-greedy-redo``), each with its :func:`redo_outcomes`
+    counts against ``greedy_right`` (the greedy answers' scores)."""
     from megatron_spark.spark.checks import checks_for
-    from megatron_spark.spark.tts import best_of_n, self_reflect
+    from megatron_spark.spark.tts import best_of_n, redo_outcomes, self_reflect
 
     gen, q = _generate_texts(s), [p.prompt for p in problems]
     answers = [p.answer for p in problems]
     mx, jmx, box = s.cfg.rollout.max_new_tokens, s.cfg.spark.max_new_tokens, s.cfg.task.verifier.box
     checks = checks_for(s.task.name)
+    first = [r >= 1 for r in greedy_right]
     out = {}
-    r = self_reflect(q, gen, s.tokenizer, rounds, mx, jmx, box, styles=checks.styles)
-    acc = verify_texts(s, r.responses, answers)
-    mean_generations = sum(r.generations) / len(q)
-    # Majority voting with at least as many generations (rounded up), as far as samples were drawn.
-    k = min(majority["k"], max(1, math.ceil(mean_generations - 1e-9)))
-    out["self-reflect"] = {
-        "accuracy": sum(a >= 1 for a in acc) / len(q),
-        "rounds": rounds,
-        "generations_mean": mean_generations,
-        "majority_at_equal_generations": majority[f"maj@{k}"],
-        "majority_k": k,
-    }
+    modes = [("self-reflect", redo_temperature)] + (
+        [("self-reflect-greedy-redo", 0.0)] if redo_temperature else []
+    )
+    for name, temperature in modes:
+        r = self_reflect(
+            q,
+            gen,
+            s.tokenizer,
+            rounds,
+            mx,
+            jmx,
+            box,
+            checks.styles,
+            redo_temperature=temperature,
+            seed=s.cfg.seed,
+        )
+        final = [a >= 1 for a in verify_texts(s, r.responses, answers)]
+        mean_generations = sum(r.generations) / len(q)
+        # Majority voting with at least as many generations (rounded up), as far as samples were drawn.
+        k = min(majority["k"], max(1, math.ceil(mean_generations - 1e-9)))
+        out[name] = {
+            "accuracy": sum(final) / len(q),
+            "rounds": rounds,
+            "redo_temperature": temperature,
+            "generations_mean": mean_generations,
+            "majority_at_equal_generations": majority[f"maj@{k}"],
+            "majority_k": k,
+            **redo_outcomes(r, first, final, box),
+        }
     r = best_of_n(
         q,
         gen,
@@ -251,7 +276,15 @@ def _evaluate(cfg: RunConfig, opts: EvalOptions, src: Path, out_dir: Path) -> No
         progress.phase("test-time scaling")
         if s.judge_trained:
             result["judge"].update(own_verdicts(s, problems, greedy, greedy_rewards))
-            result["tts"] = tts_accuracy(s, problems, opts.tts_rounds, opts.best_of_n, result["reasoning"])
+            result["tts"] = tts_accuracy(
+                s,
+                problems,
+                opts.tts_rounds,
+                opts.best_of_n,
+                result["reasoning"],
+                greedy_rewards,
+                opts.redo_temperature,
+            )
         else:
             result["tts_skipped"] = "weights never trained on judge prompts"
         progress.phase("reward bench")
@@ -283,6 +316,7 @@ class GenerateOptions:
     tts: str = "none"
     rounds: int = 2
     n: int = 8
+    redo_temperature: float = 1.0
 
 
 def run_generate(cfg: RunConfig, opts: GenerateOptions) -> list[dict]:
@@ -313,7 +347,18 @@ def run_generate(cfg: RunConfig, opts: GenerateOptions) -> list[dict]:
         checks = checks_for(s.task.name)
         rounds = None
         if opts.tts == "self-reflect":
-            r = self_reflect(q, gen, s.tokenizer, opts.rounds, mx, jmx, box, styles=checks.styles)
+            r = self_reflect(
+                q,
+                gen,
+                s.tokenizer,
+                opts.rounds,
+                mx,
+                jmx,
+                box,
+                checks.styles,
+                redo_temperature=opts.redo_temperature,
+                seed=s.cfg.seed,
+            )
             responses, gens, rounds = r.responses, r.generations, r.rounds
         elif opts.tts == "best-of-n":
             r = best_of_n(

@@ -4,11 +4,16 @@ Both work on any engine through one callable, ``generate(prompt_texts, params) -
 and the tokenizer (to read texts and find the verdict tokens).
 
 ``self_reflect`` (the paper's test-time loop): answer greedily; for up to ``rounds`` rounds, ask
-the model (pointwise, Yes/No) whether its current final answer is correct; an explicit Yes
-accepts it, anything else (No, an unboxed or ambiguous verdict, no final answer) asks it to solve
-the problem again, told that its previous response was wrong. The answer that counts is the last
-accepted one or, when the rounds run out, the last reflected one. At most ``1 + 2 * rounds``
-generations per problem.
+the model (pointwise, Yes/No, greedily) whether its current final answer is correct; an explicit
+Yes accepts it, anything else (No, an unboxed or ambiguous verdict, no final answer) asks it to
+solve the problem again, told that its previous response was wrong. The answer that counts is the
+last accepted one or, when the rounds run out, the last reflected one. At most ``1 + 2 * rounds``
+generations per problem. The new attempt is sampled (``redo_temperature``, default 1.0, the
+temperature its reflection items were trained at; seeded per round); 0 decodes it greedily, as
+the answer and the verdicts are. A greedy redo mostly returns the rejected answer (the prompt
+differs from the question only by the attempt and one sentence, so greedy decoding retraces it;
+:func:`redo_outcomes` counts how often), and a greedy second round after an unchanged redo is the
+first one again. docs/experiments/tiny_countdown.md measures both.
 
 ``best_of_n``: sample ``n`` answers; score each by the model's own probability that it is correct,
 ``p(Yes)`` of a greedy pointwise verdict (``1 - p(No)`` when it says No; 0 when no verdict parses);
@@ -63,16 +68,20 @@ def self_reflect(
     judge_max_new_tokens: int,
     box: str = "last",
     styles: templates.Styles = templates.QUESTION_LAST,
+    redo_temperature: float = 1.0,
+    seed: int = 0,
 ) -> TTSResult:
     if rounds < 0:
         raise ValueError(f"rounds must be >= 0, got {rounds}")
+    if not (redo_temperature >= 0 and math.isfinite(redo_temperature)):
+        raise ValueError(f"redo_temperature must be a finite number >= 0, got {redo_temperature}")
     stop = (tokenizer.eos_id,)
     decode = tokenizer.decode
     current = [decode(c.token_ids) for c in generate(list(questions), _greedy(max_new_tokens, stop))]
     generations = [1] * len(questions)
     trace: list[list[dict]] = [[] for _ in questions]
     active = list(range(len(questions)))
-    for _ in range(rounds):
+    for round_index in range(rounds):
         if not active:
             break
         finals = {i: extract_boxed(current[i], box) for i in active}
@@ -98,11 +107,46 @@ def self_reflect(
             templates.reflection_prompt(questions[i], current[i], "full", "wrong", 0, styles.reflection)
             for i in active
         ]
-        for i, c in zip(active, generate(prompts, _greedy(max_new_tokens, stop))):
+        redo = (
+            SamplingParams(
+                temperature=redo_temperature,
+                max_new_tokens=max_new_tokens,
+                stop_token_ids=stop,
+                seed=seed + round_index,
+            )
+            if redo_temperature > 0
+            else _greedy(max_new_tokens, stop)
+        )
+        for i, c in zip(active, generate(prompts, redo)):
             current[i] = decode(c.token_ids)
             trace[i][-1]["reflection"] = current[i]
             generations[i] += 1
     return TTSResult(current, generations, trace)
+
+
+def redo_outcomes(
+    result: TTSResult, first_right: Sequence[bool], final_right: Sequence[bool], box: str = "last"
+) -> dict[str, int]:
+    """Where self-reflection's gain comes from, as counts: problems whose first (greedy) answer was
+    wrong (``first_wrong``) and of those the ones right at the end (``fixed``); first answers that
+    were right (``first_right``) and of those the ones wrong at the end (``broken``); redos of a
+    judged answer (``redos``) and of those the ones whose final answer is the rejected one again
+    (``repeats``). Accuracy gain = (fixed - broken) / problems."""
+    if not (len(first_right) == len(final_right) == len(result.rounds)):
+        raise ValueError(
+            f"redo_outcomes: {len(result.rounds)} traces, {len(first_right)} first and "
+            f"{len(final_right)} final scores; expected one of each per problem"
+        )
+    out = dict.fromkeys(("first_wrong", "fixed", "first_right", "broken", "redos", "repeats"), 0)
+    for trace, first, final in zip(result.rounds, first_right, final_right):
+        out["first_right" if first else "first_wrong"] += 1
+        out["broken"] += bool(first and not final)
+        out["fixed"] += bool(final and not first)
+        for step in trace:
+            if step["answer"] is not None and "reflection" in step:
+                out["redos"] += 1
+                out["repeats"] += extract_boxed(step["reflection"], box) == step["answer"]
+    return out
 
 
 def verdict_probability(

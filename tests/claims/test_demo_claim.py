@@ -63,10 +63,16 @@ def test_self_reflection_and_best_of_n_by_own_verdict_do_not_lower_accuracy(demo
     reflect = result["tts"]["self-reflect"]
     assert reflect["accuracy"] >= greedy, (reflect, greedy)
     assert reflect["accuracy"] >= reflect["majority_at_equal_generations"], reflect
+    # Its gain comes from wrong answers it repairs, and sampling the new attempt is what repairs
+    # them: greedy redos mostly return the rejected answer.
+    assert reflect["fixed"] > reflect["broken"], reflect
+    greedy_redo = result["tts"]["self-reflect-greedy-redo"]
+    assert reflect["accuracy"] >= greedy_redo["accuracy"], (reflect, greedy_redo)
     best = result["tts"]["best-of-n"]
     assert best["accuracy"] >= best[f"maj@{best['n']}"], best
     # What the demo prints is what it measured.
     assert f"self-reflection at test time: {reflect['accuracy']:.1%} (greedy {greedy:.1%}" in stdout
+    assert f"it fixed {reflect['fixed']} of its {reflect['first_wrong']} wrong answers" in stdout
 
 
 def test_spark_keeps_the_policy_and_the_judge_it_started_from(demo):

@@ -144,3 +144,13 @@ def test_eval_scores_the_judge_on_both_wrong_answer_sources_and_tts_on_the_same_
     assert 1.0 <= reflect["generations_mean"] <= 1 + 2 * reflect["rounds"]
     assert reflect["majority_k"] == min(N, math.ceil(reflect["generations_mean"] - 1e-9))
     assert reflect["majority_at_equal_generations"] == reasoning[f"maj@{reflect['majority_k']}"]
+    # Sampled redos, and the same loop with greedy ones; each gain splits into answers fixed and
+    # broken, counted against the very greedy answers pass@1 scored.
+    assert set(tts) == {"self-reflect", "self-reflect-greedy-redo", "best-of-n"}
+    for mode, temperature in (("self-reflect", 1.0), ("self-reflect-greedy-redo", 0.0)):
+        r = tts[mode]
+        assert r["redo_temperature"] == temperature
+        assert r["first_right"] == round(reasoning["pass@1"] * PROBLEMS) == judge["own_right"]
+        assert r["first_wrong"] + r["first_right"] == PROBLEMS
+        assert round(r["accuracy"] * PROBLEMS) == r["first_right"] - r["broken"] + r["fixed"], r
+        assert 0 <= r["repeats"] <= r["redos"] <= r["rounds"] * PROBLEMS

@@ -91,3 +91,33 @@ def test_the_paper_baseline_bars_compare_with_the_solve_only_start():
     assert "| -2.0 |" in policy and policy.endswith("**no** |")
     # Self-reflection is not measured for weights that never saw a judge prompt: no row.
     assert not [label for label in by_label if "solve-only" in label and "self-reflection" in label]
+
+
+def test_tts_outcome_rows_are_counts_over_counts_and_absent_without_them():
+    tool = _tool()
+    with_counts = _eval(0.9, 0.9, 0.40, 0.50, 0.41, 0.46, 0.42, 0.9)
+    with_counts["eval"]["tts"]["self-reflect"].update(
+        first_wrong=120, fixed=30, first_right=80, broken=2, redos=200, repeats=50
+    )
+    with_counts["eval"]["tts"]["self-reflect-greedy-redo"] = {
+        "accuracy": 0.41,
+        "first_wrong": 120,
+        "fixed": 3,
+        "first_right": 80,
+        "broken": 0,
+        "redos": 220,
+        "repeats": 187,
+    }
+    no_right = _eval(0.9, 0.9, 0.0, 0.10, 0.05, 0.1, 0.05, 0.9)
+    no_right["eval"]["tts"]["self-reflect"].update(
+        first_wrong=200, fixed=20, first_right=0, broken=0, redos=350, repeats=0
+    )
+    old = _eval(0.9, 0.9, 0.40, 0.50, 0.41, 0.46, 0.42, 0.9)  # an eval.json from before the counts
+    table = tool.summary(
+        {"spark_joint/seed0": with_counts, "spark_joint/seed1": no_right, "spark_joint/seed2": old}, [0, 1, 2]
+    )["spark_joint"]
+    assert table["TTS: own wrong answers fixed"]["per_seed"] == [0.25, 0.1, None]
+    assert table["TTS: own right answers broken"]["per_seed"] == [0.025, None, None]
+    assert table["TTS redos repeating the rejected answer"]["per_seed"] == [0.25, 0.0, None]
+    assert table["greedy redos repeating the rejected answer"]["per_seed"] == [0.85, None, None]
+    assert table["self-reflection TTS, greedy redos"]["per_seed"] == [0.41, None, None]

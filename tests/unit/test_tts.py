@@ -14,14 +14,14 @@ from dataclasses import replace
 import pytest
 
 from megatron_spark.data.tokenizer import load_tokenizer
-from megatron_spark.rollout.protocol import Completion
-from megatron_spark.spark.tts import best_of_n, self_reflect, verdict_probability
+from megatron_spark.rollout.protocol import GREEDY_TOP_P, Completion
+from megatron_spark.spark.tts import best_of_n, redo_outcomes, self_reflect, verdict_probability
 
 TOK = load_tokenizer("builtin:arith")
 YESNO = ("Yes", "No")
 OTHER_LOGPROB = -5.0  # every token outside a verdict: counting one by mistake shows as a factor e^-5
 
-Q1, Q2 = "Compute 3+5-2.", "Compute 10+20."
+Q1, Q2, Q3 = "Compute 3+5-2.", "Compute 10+20.", "Compute 40+1."
 RIGHT1, WRONG1 = "3+5=8. 8-2=6. \\boxed{6}", "3+5=8. 8-2=7. \\boxed{7}"
 RIGHT2, WRONG2 = "10+20=30. \\boxed{30}", "10+20=31. \\boxed{31}"
 
@@ -47,7 +47,7 @@ def _verdict(word, p=0.9):
 
 
 def _kind(prompt):
-    if prompt in (Q1, Q2):
+    if prompt in (Q1, Q2, Q3):
         return "question"
     if re.search(r"\bYes\b", prompt):
         return "judge"  # only the pointwise Yes/No templates name "Yes"
@@ -264,3 +264,99 @@ def test_verdict_probability_by_hand():
 def test_verdict_probability_without_a_verdict_is_zero():
     assert verdict_probability(_reply("Mine: 6. \\boxed{Maybe}"), TOK, YESNO) == (None, 0.0)
     assert verdict_probability(_reply("Yes"), TOK, YESNO) == (None, 0.0)
+
+
+class Recording(Scripted):
+    """Also records the sampling parameters of every call, by the kind of its prompts."""
+
+    def __init__(self, rules):
+        super().__init__(rules)
+        self.params = []
+
+    def __call__(self, prompts, params):
+        self.params.append((_kind(prompts[0]), params))
+        return super().__call__(prompts, params)
+
+
+_NEVER_FIXED = {
+    ("question", Q1): _reply(WRONG1),
+    ("judge", "7"): _verdict("No"),
+    ("reflect", "7"): _reply(WRONG1),
+}
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_redos_are_sampled_and_seeded_per_round_the_answer_and_verdicts_greedy(temperature):
+    generate = Recording(_NEVER_FIXED)
+    self_reflect([Q1], generate, TOK, 3, 32, 16, redo_temperature=temperature, seed=7)
+    kinds = [k for k, _ in generate.params]
+    assert kinds == ["question"] + ["judge", "reflect"] * 3
+    for kind, params in generate.params:
+        if kind == "reflect":
+            assert (params.temperature, params.top_p) == (temperature, 1.0)
+        else:
+            assert params.top_p == GREEDY_TOP_P
+    assert [p.seed for k, p in generate.params if k == "reflect"] == [7, 8, 9]
+
+
+def test_redo_temperature_zero_redoes_greedily():
+    generate = Recording(_NEVER_FIXED)
+    self_reflect([Q1], generate, TOK, 2, 32, 16, redo_temperature=0.0)
+    assert all(p.top_p == GREEDY_TOP_P for _, p in generate.params)
+
+
+@pytest.mark.parametrize("temperature", [-0.1, math.inf, math.nan])
+def test_bad_redo_temperature_raises(temperature):
+    with pytest.raises(ValueError, match="redo_temperature"):
+        self_reflect([Q1], Scripted({}), TOK, 1, 32, 16, redo_temperature=temperature)
+
+
+def test_redo_outcomes_decompose_the_gain():
+    wrong3 = "40+1=44. \\boxed{44}"
+    rules = {
+        # Q1: wrong, rejected, the redo repeats 7, rejected again, then fixed: fixed, 2 redos, 1 repeat.
+        ("question", Q1): _reply(WRONG1),
+        ("judge", "7"): _verdict("No"),
+        ("reflect", "7"): [_reply(WRONG1), _reply(RIGHT1)],
+        # Q2: right but rejected, the redo is wrong: broken, 1 redo, no repeat.
+        ("question", Q2): _reply(RIGHT2),
+        ("judge", "30"): _verdict("No"),
+        ("reflect", "30"): _reply("10+20=31. \\boxed{31}"),
+        ("judge", "31"): _verdict("Yes"),
+        # Q3: wrong and accepted: neither fixed nor redone.
+        ("question", Q3): _reply(wrong3),
+        ("judge", "44"): _verdict("Yes"),
+    }
+
+    class PerPrompt(Scripted):
+        """Hands out a list's replies across calls (one reply per call), not within one."""
+
+        def __init__(self, rules):
+            super().__init__(rules)
+            self.calls = Counter()
+
+        def __call__(self, prompts, params):
+            out = []
+            for prompt in prompts:
+                key = [k for k in self.rules if k[0] == _kind(prompt) and _shows(prompt, k[1])]
+                assert len(key) == 1, f"{prompt!r}"
+                reply = self.rules[key[0]]
+                if isinstance(reply, list):
+                    reply = reply[self.calls[key[0]]]
+                    self.calls[key[0]] += 1
+                out.append(replace(reply, prompt_ids=TOK.encode_prompt(prompt)))
+            return out
+
+    result = self_reflect([Q1, Q2, Q3], PerPrompt(rules), TOK, 2, 32, 16)
+    assert result.responses == [RIGHT1, "10+20=31. \\boxed{31}", wrong3]
+    first, final = [False, True, False], [True, False, False]
+    assert redo_outcomes(result, first, final) == {
+        "first_wrong": 2,
+        "fixed": 1,
+        "first_right": 1,
+        "broken": 1,
+        "redos": 3,
+        "repeats": 1,
+    }
+    with pytest.raises(ValueError, match="one of each per problem"):
+        redo_outcomes(result, first[:2], final)
