@@ -388,10 +388,10 @@ def write_doc(results: dict, seeds: list[int], args, warm_times: dict, repeat: d
         "start's own samples, half perturbations: an operator or number changed, a number not",
         "offered, a sub-expression folded into its value, an operand dropped); the model's verdict",
         "on its own greedy answers; reflection on held-out wrong attempts; self-reflection (2 rounds,",
-        "each new attempt sampled at temperature 1; where it fixes and breaks answers; and the same",
+        "each new attempt sampled at temperature 1; the answers it fixes and breaks; and the same",
         "loop with greedy redos) beside majority voting over temperature-1 samples with at least as",
-        "many generations; best",
-        "of 8 samples by the model's own verdict beside maj@8 (votes on the expression's value).",
+        "many generations; best of 8 samples by the model's own verdict beside maj@8 (votes on the",
+        "expression's value).",
         "Percentages; mean ± standard deviation over seeds, then each seed.",
         "",
     ]
