@@ -74,8 +74,7 @@ def _test_time_lines(result: dict) -> str:
             f"majority vote with as many generations, {reflect['majority_k']}: "
             f"{reflect['majority_at_equal_generations']:.1%})"
         )
-        if "fixed" in reflect:
-            lines.append(_redo_line(reflect, tts.get("self-reflect-greedy-redo")))
+        lines.append(_redo_line(reflect, tts.get("self-reflect-greedy-redo")))
     best = tts.get("best-of-n")
     if best:
         n = best["n"]

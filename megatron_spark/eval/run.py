@@ -128,13 +128,21 @@ def own_verdicts(s: Scoring, problems, greedy: list[str], rewards: list[float]) 
 
 
 def tts_accuracy(
-    s: Scoring, problems, rounds: int, n: int, majority: dict, greedy_right, redo_temperature: float = 1.0
+    s: Scoring,
+    problems,
+    rounds: int,
+    n: int,
+    majority: dict,
+    greedy: list[str],
+    greedy_right,
+    redo_temperature: float = 1.0,
 ) -> dict:
     """Self-reflection and best-of-n by the model's own verdict, each beside majority voting at
     the same number of generations (``majority``: the maj@j of :func:`reasoning`). Self-reflection
     runs with sampled redos at ``redo_temperature`` (``self-reflect``) and, when that is not 0,
     again with greedy ones (``self-reflect-greedy-redo``), each with its :func:`redo_outcomes`
-    counts against ``greedy_right`` (the greedy answers' scores)."""
+    counts against ``greedy_right``. Both loops start from ``greedy``, the answers that
+    :func:`reasoning` scored (``greedy_right``)."""
     from megatron_spark.spark.checks import checks_for
     from megatron_spark.spark.tts import best_of_n, redo_outcomes, self_reflect
 
@@ -159,6 +167,7 @@ def tts_accuracy(
             checks.styles,
             redo_temperature=temperature,
             seed=s.cfg.seed,
+            first=greedy,
         )
         final = [a >= 1 for a in verify_texts(s, r.responses, answers)]
         mean_generations = sum(r.generations) / len(q)
@@ -282,6 +291,7 @@ def _evaluate(cfg: RunConfig, opts: EvalOptions, src: Path, out_dir: Path) -> No
                 opts.tts_rounds,
                 opts.best_of_n,
                 result["reasoning"],
+                greedy,
                 greedy_rewards,
                 opts.redo_temperature,
             )

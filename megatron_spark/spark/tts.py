@@ -70,14 +70,22 @@ def self_reflect(
     styles: templates.Styles = templates.QUESTION_LAST,
     redo_temperature: float = 1.0,
     seed: int = 0,
+    first: Sequence[str] | None = None,
 ) -> TTSResult:
+    """``first``: the greedy responses to ``questions`` when the caller already has them (they
+    are not generated again)."""
     if rounds < 0:
         raise ValueError(f"rounds must be >= 0, got {rounds}")
     if not (redo_temperature >= 0 and math.isfinite(redo_temperature)):
         raise ValueError(f"redo_temperature must be a finite number >= 0, got {redo_temperature}")
     stop = (tokenizer.eos_id,)
     decode = tokenizer.decode
-    current = [decode(c.token_ids) for c in generate(list(questions), _greedy(max_new_tokens, stop))]
+    if first is None:
+        current = [decode(c.token_ids) for c in generate(list(questions), _greedy(max_new_tokens, stop))]
+    elif len(first) != len(questions):
+        raise ValueError(f"self_reflect: {len(first)} first responses for {len(questions)} questions")
+    else:
+        current = list(first)
     generations = [1] * len(questions)
     trace: list[list[dict]] = [[] for _ in questions]
     active = list(range(len(questions)))

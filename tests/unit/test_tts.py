@@ -360,3 +360,17 @@ def test_redo_outcomes_decompose_the_gain():
     }
     with pytest.raises(ValueError, match="one of each per problem"):
         redo_outcomes(result, first[:2], final)
+
+
+def test_given_first_responses_are_not_generated_again():
+    rules = {
+        ("judge", "7"): _verdict("No"),
+        ("reflect", "7"): _reply(RIGHT1),
+        ("judge", "6"): _verdict("Yes"),
+    }
+    generate = Scripted(rules)  # no rule answers the bare question: asking it would fail
+    result = self_reflect([Q1], generate, TOK, 2, 32, 16, first=[WRONG1])
+    assert result.responses == [RIGHT1] and result.generations == [4]
+    assert generate.kinds == ["judge", "reflect", "judge"]
+    with pytest.raises(ValueError, match="2 first responses for 1 questions"):
+        self_reflect([Q1], generate, TOK, 2, 32, 16, first=[WRONG1, WRONG1])
