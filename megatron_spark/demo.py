@@ -75,6 +75,12 @@ def _test_time_lines(result: dict) -> str:
             f"{reflect['majority_at_equal_generations']:.1%})"
         )
         lines.append(_redo_line(reflect, tts.get("self-reflect-greedy-redo")))
+        resample = tts.get("self-reflect-resample")
+        if resample:
+            lines.append(
+                f"  resampling the bare question instead of reflecting (the control): "
+                f"{resample['accuracy']:.1%} (fixed {resample['fixed']}, broke {resample['broken']})"
+            )
     best = tts.get("best-of-n")
     if best:
         n = best["n"]

@@ -16,6 +16,7 @@ generations, and best-of-n by the model's own verdict beside maj@n.
     python tools/spark_experiment.py --out runs/experiment                 # everything (~hours)
     python tools/spark_experiment.py --out runs/exp --runs grpo_only spark_joint --seeds 0 1
     python tools/spark_experiment.py --out runs/experiment --repeat spark_joint   # run-to-run check
+    python tools/spark_experiment.py --out runs/experiment --reeval   # the eval changed: evaluate again
 
 Runs are separate ``megatron-spark`` processes, ``--jobs`` at a time (default: one per two
 cores), each with ``cores / jobs`` threads; the script resumes where it stopped (a run with an
@@ -87,6 +88,7 @@ def _ratio(base: tuple[str, ...], num: str, den: str):
 
 
 SAMPLED, GREEDY_REDO = ("tts", "self-reflect"), ("tts", "self-reflect-greedy-redo")
+RESAMPLE = ("tts", "self-reflect-resample")
 METRICS: tuple[tuple[str, tuple[str, ...] | Callable[[dict], float | None]], ...] = (
     ("policy pass@1", ("reasoning", "pass@1")),
     ("pointwise judge", ("judge", "pointwise_accuracy")),
@@ -106,6 +108,8 @@ METRICS: tuple[tuple[str, tuple[str, ...] | Callable[[dict], float | None]], ...
     ("TTS redos repeating the rejected answer", _ratio(SAMPLED, "repeats", "redos")),
     ("self-reflection TTS, greedy redos", GREEDY_REDO + ("accuracy",)),
     ("greedy redos repeating the rejected answer", _ratio(GREEDY_REDO, "repeats", "redos")),
+    ("self-reflection TTS, bare question resampled", RESAMPLE + ("accuracy",)),
+    ("resampled: own wrong answers fixed", _ratio(RESAMPLE, "fixed", "first_wrong")),
     ("majority vote, same generations", ("tts", "self-reflect", "majority_at_equal_generations")),
     ("best-of-8 by own verdict", ("tts", "best-of-n", "accuracy")),
     ("maj@8", ("reasoning", "maj@8")),
@@ -194,6 +198,13 @@ def run_one(
     over = ["--overwrite"] if run_dir.exists() else []
     _cli(["train", str(RECIPES / "spark.yaml"), *overrides, *over], threads, log)
     train_s = time.perf_counter() - start
+    times = {"train_s": train_s, "eval_s": evaluate(run_dir, seed, common, threads, log), "commit": _commit()}
+    (run_dir / "times.json").write_text(json.dumps(times) + "\n")
+    return {"eval": json.loads(result_path.read_text()), **times}
+
+
+def evaluate(run_dir: Path, seed: int, common: list[str], threads: int, log: Path) -> float:
+    """``megatron-spark eval`` of the run's last checkpoint into RUN_DIR/eval; its wall time."""
     start = time.perf_counter()
     _cli(
         [
@@ -210,9 +221,18 @@ def run_one(
         threads,
         log,
     )
-    times = {"train_s": train_s, "eval_s": time.perf_counter() - start, "commit": _commit()}
+    return time.perf_counter() - start
+
+
+def reevaluate(name: str, out: Path, seed: int, common: list[str], threads: int) -> dict:
+    """Evaluate a finished run's last checkpoint again with this commit's eval (its training and
+    train time kept; ``eval_commit`` says which eval wrote the numbers)."""
+    run_dir = out / f"seed{seed}" / name
+    times = json.loads((run_dir / "times.json").read_text())
+    times["eval_s"] = evaluate(run_dir, seed, common, threads, run_dir.parent / f"{name}.log")
+    times["eval_commit"] = _commit()
     (run_dir / "times.json").write_text(json.dumps(times) + "\n")
-    return {"eval": json.loads(result_path.read_text()), **times}
+    return {"eval": json.loads((run_dir / "eval" / "eval.json").read_text()), **times}
 
 
 def _fmt(value, count: bool) -> str:
@@ -351,6 +371,15 @@ def targets(table: dict, seeds: list[int]) -> list[str]:
     return lines + [""]
 
 
+def _commits_text(commits: dict[str, list[str]]) -> str:
+    """``at commit C`` or ``at commits C1 (runs); C2 (runs)``."""
+    if len(commits) <= 1:
+        return f"at commit {next(iter(commits), '?')}"
+    return "at commits " + "; ".join(
+        f"{c} ({', '.join(sorted(set(names)))})" for c, names in sorted(commits.items())
+    )
+
+
 def write_doc(results: dict, seeds: list[int], args, warm_times: dict, repeat: dict | None) -> None:
     from megatron_spark.eval.report import plot_comparison, read_curves
 
@@ -362,12 +391,13 @@ def write_doc(results: dict, seeds: list[int], args, warm_times: dict, repeat: d
     commits: dict[str, list[str]] = {}
     for key, value in results.items():
         commits.setdefault(value.get("commit", "?"), []).append(key.split("/")[0])
-    where = (
-        f"at commit {next(iter(commits), '?')}"
-        if len(commits) <= 1
-        else "at commits "
-        + "; ".join(f"{c} ({', '.join(sorted(set(names)))})" for c, names in sorted(commits.items()))
-    )
+    where = _commits_text(commits)
+    evaluated: dict[str, list[str]] = {}
+    for key, value in results.items():
+        if "eval_commit" in value:
+            evaluated.setdefault(value["eval_commit"], []).append(key.split("/")[0])
+    if evaluated:
+        where += ", evaluated again " + _commits_text(evaluated)
     lines = [
         "# Tiny SPARK experiment (built-in Countdown, 2 CPU cores)",
         "",
@@ -388,8 +418,9 @@ def write_doc(results: dict, seeds: list[int], args, warm_times: dict, repeat: d
         "start's own samples, half perturbations: an operator or number changed, a number not",
         "offered, a sub-expression folded into its value, an operand dropped); the model's verdict",
         "on its own greedy answers; reflection on held-out wrong attempts; self-reflection (2 rounds,",
-        "each new attempt sampled at temperature 1; the answers it fixes and breaks; and the same",
-        "loop with greedy redos) beside majority voting over temperature-1 samples with at least as",
+        "each new attempt sampled at temperature 1; the answers it fixes and breaks; the same loop",
+        "with greedy redos, and with the bare question sampled again in place of the reflection",
+        "prompt) beside majority voting over temperature-1 samples with at least as",
         "many generations; best of 8 samples by the model's own verdict beside maj@8 (votes on the",
         "expression's value).",
         "Percentages; mean ± standard deviation over seeds, then each seed.",
@@ -484,6 +515,11 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="runs at a time")
     p.add_argument("--repeat", choices=list(RUNS), help="also run this configuration's first seed again")
     p.add_argument("--no-doc", action="store_true", help="do not rewrite docs/experiments/tiny_countdown.md")
+    p.add_argument(
+        "--reeval",
+        action="store_true",
+        help="evaluate every finished run's last checkpoint again (the eval changed; training is kept)",
+    )
     args = p.parse_args()
     args.out = args.out.absolute()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -493,6 +529,19 @@ def main() -> int:
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        if args.reeval:
+            done = [
+                (name, s)
+                for s in args.seeds
+                for name in args.runs
+                if (args.out / f"seed{s}" / name / "times.json").is_file()
+                and (args.out / f"seed{s}" / name / "checkpoints" / "latest").is_file()
+            ]
+            again = {job: pool.submit(reevaluate, job[0], args.out, job[1], common, threads) for job in done}
+            for (name, s), future in again.items():
+                results[f"{name}/seed{s}"] = future.result()
+                results_path.write_text(json.dumps(results, indent=2) + "\n")
+                print(f"evaluated again: {name}/seed{s}", flush=True)
         jobs = [(name, s) for s in args.seeds for name in args.runs if f"{name}/seed{s}" not in results]
         if args.repeat:
             jobs.append((args.repeat, args.seeds[0], "_repeat"))

@@ -46,7 +46,8 @@ class EvalOptions:
     overwrite: bool = False
     """Replace an existing output directory (else it is refused)."""
     redo_temperature: float = 1.0
-    """Temperature of self-reflection's new attempts (0: greedy); eval also reports greedy redos."""
+    """Temperature of self-reflection's new attempts (0: greedy); eval also reports greedy redos
+    and the verify-then-resample control."""
 
 
 def _generate_texts(s: Scoring):
@@ -140,9 +141,10 @@ def tts_accuracy(
     """Self-reflection and best-of-n by the model's own verdict, each beside majority voting at
     the same number of generations (``majority``: the maj@j of :func:`reasoning`). Self-reflection
     runs with sampled redos at ``redo_temperature`` (``self-reflect``) and, when that is not 0,
-    again with greedy ones (``self-reflect-greedy-redo``), each with its :func:`redo_outcomes`
-    counts against ``greedy_right``. Both loops start from ``greedy``, the answers that
-    :func:`reasoning` scored (``greedy_right``)."""
+    again with greedy ones (``self-reflect-greedy-redo``) and with the control whose sampled redo
+    is the bare question again (``self-reflect-resample``: verify, then resample), each with its
+    :func:`redo_outcomes` counts against ``greedy_right``. Every loop starts from ``greedy``, the
+    answers that :func:`reasoning` scored (``greedy_right``)."""
     from megatron_spark.spark.checks import checks_for
     from megatron_spark.spark.tts import best_of_n, redo_outcomes, self_reflect
 
@@ -152,10 +154,13 @@ def tts_accuracy(
     checks = checks_for(s.task.name)
     first = [r >= 1 for r in greedy_right]
     out = {}
-    modes = [("self-reflect", redo_temperature)] + (
-        [("self-reflect-greedy-redo", 0.0)] if redo_temperature else []
-    )
-    for name, temperature in modes:
+    modes = [("self-reflect", redo_temperature, "reflect")]
+    if redo_temperature:
+        modes += [
+            ("self-reflect-greedy-redo", 0.0, "reflect"),
+            ("self-reflect-resample", redo_temperature, "question"),
+        ]
+    for name, temperature, redo_prompt in modes:
         r = self_reflect(
             q,
             gen,
@@ -168,6 +173,7 @@ def tts_accuracy(
             redo_temperature=temperature,
             seed=s.cfg.seed,
             first=greedy,
+            redo_prompt=redo_prompt,
         )
         final = [a >= 1 for a in verify_texts(s, r.responses, answers)]
         mean_generations = sum(r.generations) / len(q)
@@ -177,6 +183,7 @@ def tts_accuracy(
             "accuracy": sum(final) / len(q),
             "rounds": rounds,
             "redo_temperature": temperature,
+            "redo_prompt": redo_prompt,
             "generations_mean": mean_generations,
             "majority_at_equal_generations": majority[f"maj@{k}"],
             "majority_k": k,

@@ -13,7 +13,10 @@ temperature its reflection items were trained at; seeded per round); 0 decodes i
 the answer and the verdicts are. A greedy redo mostly returns the rejected answer (the prompt
 differs from the question only by the attempt and one sentence, so greedy decoding retraces it;
 :func:`redo_outcomes` counts how often), and a greedy second round after an unchanged redo is the
-first one again. docs/experiments/tiny_countdown.md measures both.
+first one again. docs/experiments/tiny_countdown.md measures both. ``redo_prompt="question"`` is
+the control: the new attempt is a fresh sample of the bare question, without the attempt or the
+sentence that it was wrong (verify, then resample), which separates what the reflection prompt
+adds from what resampling does.
 
 ``best_of_n``: sample ``n`` answers; score each by the model's own probability that it is correct,
 ``p(Yes)`` of a greedy pointwise verdict (``1 - p(No)`` when it says No; 0 when no verdict parses);
@@ -71,13 +74,17 @@ def self_reflect(
     redo_temperature: float = 1.0,
     seed: int = 0,
     first: Sequence[str] | None = None,
+    redo_prompt: str = "reflect",
 ) -> TTSResult:
     """``first``: the greedy responses to ``questions`` when the caller already has them (they
-    are not generated again)."""
+    are not generated again). ``redo_prompt``: ``"reflect"`` (the reflection prompt: question,
+    attempt, "it was wrong") or ``"question"`` (the bare question again)."""
     if rounds < 0:
         raise ValueError(f"rounds must be >= 0, got {rounds}")
     if not (redo_temperature >= 0 and math.isfinite(redo_temperature)):
         raise ValueError(f"redo_temperature must be a finite number >= 0, got {redo_temperature}")
+    if redo_prompt not in ("reflect", "question"):
+        raise ValueError(f"redo_prompt must be 'reflect' or 'question', got {redo_prompt!r}")
     stop = (tokenizer.eos_id,)
     decode = tokenizer.decode
     if first is None:
@@ -113,6 +120,8 @@ def self_reflect(
             break
         prompts = [
             templates.reflection_prompt(questions[i], current[i], "full", "wrong", 0, styles.reflection)
+            if redo_prompt == "reflect"
+            else questions[i]
             for i in active
         ]
         redo = (

@@ -220,7 +220,12 @@ def test_eval_and_self_reflection_on_the_warm_start(warm_start, tmp_path):
     assert result["judge"]["pointwise_items"] == 24 and result["judge"]["pairwise_items"] == 24
     # The warm start writes boxed verdicts (the format) though they are coin flips (not the skill).
     assert result["judge"]["verdict_parse_rate"] > 0.8
-    assert set(result["tts"]) == {"self-reflect", "self-reflect-greedy-redo", "best-of-n"}
+    assert set(result["tts"]) == {
+        "self-reflect",
+        "self-reflect-greedy-redo",
+        "self-reflect-resample",
+        "best-of-n",
+    }
     assert 1.0 <= result["tts"]["self-reflect"]["generations_mean"] <= 5.0
     assert result["reward_bench"]["items"] == 3
     report = (out / "report.md").read_text()

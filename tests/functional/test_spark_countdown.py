@@ -144,12 +144,18 @@ def test_eval_scores_the_judge_on_both_wrong_answer_sources_and_tts_on_the_same_
     assert 1.0 <= reflect["generations_mean"] <= 1 + 2 * reflect["rounds"]
     assert reflect["majority_k"] == min(N, math.ceil(reflect["generations_mean"] - 1e-9))
     assert reflect["majority_at_equal_generations"] == reasoning[f"maj@{reflect['majority_k']}"]
-    # Sampled redos, and the same loop with greedy ones; each gain splits into answers fixed and
-    # broken, counted against the very greedy answers pass@1 scored.
-    assert set(tts) == {"self-reflect", "self-reflect-greedy-redo", "best-of-n"}
-    for mode, temperature in (("self-reflect", 1.0), ("self-reflect-greedy-redo", 0.0)):
+    # Sampled redos, the same loop with greedy ones, and the control that samples the bare
+    # question again; each gain splits into answers fixed and broken, counted against the very
+    # greedy answers pass@1 scored.
+    modes = {
+        "self-reflect": (1.0, "reflect"),
+        "self-reflect-greedy-redo": (0.0, "reflect"),
+        "self-reflect-resample": (1.0, "question"),
+    }
+    assert set(tts) == {*modes, "best-of-n"}
+    for mode, (temperature, redo_prompt) in modes.items():
         r = tts[mode]
-        assert r["redo_temperature"] == temperature
+        assert (r["redo_temperature"], r["redo_prompt"]) == (temperature, redo_prompt)
         assert r["first_right"] == round(reasoning["pass@1"] * PROBLEMS) == judge["own_right"]
         assert r["first_wrong"] + r["first_right"] == PROBLEMS
         assert round(r["accuracy"] * PROBLEMS) == r["first_right"] - r["broken"] + r["fixed"], r

@@ -40,3 +40,7 @@ def test_self_reflection_says_what_it_fixed_and_what_greedy_redos_give():
         "  it fixed 23 of its 106 wrong answers and broke 2 of its 94 right ones; redoing greedily "
         "instead: 48.5% (142 of 176 redos repeat the rejected answer)",
     ]
+    result["tts"]["self-reflect-resample"] = {**reflect, "accuracy": 0.53, **counts, "fixed": 14, "broken": 1}
+    assert _test_time_lines(result).splitlines()[-1] == (
+        "  resampling the bare question instead of reflecting (the control): 53.0% (fixed 14, broke 1)"
+    )

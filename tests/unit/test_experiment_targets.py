@@ -121,3 +121,11 @@ def test_tts_outcome_rows_are_counts_over_counts_and_absent_without_them():
     assert table["TTS redos repeating the rejected answer"]["per_seed"] == [0.25, 0.0, None]
     assert table["greedy redos repeating the rejected answer"]["per_seed"] == [0.85, None, None]
     assert table["self-reflection TTS, greedy redos"]["per_seed"] == [0.41, None, None]
+
+
+def test_commits_text_names_each_commit_with_its_runs():
+    text = _tool()._commits_text
+    assert text({}) == "at commit ?"
+    assert text({"abc1234": ["spark_joint", "grpo_only"]}) == "at commit abc1234"
+    two = {"b072731": ["spark_joint", "grpo_only", "spark_joint"], "571b906": ["grpo_only_solve_start"]}
+    assert text(two) == "at commits 571b906 (grpo_only_solve_start); b072731 (grpo_only, spark_joint)"

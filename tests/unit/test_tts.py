@@ -278,6 +278,27 @@ class Recording(Scripted):
         return super().__call__(prompts, params)
 
 
+class InOrder(Recording):
+    """Hands out a rule's list of replies across calls (one reply per call), not within one."""
+
+    def __init__(self, rules):
+        super().__init__(rules)
+        self.calls = Counter()
+
+    def __call__(self, prompts, params):
+        self.params.append((_kind(prompts[0]), params))
+        out = []
+        for prompt in prompts:
+            key = [k for k in self.rules if k[0] == _kind(prompt) and _shows(prompt, k[1])]
+            assert len(key) == 1, f"{prompt!r}"
+            reply = self.rules[key[0]]
+            if isinstance(reply, list):
+                reply = reply[self.calls[key[0]]]
+                self.calls[key[0]] += 1
+            out.append(replace(reply, prompt_ids=TOK.encode_prompt(prompt)))
+        return out
+
+
 _NEVER_FIXED = {
     ("question", Q1): _reply(WRONG1),
     ("judge", "7"): _verdict("No"),
@@ -328,26 +349,7 @@ def test_redo_outcomes_decompose_the_gain():
         ("judge", "44"): _verdict("Yes"),
     }
 
-    class PerPrompt(Scripted):
-        """Hands out a list's replies across calls (one reply per call), not within one."""
-
-        def __init__(self, rules):
-            super().__init__(rules)
-            self.calls = Counter()
-
-        def __call__(self, prompts, params):
-            out = []
-            for prompt in prompts:
-                key = [k for k in self.rules if k[0] == _kind(prompt) and _shows(prompt, k[1])]
-                assert len(key) == 1, f"{prompt!r}"
-                reply = self.rules[key[0]]
-                if isinstance(reply, list):
-                    reply = reply[self.calls[key[0]]]
-                    self.calls[key[0]] += 1
-                out.append(replace(reply, prompt_ids=TOK.encode_prompt(prompt)))
-            return out
-
-    result = self_reflect([Q1, Q2, Q3], PerPrompt(rules), TOK, 2, 32, 16)
+    result = self_reflect([Q1, Q2, Q3], InOrder(rules), TOK, 2, 32, 16)
     assert result.responses == [RIGHT1, "10+20=31. \\boxed{31}", wrong3]
     first, final = [False, True, False], [True, False, False]
     assert redo_outcomes(result, first, final) == {
@@ -374,3 +376,21 @@ def test_given_first_responses_are_not_generated_again():
     assert generate.kinds == ["judge", "reflect", "judge"]
     with pytest.raises(ValueError, match="2 first responses for 1 questions"):
         self_reflect([Q1], generate, TOK, 2, 32, 16, first=[WRONG1, WRONG1])
+
+
+def test_resample_control_redoes_the_bare_question_sampled():
+    rules = {
+        ("question", Q1): [_reply(WRONG1), _reply(RIGHT1)],
+        ("judge", "7"): _verdict("No"),
+        ("judge", "6"): _verdict("Yes"),
+    }
+
+    generate = InOrder(rules)
+    result = self_reflect([Q1], generate, TOK, 2, 32, 16, seed=3, redo_prompt="question")
+    assert result.responses == [RIGHT1] and result.generations == [4]
+    assert [k for k, _ in generate.params] == ["question", "judge", "question", "judge"]
+    redo = generate.params[2][1]
+    assert (redo.temperature, redo.top_p, redo.seed) == (1.0, 1.0, 3)
+    assert generate.params[0][1].top_p == GREEDY_TOP_P
+    with pytest.raises(ValueError, match="redo_prompt"):
+        self_reflect([Q1], generate, TOK, 1, 32, 16, redo_prompt="reflection")
