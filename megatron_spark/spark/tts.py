@@ -33,6 +33,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from megatron_spark.reward.extract import boxed_spans, extract_boxed
 from megatron_spark.rollout.protocol import GREEDY_TOP_P, Completion, SamplingParams
@@ -74,7 +75,7 @@ def self_reflect(
     redo_temperature: float = 1.0,
     seed: int = 0,
     first: Sequence[str] | None = None,
-    redo_prompt: str = "reflect",
+    redo_prompt: Literal["reflect", "question"] = "reflect",
 ) -> TTSResult:
     """``first``: the greedy responses to ``questions`` when the caller already has them (they
     are not generated again). ``redo_prompt``: ``"reflect"`` (the reflection prompt: question,

@@ -61,13 +61,18 @@ def _shows(prompt, text):
 
 
 class Scripted:
-    def __init__(self, rules):
+    """Answers each prompt by the one rule that matches it. A rule's list of replies is handed out
+    one per occurrence of the same prompt: within one call, or across calls (``across_calls``)."""
+
+    def __init__(self, rules, across_calls=False):
         self.rules = rules
         self.kinds = []  # the kind of every prompt, in call order
+        self.across_calls = across_calls
+        self.asked = Counter()  # per prompt, over every call
 
     def __call__(self, prompts, params):
         assert prompts, "generate called with no prompts"
-        seen = Counter()
+        seen = self.asked if self.across_calls else Counter()
         out = []
         for prompt in prompts:
             kind = _kind(prompt)
@@ -269,34 +274,13 @@ def test_verdict_probability_without_a_verdict_is_zero():
 class Recording(Scripted):
     """Also records the sampling parameters of every call, by the kind of its prompts."""
 
-    def __init__(self, rules):
-        super().__init__(rules)
+    def __init__(self, rules, across_calls=False):
+        super().__init__(rules, across_calls)
         self.params = []
 
     def __call__(self, prompts, params):
         self.params.append((_kind(prompts[0]), params))
         return super().__call__(prompts, params)
-
-
-class InOrder(Recording):
-    """Hands out a rule's list of replies across calls (one reply per call), not within one."""
-
-    def __init__(self, rules):
-        super().__init__(rules)
-        self.calls = Counter()
-
-    def __call__(self, prompts, params):
-        self.params.append((_kind(prompts[0]), params))
-        out = []
-        for prompt in prompts:
-            key = [k for k in self.rules if k[0] == _kind(prompt) and _shows(prompt, k[1])]
-            assert len(key) == 1, f"{prompt!r}"
-            reply = self.rules[key[0]]
-            if isinstance(reply, list):
-                reply = reply[self.calls[key[0]]]
-                self.calls[key[0]] += 1
-            out.append(replace(reply, prompt_ids=TOK.encode_prompt(prompt)))
-        return out
 
 
 _NEVER_FIXED = {
@@ -349,7 +333,7 @@ def test_redo_outcomes_decompose_the_gain():
         ("judge", "44"): _verdict("Yes"),
     }
 
-    result = self_reflect([Q1, Q2, Q3], InOrder(rules), TOK, 2, 32, 16)
+    result = self_reflect([Q1, Q2, Q3], Scripted(rules, across_calls=True), TOK, 2, 32, 16)
     assert result.responses == [RIGHT1, "10+20=31. \\boxed{31}", wrong3]
     first, final = [False, True, False], [True, False, False]
     assert redo_outcomes(result, first, final) == {
@@ -384,8 +368,7 @@ def test_resample_control_redoes_the_bare_question_sampled():
         ("judge", "7"): _verdict("No"),
         ("judge", "6"): _verdict("Yes"),
     }
-
-    generate = InOrder(rules)
+    generate = Recording(rules, across_calls=True)
     result = self_reflect([Q1], generate, TOK, 2, 32, 16, seed=3, redo_prompt="question")
     assert result.responses == [RIGHT1] and result.generations == [4]
     assert [k for k, _ in generate.params] == ["question", "judge", "question", "judge"]
