@@ -77,6 +77,13 @@ class SparkConfig:
     judge_ce_weight: float = 0.0
     """Weight of teacher-forced cross-entropy on the correct verdict of each judge item, after the
     first sample's own reasoning; averaged over the step's verdict tokens (0 disables)."""
+    judge_ce_correct_check: bool = False
+    """Under ``judge_reward: checked`` with ``judge_ce_weight > 0``: when no sample of a judge item
+    writes its worked check, the item's cross-entropy copies become corrections instead of
+    nothing: each of the first ``judge_ce_samples`` samples up to where it departs from the worked
+    check, as context, then the rest of the check and the right verdict, trained. Without it such
+    an item teaches nothing when every sample makes the same slip (all rewards 0: no advantage;
+    no right check: no verdict target), which is how a judge keeps a blind spot."""
 
     def __post_init__(self) -> None:
         for name in ("pairwise_fraction", "reflection_full_fraction", "reflection_wrong_tone_fraction"):
@@ -96,5 +103,10 @@ class SparkConfig:
         for name in ("policy_weight", "judge_weight", "reflection_weight", "judge_ce_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.judge_ce_correct_check and (self.judge_reward != "checked" or self.judge_ce_weight <= 0):
+            raise ValueError(
+                "judge_ce_correct_check needs judge_reward: checked and judge_ce_weight > 0, got "
+                f"judge_reward: {self.judge_reward}, judge_ce_weight: {self.judge_ce_weight}"
+            )
         if self.enabled and not (self.pointwise or self.pairwise or self.reflection):
             raise ValueError("enabled, but pointwise, pairwise and reflection are all off")

@@ -114,14 +114,52 @@ def item_samples(
         groups.append(samples)
         kinds.append(item.kind)
         if sp.judge_ce_weight > 0 and item.choices:
-            if sp.judge_reward == "checked":  # no verdict target after a wrong check
-                cs = [c for c in cs if check_matches(r.tokenizer.decode(c.token_ids), item.check)]
-            boxed = (x for c in cs if (x := verdict_ce_sample(r, c, item)) is not None)
-            ce = list(itertools.islice(boxed, sp.judge_ce_samples))  # the first ones that box
+            ce, kind = judge_ce_samples(r, item, cs)
             if ce:
                 groups.append(ce)
-                kinds.append("verdict_ce")
+                kinds.append(kind)
     return groups, kinds
+
+
+def judge_ce_samples(r: Roles, item: Item, cs) -> tuple[list[Sample], str]:
+    """The cross-entropy copies of one judge item's samples ``cs`` and their kind: the right
+    verdict after the first samples that box one (``verdict_ce``; under ``judge_reward: checked``
+    only samples whose check is right), or, with ``spark.judge_ce_correct_check`` and no sample
+    writing the check, corrections of the first samples from where they leave it (``check_ce``)."""
+    sp = r.cfg.spark
+    if sp.judge_reward == "checked":  # no verdict target after a wrong check
+        right = [c for c in cs if check_matches(r.tokenizer.decode(c.token_ids), item.check)]
+        if not right and sp.judge_ce_correct_check and item.check:
+            fixes = (check_ce_sample(r, c, item) for c in cs[: sp.judge_ce_samples])
+            return [x for x in fixes if x is not None], "check_ce"
+        cs = right
+    boxed = (x for c in cs if (x := verdict_ce_sample(r, c, item)) is not None)
+    return list(itertools.islice(boxed, sp.judge_ce_samples)), "verdict_ce"  # the first that box
+
+
+def check_ce_sample(r: Roles, completion, item: Item) -> Sample | None:
+    r"""``completion`` kept up to where it departs from the item's worked reply (its check, then
+    ``\boxed{`` and the right verdict), and the rest of that reply trained by cross-entropy;
+    None when nothing of it is left to train.
+
+    The cut is made at a token boundary at or before the first character that differs, and the
+    rest is re-encoded, as in :func:`verdict_ce_sample`. A sample that wrote ``59 vs 99: equal.``
+    where the check says ``59 vs 99: different.`` is taught `` different. \boxed{No`` after its own
+    ``... 59 vs 99:``. The closing brace and eos are left out, as there."""
+    tok = r.tokenizer
+    ids = list(completion.token_ids)
+    target = f"{item.check} \\boxed{{{item.label}"
+    text = tok.decode(ids)
+    same = 0
+    while same < min(len(text), len(target)) and text[same] == target[same]:
+        same += 1
+    k = 0
+    while k < len(ids) and len(tok.decode(ids[: k + 1])) <= same:
+        k += 1
+    rest = target[len(tok.decode(ids[:k])) :]
+    if not rest.strip():
+        return None
+    return Sample(list(completion.prompt_ids) + ids[:k], tok.encode(rest), objective="ce")
 
 
 def verdict_start(tok, ids: list[int]) -> int | None:
@@ -185,6 +223,8 @@ VERDICT_STATS = (
     "entropy",
     "checked_samples",
     "checks_right",
+    "checked_groups",
+    "unwritten_groups",
 )
 """The sums :func:`verdict_stats` returns."""
 ENTROPY_UNIT = 2.0**-32
@@ -197,8 +237,8 @@ def verdict_stats(r: Roles, items: list[Item], completions) -> dict[str, float]:
     """Sums over this rank's judge groups of what decides whether RL can teach the verdict: how
     many samples box a verdict, how many groups say one verdict in every sample (all rewards
     equal: zero advantage, nothing to learn), the entropy of each group's verdicts (in units of
-    ``ENTROPY_UNIT`` bits), and how many samples of items with a worked check write it out
-    right."""
+    ``ENTROPY_UNIT`` bits), how many samples of items with a worked check write it out right,
+    and how many of those items have no sample that does."""
     m = r.cfg.spark.num_samples_per_item
     out = dict.fromkeys(VERDICT_STATS, 0.0)
     for i, item in enumerate(items):
@@ -210,8 +250,11 @@ def verdict_stats(r: Roles, items: list[Item], completions) -> dict[str, float]:
         out["judge_groups"] += 1
         out["judge_samples"] += len(verdicts)
         if item.check:
+            right = sum(check_matches(t, item.check) for t in texts)
             out["checked_samples"] += len(texts)
-            out["checks_right"] += sum(check_matches(t, item.check) for t in texts)
+            out["checks_right"] += right
+            out["checked_groups"] += 1
+            out["unwritten_groups"] += float(right == 0)
         out["parsed"] += sum(v is not None for v in verdicts)
         out["unanimous"] += float(len(counts) == 1)
         out["entropy"] += round(-sum(c / m * math.log2(c / m) for c in counts.values()) / ENTROPY_UNIT)
@@ -258,6 +301,7 @@ def item_metrics(
         out["judge/verdict_entropy_bits"] = t["entropy"] * ENTROPY_UNIT / t["judge_groups"]
     if t["checked_samples"]:
         out["judge/check_right_rate"] = t["checks_right"] / t["checked_samples"]
+        out["judge/unwritten_check_groups"] = t["unwritten_groups"] / t["checked_groups"]
     for kind in ITEM_KINDS:
         out[f"spark/items_built/{kind}"] = t[f"built_{kind}"]
         out[f"spark/items_trained/{kind}"] = t[f"trained_{kind}"]

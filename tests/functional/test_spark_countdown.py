@@ -121,6 +121,9 @@ def test_the_checked_judge_reward_pays_only_after_a_right_check(countdown_run):
         paid = r["judge/pointwise_accuracy"] * n_point + r["judge/pairwise_accuracy"] * n_pair
         assert 0.0 <= r["judge/check_right_rate"] <= 1.0
         assert paid <= r["judge/check_right_rate"] * (n_point + n_pair) + 1e-6, r
+        # Items none of whose samples writes the check add no right check to the rate.
+        assert 0.0 <= r["judge/unwritten_check_groups"] <= 1.0
+        assert r["judge/check_right_rate"] <= 1.0 - r["judge/unwritten_check_groups"] + 1e-9, r
 
 
 def test_eval_scores_the_judge_on_both_wrong_answer_sources_and_tts_on_the_same_samples(countdown_run):

@@ -130,3 +130,89 @@ def test_checked_reward_takes_verdict_targets_only_after_a_right_check(judge_rew
     trained = [r.rpartition("\\boxed{")[0] + "\\boxed{" for r in replies]
     assert contexts == (trained if judge_reward == "verdict" else trained[2:])
     assert all(TOK.decode(x.response_ids) == "No" for x in groups[1])
+
+
+def _session(**spark):
+    from megatron_spark.spark.config import SparkConfig
+    from megatron_spark.train.config import GRPOConfig
+
+    cfg = SimpleNamespace(spark=SparkConfig(enabled=True, **spark), grpo=GRPOConfig())
+    return SimpleNamespace(tokenizer=TOK, cfg=cfg)
+
+
+CHECK = "3+5=8. 8-2=6. 6 vs 7: different."
+
+
+@pytest.mark.parametrize(
+    ("reply", "kept"),
+    [
+        ("3+5=8. 8-2=6. 6 vs 7: equal. \\boxed{Yes}", "3+5=8. 8-2=6. 6 vs 7:"),  # " e" is one token
+        ("3+5=8. 8-2=5. 5 vs 7: different. \\boxed{No}", "3+5=8. 8-2="),  # a step's value
+        ("3+5=8. 8-2=6. 6 vs 7: different.", CHECK),  # the check without a box
+        ("\\boxed{No}", ""),  # no check at all
+        ("", ""),  # nothing
+        ("x" * 200, ""),  # nothing alike, long
+    ],
+)
+def test_a_check_correction_keeps_the_sample_up_to_its_slip_and_trains_the_rest(reply, kept):
+    import dataclasses
+
+    from megatron_spark.train.spark_step import check_ce_sample
+
+    item = dataclasses.replace(_item("No"), check=CHECK)
+    sample = check_ce_sample(_session(), _completion(reply), item)
+    assert sample.objective == "ce" and sample.prompt_ids[: len(PROMPT)] == PROMPT
+    context = TOK.decode(sample.prompt_ids[len(PROMPT) :])
+    assert context == kept  # cut at the last token boundary before the first difference
+    assert context + TOK.decode(sample.response_ids) == f"{CHECK} \\boxed{{No"
+
+
+def test_a_sample_that_already_wrote_the_whole_reply_needs_no_correction():
+    import dataclasses
+
+    from megatron_spark.train.spark_step import check_ce_sample
+
+    item = dataclasses.replace(_item("No"), check=CHECK)
+    # the worked reply, then a second box: its last box's check is wrong, but nothing is left to teach
+    reply = f"{CHECK} \\boxed{{No}} \\boxed{{Yes}}"
+    assert check_ce_sample(_session(), _completion(reply), item) is None
+
+
+@pytest.mark.parametrize("correct_check", [False, True])
+def test_corrections_replace_the_verdict_copies_only_when_no_sample_writes_the_check(correct_check):
+    import dataclasses
+
+    import torch
+
+    from megatron_spark.train.spark_step import item_samples
+
+    session = _session(
+        num_samples_per_item=3,
+        judge_ce_weight=1.0,
+        judge_ce_samples=2,
+        judge_reward="checked",
+        judge_ce_correct_check=correct_check,
+    )
+    item = dataclasses.replace(_item("No"), check=CHECK)
+    blind = ["3+5=8. 8-2=6. 6 vs 7: equal. \\boxed{Yes}"] * 2 + ["3+5=8. 8-2=5. 5 vs 7: equal. \\boxed{Yes}"]
+    seen = [blind[0], blind[2], f"{CHECK} \\boxed{{Yes}}"]
+    completions = [_completion(r) for r in blind + seen]
+    groups, kinds = item_samples(session, [item, item], completions, torch.zeros(2, 3))
+    if not correct_check:  # the blind item teaches nothing; the other gets its verdict copy
+        assert kinds == ["pointwise", "pointwise", "verdict_ce"]
+        assert [TOK.decode(x.response_ids) for x in groups[2]] == ["No"]
+        return
+    assert kinds == ["pointwise", "check_ce", "pointwise", "verdict_ce"]
+    fixes = groups[1]
+    assert len(fixes) == 2  # judge_ce_samples of them, from the first samples
+    assert [TOK.decode(x.response_ids) for x in fixes] == [" different. \\boxed{No"] * 2
+
+
+def test_check_corrections_need_checked_rewards_and_a_cross_entropy_weight():
+    from megatron_spark.spark.config import SparkConfig
+
+    with pytest.raises(ValueError, match="judge_ce_correct_check needs judge_reward: checked"):
+        SparkConfig(judge_ce_correct_check=True, judge_ce_weight=1.0)
+    with pytest.raises(ValueError, match="judge_ce_weight: 0.0"):
+        SparkConfig(judge_ce_correct_check=True, judge_reward="checked")
+    SparkConfig(judge_ce_correct_check=True, judge_reward="checked", judge_ce_weight=0.5)
