@@ -154,6 +154,8 @@ def cmd_generate(args) -> int:
                 raise UserError(f"{path}:{line}: expected an object with a non-empty string '{key}'")
             _check_prompt(row[key], f"{path}:{line}: '{key}'")
             prompts.append(row[key])
+        if not prompts:
+            raise UserError(f"--input {path}: no prompts (expected a jsonl line per prompt)")
     if not prompts:
         raise UserError("generate: give --prompt TEXT or --input FILE.jsonl")
     rows = run_generate(

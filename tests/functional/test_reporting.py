@@ -140,6 +140,24 @@ def test_generate_input_without_the_prompt_key_names_it(sft, tmp_path):
     )
 
 
+@pytest.mark.parametrize("text", ["", "\n  \n"])
+def test_generate_input_without_prompts_says_so(sft, tmp_path, text):
+    run_dir, _ = sft
+    empty = tmp_path / "prompts.jsonl"
+    empty.write_text(text)
+    args = [
+        "generate",
+        str(run_dir / "config.yaml"),
+        "--checkpoint",
+        str(run_dir / "checkpoints" / f"step_{STEPS:06d}"),
+    ]
+    proc = run_cli([*args, "--input", str(empty)])
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"megatron-spark: error: --input {empty}: no prompts (expected a jsonl line per prompt)"
+    )
+
+
 def test_eval_counts_each_phase_and_reports_the_reward_bench_parse_rate(sft, tmp_path):
     run_dir, _ = sft
     bench = tmp_path / "bench.jsonl"
