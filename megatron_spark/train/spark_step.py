@@ -101,7 +101,8 @@ def item_samples(
     r: Roles, items: list[Item], completions, rewards: torch.Tensor
 ) -> tuple[list[list[Sample]], list[str]]:
     """One group of RL samples per item, weighed by its role, plus the verdict CE samples; and
-    each group's kind (the item's, or ``verdict_ce``) for :func:`~megatron_spark.train.grpo.update`."""
+    each group's kind (the item's, ``verdict_ce`` or ``check_ce``: :func:`judge_ce_copies`) for
+    :func:`~megatron_spark.train.grpo.update`."""
     sp, m = r.cfg.spark, r.cfg.spark.num_samples_per_item
     weight = {"pointwise": sp.judge_weight, "pairwise": sp.judge_weight, "reflection": sp.reflection_weight}
     adv = group_advantages(rewards, r.cfg.grpo.advantage)
@@ -114,14 +115,14 @@ def item_samples(
         groups.append(samples)
         kinds.append(item.kind)
         if sp.judge_ce_weight > 0 and item.choices:
-            ce, kind = judge_ce_samples(r, item, cs)
+            ce, kind = judge_ce_copies(r, item, cs)
             if ce:
                 groups.append(ce)
                 kinds.append(kind)
     return groups, kinds
 
 
-def judge_ce_samples(r: Roles, item: Item, cs) -> tuple[list[Sample], str]:
+def judge_ce_copies(r: Roles, item: Item, cs) -> tuple[list[Sample], str]:
     """The cross-entropy copies of one judge item's samples ``cs`` and their kind: the right
     verdict after the first samples that box one (``verdict_ce``; under ``judge_reward: checked``
     only samples whose check is right), or, with ``spark.judge_ce_correct_check`` and no sample
