@@ -19,7 +19,11 @@ Built-in checks:
 * arithmetic: re-derive the answer, then one subtraction per candidate (own result minus
   candidate; 0 means right): :func:`megatron_spark.spark.templates.judge_response`;
 * countdown: per candidate, evaluate it one operation at a time (``3*5=15. 15+7=22.``), then set
-  its value beside the target (``22 vs 22: equal.``). The check evaluates the candidate; it never
+  its value beside the target digit by digit, each pair of digits marked same or not, and say
+  whether the two are equal (23 against 22: ``22= 32!: different.``; :func:`comparison`). Written
+  as ``23 vs 22: different.``, the tiny model called two numbers sharing a digit equal (42 against
+  48) for most of the own mistakes its judge accepted; side by side, each digit is compared with
+  the token before it. The check evaluates the candidate; it never
   searches for a solution, which is what makes checking easier than solving. It does not check
   which numbers the candidate uses (the verifier does): a candidate that reaches the target with
   a number not offered passes it. Writing the unused numbers after each step made the tiny
@@ -140,8 +144,26 @@ def near_miss(value: Fraction, rng: random.Random) -> str:
     return ("-" if n < 0 else "") + digits
 
 
+def comparison(value: Fraction, versus: str) -> str:
+    """The check's last step: ``value`` beside the number ``versus``, digit by digit when both are
+    non-negative integers (right-aligned, the shorter padded with zeros; each pair of digits, the
+    value's first, then ``=`` or ``!``), then the verdict on the whole: ``44= 28!: different.``
+    for 42 against 48; ``-3 vs 17: different.`` otherwise."""
+    shown = format_number(value)
+    try:
+        same = "equal" if Fraction(versus) == value else "different"
+    except (ValueError, ZeroDivisionError):
+        same = "different"
+    if value.denominator != 1 or value < 0 or not (versus.isascii() and versus.isdigit()):
+        return f"{shown} vs {versus}: {same}."
+    width = max(len(shown), len(versus))
+    a, b = shown.zfill(width), versus.zfill(width)
+    pairs = " ".join(f"{x}{y}{'=' if x == y else '!'}" for x, y in zip(a, b))
+    return f"{pairs}: {same}."
+
+
 def countdown_check(candidate: str, answer: str) -> str:
-    """The worked check of one Countdown candidate (module docstring): ``3*5=15. 15+7=22. 22 vs 22:
+    """The worked check of one Countdown candidate (module docstring): ``3*5=15. 15+7=22. 22= 22=:
     equal.``; ``It cannot be read.`` when the candidate is not an expression."""
     spec = parse_spec(answer)
     try:
@@ -149,8 +171,7 @@ def countdown_check(candidate: str, answer: str) -> str:
     except ExpressionError:
         return "It cannot be read."
     parts = [f"{_step(node)}." for node in _operations(tree)]
-    same = "equal" if tree.value == spec.target else "different"
-    parts.append(f"{format_number(tree.value)} vs {spec.target}: {same}.")
+    parts.append(comparison(tree.value, str(spec.target)))
     return " ".join(parts)
 
 
@@ -182,10 +203,10 @@ class CountdownChecks(TaskChecks):
         """Evaluate an expression step by step, in the check's own step form, with no target in
         sight: the problem's reference answer or a perturbation of it, at random
         (``Compute (8-1)*2.`` -> ``8-1=7. 7*2=14. \\boxed{14}``). A ``compare`` share of the
-        exercises then set the value beside a number, the check's last step, which is the value itself or a near miss
-        (one digit changed, the digits swapped, a few off: ``Compute (8-1)*2 vs 41.`` -> ``8-1=7.
-        7*2=14. 14 vs 41: different. \\boxed{14}``): without them the tiny model's checks wrote
-        ``13 vs 17: equal`` for a third of wrong candidates."""
+        exercises then set the value beside a number, the check's last step (:func:`comparison`),
+        which is the value itself or a near miss (one digit changed, the digits swapped, a few off:
+        ``Compute (8-1)*2 vs 41.`` -> ``8-1=7. 7*2=14. 14! 41!: different. \\boxed{14}``): without
+        them the tiny model's checks called ``13`` and ``17`` equal for a third of wrong candidates."""
         expr = self.perturb(problem, rng) if rng.random() < 0.5 else None
         try:
             tree = parse(expr or problem.right_answer)
@@ -195,10 +216,9 @@ class CountdownChecks(TaskChecks):
         value = format_number(tree.value)
         if rng.random() < compare:
             versus = value if rng.random() < 0.5 else near_miss(tree.value, rng)
-            same = "equal" if versus == value else "different"
             return (
                 f"Compute {render(tree)} vs {versus}.",
-                f"{work} {value} vs {versus}: {same}. \\boxed{{{value}}}".lstrip(),
+                f"{work} {comparison(tree.value, versus)} \\boxed{{{value}}}".lstrip(),
             )
         return f"Compute {render(tree)}.", f"{work} \\boxed{{{value}}}".lstrip()
 

@@ -173,7 +173,7 @@ class SFTSection:
     evaluates rather than writes the result it expects."""
     practice_compare_fraction: float = 0.5
     """Share of practice exercises that end by setting the value beside a number, the value itself
-    or a near miss (the check's comparison, ``14 vs 41: different``)."""
+    or a near miss (the check's comparison, ``14! 41!: different.`` for 14 against 41)."""
     own_wrong_answers_from_step: int = 0
     """From this step on, judge and reflection examples show the model's own wrong answers: each
     step samples one answer per problem (temperature 1, current weights) and a problem whose

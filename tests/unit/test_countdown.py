@@ -31,6 +31,7 @@ from megatron_spark.reward.verifiers import make_verifier
 from megatron_spark.spark.checks import (
     PERTURBATIONS,
     CountdownChecks,
+    comparison,
     countdown_check,
     near_miss,
     perturb_countdown,
@@ -302,17 +303,54 @@ def test_solutions_are_all_right():
 
 
 def test_check_of_a_right_answer_ends_equal():
-    assert countdown_check("3*5+7", SPEC) == "3*5=15. 15+7=22. 22 vs 22: equal."
-    assert countdown_check("7+5*3", SPEC) == "5*3=15. 7+15=22. 22 vs 22: equal."
-    assert countdown_check("(-3)+5*5", "22 using 3 5 5") == "0-3=-3. 5*5=25. -3+25=22. 22 vs 22: equal."
+    assert countdown_check("3*5+7", SPEC) == "3*5=15. 15+7=22. 22= 22=: equal."
+    assert countdown_check("7+5*3", SPEC) == "5*3=15. 7+15=22. 22= 22=: equal."
+    assert countdown_check("(-3)+5*5", "22 using 3 5 5") == "0-3=-3. 5*5=25. -3+25=22. 22= 22=: equal."
 
 
 def test_check_of_a_wrong_answer_compares_its_value():
-    assert countdown_check("3*5+8", SPEC) == "3*5=15. 15+8=23. 23 vs 22: different."
-    assert countdown_check("3*7", SPEC) == "3*7=21. 21 vs 22: different."
+    # digit by digit, the value's digit first: 23 against 22 is 2 2 (same), then 3 2 (not)
+    assert countdown_check("3*5+8", SPEC) == "3*5=15. 15+8=23. 22= 32!: different."
+    assert countdown_check("3*7", SPEC) == "3*7=21. 22= 12!: different."
+    assert countdown_check("3*5*7", SPEC) == "3*5=15. 15*7=105. 10! 02! 52!: different."  # 105 vs 022
+    assert countdown_check("3-5", SPEC) == "3-5=-2. -2 vs 22: different."  # negative: whole numbers
     assert countdown_check("3*(5+", SPEC) == "It cannot be read."
     assert countdown_check("7/2", "22 using 7 2") == "7/2=7/2. 7/2 vs 22: different."
-    assert countdown_check("22", SPEC) == "22 vs 22: equal."  # the numbers are the verifier's rule
+    assert countdown_check("22", SPEC) == "22= 22=: equal."  # the numbers are the verifier's rule
+
+
+@pytest.mark.parametrize(
+    ("value", "versus", "text"),
+    [
+        (Fraction(42), "48", "44= 28!: different."),
+        (Fraction(48), "48", "44= 88=: equal."),
+        (Fraction(6), "7", "67!: different."),
+        (Fraction(7), "17", "01! 77=: different."),  # padded to the same width
+        (Fraction(0), "0", "00=: equal."),
+        (Fraction(-3), "17", "-3 vs 17: different."),
+        (Fraction(5), "-5", "5 vs -5: different."),
+        (Fraction(7, 2), "4", "7/2 vs 4: different."),
+        (Fraction(7, 2), "7/2", "7/2 vs 7/2: equal."),
+        (Fraction(7), "07", "00= 77=: equal."),  # by value, as the pairs say
+    ],
+)
+def test_the_comparison_sets_the_digits_side_by_side(value, versus, text):
+    assert comparison(value, versus) == text
+
+
+def test_the_comparison_marks_each_digit_pair_and_says_equal_exactly_for_the_same_number():
+    rng = random.Random(2)
+    for _ in range(2000):
+        value = Fraction(rng.randrange(0, 1200))
+        versus = str(rng.choice([value.numerator, rng.randrange(0, 120)]))
+        text = comparison(value, versus)
+        pairs = text.removesuffix(": equal.").removesuffix(": different.").split()
+        width = max(len(str(value.numerator)), len(versus))
+        assert [p[:2] for p in pairs] == [
+            a + b for a, b in zip(str(value.numerator).zfill(width), versus.zfill(width))
+        ]
+        assert all(p[2] == ("=" if p[0] == p[1] else "!") for p in pairs)
+        assert text.endswith(": equal.") == (str(value.numerator) == versus)
 
 
 def test_practice_evaluates_the_reference_or_a_perturbation_and_sometimes_compares_its_value():
@@ -326,14 +364,15 @@ def test_practice_evaluates_the_reference_or_a_perturbation_and_sometimes_compar
         value = parse(expr).value
         assert response.endswith(f"\\boxed{{{format_number(value)}}}")
         work = response.rpartition(" \\boxed")[0]
-        steps = countdown_check(expr, p.answer).rpartition(" vs ")[0].rpartition(" ")[0]
+        target = str(parse_spec(p.answer).target)
+        steps = countdown_check(expr, p.answer).removesuffix(comparison(value, target)).rstrip()
         assert work.startswith(steps)  # the check's own evaluation steps
         if versus:
             same = versus == format_number(value)
-            assert work.endswith(f"{format_number(value)} vs {versus}: {'equal' if same else 'different'}.")
+            assert work == f"{steps} {comparison(value, versus)}".lstrip()
             verdicts.append(same)
         else:
-            assert " vs " not in work
+            assert work == steps and not work.endswith(("equal.", "different."))
         kinds.add(check_answer(expr, p.answer))
     assert kinds == {True, False}
     assert 0.15 < sum(verdicts) / 400 < 0.35 and 0.15 < (len(verdicts) - sum(verdicts)) / 400 < 0.35
@@ -349,7 +388,7 @@ def test_practice_compares_in_the_share_asked_for(compare):
     compared = [prompt for prompt, _ in exercises if " vs " in prompt]
     assert len(compared) == (200 if compare else 0)
     if compare:
-        misses = sum(" vs " in r and ": different." in r for _, r in exercises)
+        misses = sum(": different." in r for _, r in exercises)
         assert 70 < misses < 130
 
 
