@@ -144,9 +144,9 @@ def check_ce_sample(r: Roles, completion, item: Item) -> Sample | None:
     None when nothing of it is left to train.
 
     The cut is made at a token boundary at or before the first character that differs, and the
-    rest is re-encoded, as in :func:`verdict_ce_sample`. A sample that wrote ``59 vs 99: equal.``
-    where the check says ``59 vs 99: different.`` is taught `` different. \boxed{No`` after its own
-    ``... 59 vs 99:``. The closing brace and eos are left out, as there."""
+    rest is re-encoded, as in :func:`verdict_ce_sample`. A sample that wrote ``59! 99=: equal.``
+    where the check says ``59! 99=: different.`` is taught `` different. \boxed{No`` after its own
+    ``... 59! 99=:``. The closing brace and eos are left out, as there."""
     tok = r.tokenizer
     ids = list(completion.token_ids)
     target = f"{item.check} \\boxed{{{item.label}"
@@ -154,13 +154,19 @@ def check_ce_sample(r: Roles, completion, item: Item) -> Sample | None:
     same = 0
     while same < min(len(text), len(target)) and text[same] == target[same]:
         same += 1
-    k = 0
-    while k < len(ids) and len(tok.decode(ids[: k + 1])) <= same:
-        k += 1
+    k = tokens_within(tok, ids, same)
     rest = target[len(tok.decode(ids[:k])) :]
     if not rest.strip():
         return None
     return Sample(list(completion.prompt_ids) + ids[:k], tok.encode(rest), objective="ce")
+
+
+def tokens_within(tok, ids: list[int], chars: int) -> int:
+    """How many leading tokens of ``ids`` decode to at most ``chars`` characters."""
+    k = 0
+    while k < len(ids) and len(tok.decode(ids[: k + 1])) <= chars:
+        k += 1
+    return k
 
 
 def verdict_start(tok, ids: list[int]) -> int | None:
@@ -206,9 +212,7 @@ def verdict_ce_sample(r: Roles, completion, item: Item) -> Sample | None:
     at = text.rfind("\\boxed{")
     if at < 0 or not boxed_contents(text[at:]):
         return None
-    k = 0  # tokens kept from the sample: their text must end at or before the box
-    while k < len(ids) and len(tok.decode(ids[: k + 1])) <= at:
-        k += 1
+    k = tokens_within(tok, ids, at)  # tokens kept from the sample: their text ends by the box
     rest = text[len(tok.decode(ids[:k])) : at] + "\\boxed{"
     head, full = tok.encode(rest), tok.encode(rest + item.label)
     if full[: len(head)] != head or len(full) == len(head):  # the verdict merged into the brace
